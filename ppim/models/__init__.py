@@ -1,0 +1,5 @@
+"""Model families; importing this registers every constructor."""
+from .lvvit import *  # noqa: F401,F403
+from .lvvit import __all__ as _lvvit_all
+
+__all__ = list(_lvvit_all)

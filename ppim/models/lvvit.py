@@ -1,0 +1,214 @@
+"""LV-ViT (Jiang et al., "All Tokens Matter: Token Labeling for Training Better Vision
+Transformers", NeurIPS 2021): a ViT with a convolutional stem, scaled residuals and a dense
+auxiliary head trained on token labels, with MixToken augmentation."""
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from ..layers import Block, ConvPatchEmbed, dense_logits, init_vit_weights, random_box, swap_box, token_parameter
+from ..registry import build_model, make_cfg, register_model
+
+__all__ = ["LVViT", "lvvit_t", "lvvit_s", "lvvit_s_384", "lvvit_m", "lvvit_m_384", "lvvit_m_448",
+           "lvvit_l_448", "lvvit_l_512"]
+
+
+def check_input_size(model: nn.Layer, x: paddle.Tensor, sizes: Tuple[int, ...]) -> None:
+    """Raise a helpful error when x's spatial size is not one the model was built for.
+    Unknown (-1) dims of a static-graph input are not checked."""
+    height, width = x.shape[2], x.shape[3]
+    if height < 0 or width < 0 or (height == width and height in sizes):
+        return
+    name = getattr(model, "pretrained_cfg", {}).get("name", type(model).__name__)
+    expected = " or ".join(f"{s}x{s}" for s in sizes)
+    raise ValueError(
+        f"{name} takes {expected} inputs, got {height}x{width}. Use the model's eval transforms "
+        f"(ppim.create_transforms({name!r})), or build it for your size: "
+        f"ppim.create_model({name!r}, img_size={max(height, width)}) (pretrained positional "
+        f"embeddings are then resized to the new token grid).")
+
+
+class LVViT(nn.Layer):
+    """LV-ViT. Eval: ``model(x)`` (B, 3, S, S) -> logits (B, C) = head(cls) + aux_weight * max over
+    patch tokens of aux_head. Training: (cls logits (B, C), aux logits (B, N, C), MixToken box
+    (r1, c1, r2, c2) on the token grid). ``num_classes=0``: the cls feature (B, D)."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
+                 num_classes: int = 1000, embed_dim: int = 384, depth: int = 16, num_heads: int = 6,
+                 mlp_ratio: float = 3.0, qkv_bias: bool = False, drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, stem_dim: int = 64,
+                 skip_lam: float = 1.0, aux_weight: float = 0.5, mix_token: bool = True):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of the patch size {patch_size}")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.grid_size = img_size // patch_size
+        self.num_classes = num_classes
+        self.num_features = self.embed_dim = embed_dim
+        self.aux_weight = aux_weight
+        self.mix_token = mix_token
+
+        self.patch_embed = ConvPatchEmbed(patch_size, in_chans, embed_dim, stem_dim)
+        self.cls_token = token_parameter(self, [1, 1, embed_dim])
+        self.pos_embed = token_parameter(self, [1, self.grid_size ** 2 + 1, embed_dim])
+        self.pos_drop = nn.Dropout(drop_rate)
+        drop_path = np.linspace(0, drop_path_rate, depth)
+        self.blocks = nn.LayerList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, float(drop_path[i]),
+                  norm_eps=1e-5, skip_lam=skip_lam)
+            for i in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim, epsilon=1e-5)
+        self.head, self.aux_head = self._heads(num_classes)
+        self.apply(init_vit_weights)
+
+    def _heads(self, num_classes: int) -> Tuple[nn.Layer, nn.Layer]:
+        if num_classes <= 0:
+            return nn.Identity(), nn.Identity()
+        heads = nn.Linear(self.embed_dim, num_classes), nn.Linear(self.embed_dim, num_classes)
+        for head in heads:
+            init_vit_weights(head)
+        return heads
+
+    def get_classifier(self) -> nn.Layer:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """New, freshly initialised head and aux_head for ``num_classes`` (0: features only)."""
+        self.num_classes = num_classes
+        self.head, self.aux_head = self._heads(num_classes)
+
+    def forward_tokens(self, x: paddle.Tensor) -> paddle.Tensor:
+        """Patch tokens (B, N, D) -> final-norm tokens (B, 1 + N, D), cls first."""
+        cls = self.cls_token.expand([x.shape[0], -1, -1])
+        x = self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:
+        """Images (B, 3, S, S) -> final-norm tokens (B, 1 + N, D), no MixToken."""
+        check_input_size(self, x, (self.img_size,))
+        return self.forward_tokens(self.patch_embed(x).flatten(2).transpose([0, 2, 1]))
+
+    def forward(self, x: paddle.Tensor) -> Union[paddle.Tensor, tuple]:
+        check_input_size(self, x, (self.img_size,))
+        feat = self.patch_embed(x)  # (B, D, H, W)
+        box = (0, 0, 0, 0)
+        if self.training and self.mix_token:
+            box = random_box(feat.shape[2], feat.shape[3])
+            feat = swap_box(feat, box)
+        x = self.forward_tokens(feat.flatten(2).transpose([0, 2, 1]))
+        if self.num_classes <= 0:
+            return x[:, 0]
+        cls_logits, aux_logits = self.head(x[:, 0]), self.aux_head(x[:, 1:])
+        if not self.training:
+            return dense_logits(cls_logits, aux_logits, self.aux_weight)
+        # Swap the box back so each image's dense logits line up with its own token labels.
+        grid = aux_logits.reshape([x.shape[0], self.grid_size, self.grid_size, -1])
+        aux_logits = swap_box(grid, box, channels_last=True).reshape(aux_logits.shape)
+        return cls_logits, aux_logits, box
+
+
+_RELEASES = "https://github.com/zihangJiang/TokenLabeling/releases/download/"
+_BCE = "https://bj.bcebos.com/v1/ai-studio-online/"
+_BCE_NAME = "?responseContentDisposition=attachment%3B%20filename%3D"
+_PAPER = "https://arxiv.org/abs/2104.10858"
+
+
+def _weights(source: str, bce_key: str = "", bce_name: str = "", **metrics) -> dict:
+    """Weights metadata: the ppim .pdparams (Baidu AI Studio) when there is one, else the official
+    PyTorch release, converted on first use."""
+    source_url = _RELEASES + source
+    if bce_key:
+        url, file_name, fmt = _BCE + bce_key + _BCE_NAME + bce_name, bce_name, "pdparams"
+    else:
+        url, file_name, fmt = source_url, source.rsplit("/", 1)[1], "pth"
+    return {"url": url, "file_name": file_name, "format": fmt, "source_url": source_url, "sha256": None,
+            "top1": None, "top5": None, "params_m": None, "flops_g": None, **metrics}
+
+
+_ARCHS = {
+    "t": dict(embed_dim=240, depth=12, num_heads=4, skip_lam=1.0),
+    "s": dict(embed_dim=384, depth=16, num_heads=6, skip_lam=2.0),
+    "m": dict(embed_dim=512, depth=20, num_heads=8, skip_lam=2.0),
+    "l": dict(embed_dim=768, depth=24, num_heads=12, skip_lam=3.0, stem_dim=128),
+}
+
+
+def _lvvit(name: str, size: str, pretrained, return_transforms: bool, **kwargs):
+    return build_model(LVViT, name, pretrained, return_transforms, **{**_ARCHS[size], **kwargs})
+
+
+def _cfg(name: str, img_size: int, resize: int, weights: dict) -> dict:
+    return make_cfg(name, img_size, resize, weights, architecture="lvvit", paper=_PAPER)
+
+
+@register_model(_cfg("lvvit_t", 224, 248, _weights("v0.2.0/lvvit_t.pth", top1=79.1, params_m=8.53)))
+def lvvit_t(pretrained=False, return_transforms=False, **kwargs):
+    """LV-ViT-T, 224: D 240, depth 12, 4 heads."""
+    return _lvvit("lvvit_t", "t", pretrained, return_transforms, **kwargs)
+
+
+@register_model(_cfg("lvvit_s", 224, 248, _weights(
+    "1.0/lvvit_s-26M-224-83.3.pth.tar",
+    "bf798145d3094d4ab89f99d87a3f99ad576361f3e05e46f4a622de90ef565e9b", "lvvit_s_224.pdparams",
+    top1=83.17, top5=95.87, params_m=26.2, flops_g=6.6)))
+def lvvit_s(pretrained=False, return_transforms=False, **kwargs):
+    """LV-ViT-S, 224: D 384, depth 16, 6 heads."""
+    return _lvvit("lvvit_s", "s", pretrained, return_transforms, **kwargs)
+
+
+@register_model(_cfg("lvvit_s_384", 384, 384, _weights(
+    "1.0/lvvit_s-26M-384-84.4.pth.tar",
+    "aa4fa51138ea41cb9b413db1308ccc01319f896413764a2d9a3b6e6a23da1ade", "lvvit_s_384.pdparams",
+    top1=84.56, top5=96.39, params_m=26.3, flops_g=22.2)))
+def lvvit_s_384(pretrained=False, return_transforms=False, **kwargs):
+    """LV-ViT-S, 384."""
+    return _lvvit("lvvit_s_384", "s", pretrained, return_transforms, **kwargs)
+
+
+@register_model(_cfg("lvvit_m", 224, 248, _weights(
+    "1.0/lvvit_m-56M-224-84.0.pth.tar",
+    "c34bcd65d1c94089ab269ffb8927133a7fab39c6a0c44dca8e1c995155cabcd0", "lvvit_m_224.pdparams",
+    top1=83.88, top5=96.05, params_m=55.8, flops_g=16.0)))
+def lvvit_m(pretrained=False, return_transforms=False, **kwargs):
+    """LV-ViT-M, 224: D 512, depth 20, 8 heads."""
+    return _lvvit("lvvit_m", "m", pretrained, return_transforms, **kwargs)
+
+
+@register_model(_cfg("lvvit_m_384", 384, 384, _weights(
+    "1.0/lvvit_m-56M-384-85.4.pth.tar",
+    "97d6a53daf55477bbf6e386e00d4763157bcbcea295b402ebb3a26725eaeb772", "lvvit_m_384.pdparams",
+    top1=85.34, top5=96.72, params_m=56.0, flops_g=42.2)))
+def lvvit_m_384(pretrained=False, return_transforms=False, **kwargs):
+    """LV-ViT-M, 384."""
+    return _lvvit("lvvit_m_384", "m", pretrained, return_transforms, **kwargs)
+
+
+@register_model(_cfg("lvvit_m_448", 448, 448, _weights(
+    "1.0/lvvit_m-56M-448-85.5.pth.tar",
+    "b83be46049ac44cfb0821f429e54621020e815f8019944dca81e73a6736b0fdf", "lvvit_m_448.pdparams",
+    top1=85.47, top5=96.82, params_m=56.1, flops_g=61.0)))
+def lvvit_m_448(pretrained=False, return_transforms=False, **kwargs):
+    """LV-ViT-M, 448."""
+    return _lvvit("lvvit_m_448", "m", pretrained, return_transforms, **kwargs)
+
+
+@register_model(_cfg("lvvit_l_448", 448, 448, _weights(
+    "1.0/lvvit_l-150M-448-86.2.pth.tar",
+    "abd5019da732445eae48ed4eaeff874fc2c00d8d43934ff783d77720b09faef8", "lvvit_l_448.pdparams",
+    top1=86.09, top5=96.85, params_m=150.5, flops_g=157.2)))
+def lvvit_l_448(pretrained=False, return_transforms=False, **kwargs):
+    """LV-ViT-L, 448: D 768, depth 24, 12 heads, 128-channel stem."""
+    return _lvvit("lvvit_l_448", "l", pretrained, return_transforms, **kwargs)
+
+
+@register_model(_cfg("lvvit_l_512", 512, 512, _weights(
+    "1.0/lvvit_l-150M-512-86.4.pth.tar", top1=86.4, params_m=150.66)))
+def lvvit_l_512(pretrained=False, return_transforms=False, **kwargs):
+    """LV-ViT-L, 512."""
+    return _lvvit("lvvit_l_512", "l", pretrained, return_transforms, **kwargs)

@@ -1,0 +1,123 @@
+"""Model registry: every constructor is registered with its pretrained cfg (timm's pattern), and
+``build_model`` is the one path from a name to a ready model (class_dim alias, weights, transforms)."""
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+from typing import Any, Callable, Dict, List, Optional
+
+_MODELS: Dict[str, Callable[..., Any]] = {}
+_CFGS: Dict[str, Dict[str, Any]] = {}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class UnknownModelError(KeyError):
+    """Raised for a name that is not registered; the message lists the closest names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def make_cfg(name: str, img_size: int, resize: int, weights: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
+    """A model's cfg: eval transforms (resize shorter side, center crop, bicubic, ImageNet stats),
+    classes, and its weights' metadata (url, file_name, format, source_url, published metrics)."""
+    return {
+        "name": name,
+        "input_size": (3, img_size, img_size),
+        "resize": resize,
+        "crop": img_size,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "num_classes": 1000,
+        "weights": weights,
+        **extra,
+    }
+
+
+def register_model(cfg: Dict[str, Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``fn`` under its own name with ``cfg``."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = fn.__name__
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _MODELS[name] = fn
+        _CFGS[name] = dict(cfg, name=name)
+        return fn
+
+    return decorate
+
+
+def _lookup(name: str) -> str:
+    if name in _MODELS:
+        return name
+    close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise UnknownModelError(
+        f"Unknown model {name!r}.{hint} ppim.list_models() lists all {len(_MODELS)} models.")
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> List[str]:
+    """Sorted registered names matching the shell-style ``pattern``; with ``pretrained=True`` only
+    those with published weights (a Paddle file or an official PyTorch source)."""
+    names = [n for n in _MODELS if fnmatch.fnmatch(n, pattern)]
+    if pretrained:
+        names = [n for n in names if _CFGS[n]["weights"].get("url") or _CFGS[n]["weights"].get("source_url")]
+    return sorted(names)
+
+
+def get_model_cfg(name: str) -> Dict[str, Any]:
+    """A copy of the registered cfg of ``name`` (see make_cfg for the fields)."""
+    return copy.deepcopy(_CFGS[_lookup(name)])
+
+
+def create_model(name: str, pretrained: Any = False, **kwargs: Any) -> Any:
+    """Build a registered model by name; same arguments as its constructor."""
+    return _MODELS[_lookup(name)](pretrained=pretrained, **kwargs)
+
+
+def is_model(name: str) -> bool:
+    return name in _MODELS
+
+
+def cfg_for_img_size(cfg: Dict[str, Any], img_size: int) -> Dict[str, Any]:
+    """The cfg of a model built for another input size: crop = img_size, resize keeps the crop ratio."""
+    if img_size == cfg["crop"]:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg["input_size"] = (3, img_size, img_size)
+    cfg["resize"] = int(img_size * cfg["resize"] / cfg["crop"])
+    cfg["crop"] = img_size
+    return cfg
+
+
+def build_model(model_cls: Callable[..., Any], name: str, pretrained: Any = False,
+                return_transforms: bool = False, **kwargs: Any) -> Any:
+    """Instantiate ``model_cls`` for the registered ``name``: ``class_dim`` is accepted as an alias of
+    num_classes (ppim 1.x), ``pretrained`` is False, True (the registered weights) or a path/URL,
+    and ``return_transforms`` adds the eval transforms of the cfg."""
+    if "class_dim" in kwargs:
+        class_dim = kwargs.pop("class_dim")
+        if "num_classes" in kwargs and kwargs["num_classes"] != class_dim:
+            raise ValueError(f"class_dim={class_dim} and num_classes={kwargs['num_classes']} disagree; "
+                             "pass only num_classes")
+        kwargs["num_classes"] = class_dim
+    cfg = get_model_cfg(name)
+    kwargs.setdefault("num_classes", cfg["num_classes"])
+    kwargs.setdefault("img_size", cfg["crop"])
+    model = model_cls(**kwargs)
+    model.pretrained_cfg = cfg_for_img_size(cfg, kwargs["img_size"])
+    model.pretrained_cfg["num_classes"] = kwargs["num_classes"]
+    if pretrained:
+        from .hub import load_pretrained
+
+        load_pretrained(model, cfg, pretrained)
+    if return_transforms:
+        from .transforms import create_transforms
+
+        return model, create_transforms(model.pretrained_cfg)
+    return model

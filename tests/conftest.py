@@ -1,0 +1,19 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(FIXTURES / "ppim110"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own empty weights cache, so no test sees another's files or the user's."""
+    monkeypatch.setenv("PPIM_HOME", str(tmp_path / "ppim_home"))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
