@@ -34,6 +34,7 @@ def make_cfg(name: str, img_size: int, resize: int, weights: Dict[str, Any], **e
         "std": IMAGENET_STD,
         "num_classes": 1000,
         "weights": weights,
+        "classifier": ("head", "aux_head"),  # dropped on load when the class count differs
         **extra,
     }
 
@@ -80,8 +81,17 @@ def create_model(name: str, pretrained: Any = False, **kwargs: Any) -> Any:
     return _MODELS[_lookup(name)](pretrained=pretrained, **kwargs)
 
 
-def is_model(name: str) -> bool:
-    return name in _MODELS
+def available() -> None:
+    """Print the models by family, as ppim 1.x did."""
+    families: Dict[str, List[str]] = {}
+    for name in list_models(pretrained=True):
+        families.setdefault(_CFGS[name]["architecture"], []).append(name)
+    print("The pretrained models list as follow:")
+    for family, names in families.items():
+        print({family: names})
+    print("The models support as follow:")
+    for cls in sorted({cfg["model_class"] for cfg in _CFGS.values()}):
+        print([cls])
 
 
 def cfg_for_img_size(cfg: Dict[str, Any], img_size: int) -> Dict[str, Any]:

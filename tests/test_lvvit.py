@@ -43,6 +43,7 @@ def test_full_size_parameter_counts_and_ppim110_layout(name):
         assert LAYOUTS["_trainable_params"][name] == OFFICIAL_PARAMS[name]
 
 
+@pytest.mark.smoke
 def test_logits_match_ppim110_with_the_per_sample_aux_max():
     model = ppim.lvvit_s()
     model.set_state_dict({k: paddle.to_tensor(v) for k, v in deterministic_state(LAYOUTS["lvvit_s"]).items()})
@@ -60,6 +61,7 @@ def test_logits_match_ppim110_with_the_per_sample_aux_max():
     assert np.abs(logits[1] - ppim110[1]).max() > 1e-2
 
 
+@pytest.mark.smoke
 def test_eval_output_is_cls_plus_half_max_aux(rng):
     model = tiny()
     model.eval()
@@ -95,6 +97,7 @@ def test_class_dim_is_accepted_and_conflicts_are_refused():
         ppim.create_model("lvvit_s", class_dim=10, num_classes=3)
 
 
+@pytest.mark.smoke
 def test_wrong_input_size_names_the_size_and_the_fix():
     model = tiny()
     with pytest.raises(ValueError) as err:
@@ -117,6 +120,7 @@ def test_drop_path_rate_is_linear_over_depth():
     np.testing.assert_allclose(rates, np.linspace(0, 0.2, 5))
 
 
+@pytest.mark.smoke
 def test_training_mode_mixtoken_swaps_and_restores_the_box(rng):
     np.random.seed(3)
     model = tiny(drop_path_rate=0.0)

@@ -55,6 +55,7 @@ def test_matches_pil_by_hand(name, size, mode):
     np.testing.assert_allclose(out, by_hand(image, resize, crop), rtol=0, atol=1e-5)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("name", ["lvvit_s", "lvvit_m_384"])
 def test_matches_the_seed_paddle_vision_pipeline(name):
     from paddle.vision import transforms as T

@@ -144,7 +144,7 @@ def _lvvit(name: str, size: str, pretrained, return_transforms: bool, **kwargs):
 
 
 def _cfg(name: str, img_size: int, resize: int, weights: dict) -> dict:
-    return make_cfg(name, img_size, resize, weights, architecture="lvvit", paper=_PAPER)
+    return make_cfg(name, img_size, resize, weights, architecture="lvvit", model_class="LVViT", paper=_PAPER)
 
 
 @register_model(_cfg("lvvit_t", 224, 248, _weights("v0.2.0/lvvit_t.pth", top1=79.1, params_m=8.53)))
