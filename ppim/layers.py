@@ -98,16 +98,15 @@ class Attention(nn.Layer):
 
 
 def keep_top_tokens(x: paddle.Tensor, attn: paddle.Tensor, keep_ratio: float) -> paddle.Tensor:
-    """Keep the cls token and the ``ceil(keep_ratio * N)`` - 1 patch tokens the cls token attends to most.
+    """SuperViT's token keeping: the cls token, then the ``ceil(keep_ratio * N)`` patch tokens the cls
+    token attends to most, in descending score order (N = token count including cls, as in the
+    official code: 197 -> 1 + 99 = 100 at keep 0.5).
 
     x: (B, N, D) tokens with cls first; attn: (B, heads, N, N) softmax probabilities of the block
-    that produced x. Returns (B, n, D) with n = ceil(keep_ratio * N): cls, then the kept patch tokens
-    in descending score order (SuperViT's rule).
+    that produced x. N must be static (it is, in a traced graph: only the batch is unknown).
     """
     tokens = x.shape[1]
-    keep = math.ceil(keep_ratio * tokens) - 1  # patch tokens kept besides cls
-    if keep >= tokens - 1:
-        return x
+    keep = min(math.ceil(keep_ratio * tokens), tokens - 1)  # patch tokens kept besides cls
     score = attn[:, :, 0, 1:].mean(axis=1)  # (B, N-1): cls query, averaged over heads
     index = paddle.topk(score, k=keep, axis=1, sorted=True)[1] + 1
     kept = paddle.take_along_axis(x, index.unsqueeze(-1).expand([-1, -1, x.shape[2]]), axis=1)

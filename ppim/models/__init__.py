@@ -1,5 +1,7 @@
 """Model families; importing this registers every constructor."""
 from .lvvit import *  # noqa: F401,F403
 from .lvvit import __all__ as _lvvit_all
+from .supervit import *  # noqa: F401,F403
+from .supervit import __all__ as _supervit_all
 
-__all__ = list(_lvvit_all)
+__all__ = list(_lvvit_all) + list(_supervit_all)

@@ -1,0 +1,239 @@
+"""SuperViT (Lin et al., "Super Vision Transformer", arXiv 2205.11397): one ViT trained so that every
+sub-network (input size, token keep ratio) works. A sub-network resizes the image, adds the positional
+embedding of its token grid, and after blocks 3, 6 and 9 keeps only the patch tokens the cls token
+attends to most (``layers.keep_top_tokens``, shared by both models).
+
+Two published backbones: ``super_deit_s`` (DeiT-S) and ``super_lvvit_s`` (LV-ViT-S, with the dense
+aux head and MixToken). Sub-networks: img_size in {128, 160, 192, 224} x keep_ratio in {0.5, 0.7, 1}.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ..layers import (Block, Box, ConvPatchEmbed, PatchEmbed, dense_logits, init_vit_weights, random_box,
+                      swap_box, token_parameter)
+from ..registry import build_model, make_cfg, register_model
+
+__all__ = ["SuperViT", "scale_box", "super_deit_s", "super_lvvit_s"]
+
+IMG_SIZES = (128, 160, 192, 224)   # token grids 8, 10, 12, 14: one positional embedding each
+KEEP_RATIOS = (0.5, 0.7, 1.0)      # the published keep ratios (any ratio in (0, 1] runs)
+KEEP_BLOCKS = (3, 6, 9)            # 0-based blocks that keep tokens between attention and MLP
+
+
+def scale_box(box: Box, grid: int, full_grid: int = 14) -> Box:
+    """A MixToken box drawn on the full_grid x full_grid token grid, mapped to a grid x grid one the
+    way the official SuperViT training loop does it (each coordinate floor-divided by full_grid/grid),
+    so the sub-networks trained on one batch mix the same region."""
+    scale = full_grid / grid
+    return tuple(int(v // scale) for v in box)  # type: ignore[return-value]
+
+
+class SuperViT(nn.Layer):
+    """SuperViT over a DeiT (``stem="deit"``) or LV-ViT (``stem="lvvit"``) backbone.
+
+    ``model(x, img_size=None, keep_ratio=None)``: None means the current sub-network
+    (``set_subnet``, default (img_size, 1.0)). x (B, 3, H, W) is resized to (img_size, img_size)
+    (bilinear, align_corners=True) when its size differs, so 224 crops feed every sub-network.
+
+    Eval: head(cls), plus ``aux_weight`` * max over patch tokens of aux_head when there is an aux
+    head (LV-ViT, 0.25). ``num_classes=0``: the cls feature (B, D).
+
+    Training (LV-ViT, as the official train loop expects): ``forward(x, img_size, keep_ratio, bbox)``
+    mixes ``bbox`` (r1, c1, r2, c2) on the stem's token grid with the batch-flipped images
+    (MixToken; drawn on the 14x14 grid and scaled with ``scale_box`` when None). The full
+    sub-network (largest size, keep 1) returns (cls logits (B, C), aux logits (B, N, C) with the box
+    swapped back, bbox); every other sub-network returns cls logits only (its aux tokens were
+    dropped, and the official loop distils only the cls logits there). DeiT trains on cls logits.
+    """
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
+                 num_classes: int = 1000, embed_dim: int = 384, depth: int = 12, num_heads: int = 6,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, norm_eps: float = 1e-6,
+                 skip_lam: float = 1.0, stem: str = "deit", stem_dim: int = 64,
+                 aux_weight: Optional[float] = None, mix_token: bool = True, drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 img_sizes: Sequence[int] = IMG_SIZES, keep_ratios: Sequence[float] = KEEP_RATIOS,
+                 keep_blocks: Sequence[int] = KEEP_BLOCKS):
+        super().__init__()
+        if stem not in ("deit", "lvvit"):
+            raise ValueError(f"stem must be 'deit' or 'lvvit', got {stem!r}")
+        if any(s % patch_size for s in img_sizes):
+            raise ValueError(f"img_sizes {tuple(img_sizes)} must be multiples of the patch size {patch_size}")
+        self.patch_size = patch_size
+        self.img_sizes = tuple(int(s) for s in img_sizes)
+        self.keep_ratios = tuple(float(r) for r in keep_ratios)
+        self.keep_blocks = tuple(int(i) for i in keep_blocks)
+        self.num_classes = num_classes
+        self.num_features = self.embed_dim = embed_dim
+        self.aux_weight = aux_weight
+        self.mix_token = mix_token and aux_weight is not None
+
+        if stem == "deit":
+            self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        else:
+            self.patch_embed = ConvPatchEmbed(patch_size, in_chans, embed_dim, stem_dim)
+        self.cls_token = token_parameter(self, [1, 1, embed_dim])
+        self.pos_embed_list = nn.ParameterList([
+            token_parameter(self, [1, (s // patch_size) ** 2 + 1, embed_dim]) for s in self.img_sizes])
+        self.pos_drop = nn.Dropout(drop_rate)
+        drop_path = np.linspace(0, drop_path_rate, depth)
+        self.blocks = nn.LayerList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, float(drop_path[i]),
+                  norm_eps=norm_eps, skip_lam=skip_lam)
+            for i in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim, epsilon=norm_eps)
+        self._set_heads(num_classes)
+        self.apply(init_vit_weights)
+        self.set_subnet(img_size, 1.0)
+
+    # -- sub-networks -------------------------------------------------------------------------
+    @property
+    def subnets(self) -> List[Tuple[int, float]]:
+        """The published sub-networks (img_size, keep_ratio), grid by grid."""
+        return [(s, r) for s in self.img_sizes for r in self.keep_ratios]
+
+    def _check_subnet(self, img_size, keep_ratio) -> Tuple[int, float]:
+        if img_size not in self.img_sizes or isinstance(img_size, bool):
+            sizes = ", ".join(str(s) for s in self.img_sizes)
+            raise ValueError(f"img_size {img_size!r} has no positional embedding; SuperViT sub-networks "
+                             f"take img_size in {sizes}")
+        if (isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real)
+                or not 0 < keep_ratio <= 1):
+            raise ValueError(f"keep_ratio must be a number in (0, 1] (published: "
+                             f"{', '.join(str(r) for r in self.keep_ratios)}), got {keep_ratio!r}")
+        return int(img_size), float(keep_ratio)
+
+    def set_subnet(self, img_size: int = 224, keep_ratio: float = 1.0) -> None:
+        """Make (img_size, keep_ratio) the sub-network ``forward`` runs when given None (and the one
+        ``paddle.jit.save`` exports)."""
+        self.img_size, self.keep_ratio = self._check_subnet(img_size, keep_ratio)
+
+    def _subnet(self, img_size, keep_ratio) -> Tuple[int, float]:
+        return self._check_subnet(self.img_size if img_size is None else img_size,
+                                  self.keep_ratio if keep_ratio is None else keep_ratio)
+
+    # -- heads --------------------------------------------------------------------------------
+    def _set_heads(self, num_classes: int) -> None:
+        def linear() -> nn.Layer:
+            if num_classes <= 0:
+                return nn.Identity()
+            layer = nn.Linear(self.embed_dim, num_classes)
+            init_vit_weights(layer)
+            return layer
+
+        self.head = linear()
+        if self.aux_weight is not None:
+            self.aux_head = linear()
+
+    def get_classifier(self) -> nn.Layer:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """New, freshly initialised head (and aux_head) for ``num_classes`` (0: features only)."""
+        self.num_classes = num_classes
+        self._set_heads(num_classes)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward_stem(self, x: paddle.Tensor, img_size: int) -> paddle.Tensor:
+        """Images (B, 3, H, W) -> stem feature map (B, D, img_size/16, img_size/16)."""
+        if x.shape[2] != img_size or x.shape[3] != img_size:
+            x = F.interpolate(x, size=[img_size, img_size], mode="bilinear", align_corners=True)
+        return self.patch_embed(x)
+
+    def forward_tokens(self, x: paddle.Tensor, img_size: int, keep_ratio: float) -> paddle.Tensor:
+        """Patch tokens (B, N, D) -> final-norm tokens (B, 1 + kept, D), cls first."""
+        cls = self.cls_token.expand([x.shape[0], -1, -1])
+        x = self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed_list[self.img_sizes.index(img_size)])
+        for index, block in enumerate(self.blocks):
+            x = block(x, keep_ratio if index in self.keep_blocks else None)
+        return self.norm(x)
+
+    def forward_features(self, x: paddle.Tensor, img_size: Optional[int] = None,
+                         keep_ratio: Optional[float] = None) -> paddle.Tensor:
+        """Images -> final-norm tokens (B, 1 + kept, D) of the sub-network, no MixToken."""
+        img_size, keep_ratio = self._subnet(img_size, keep_ratio)
+        feat = self.forward_stem(x, img_size)
+        return self.forward_tokens(feat.flatten(2).transpose([0, 2, 1]), img_size, keep_ratio)
+
+    def forward(self, x: paddle.Tensor, img_size: Optional[int] = None, keep_ratio: Optional[float] = None,
+                bbox: Optional[Box] = None) -> Union[paddle.Tensor, tuple]:
+        img_size, keep_ratio = self._subnet(img_size, keep_ratio)
+        feat = self.forward_stem(x, img_size)
+        grid = img_size // self.patch_size
+        mixing = self.training and self.mix_token
+        if mixing:
+            if bbox is None:
+                full_grid = max(self.img_sizes) // self.patch_size
+                bbox = scale_box(random_box(full_grid, full_grid), grid, full_grid)
+            bbox = tuple(int(v) for v in bbox)
+            feat = swap_box(feat, bbox)
+        x = self.forward_tokens(feat.flatten(2).transpose([0, 2, 1]), img_size, keep_ratio)
+        if self.num_classes <= 0:
+            return x[:, 0]
+        cls_logits = self.head(x[:, 0])
+        if self.aux_weight is None:
+            return cls_logits
+        aux_logits = self.aux_head(x[:, 1:])
+        if not self.training:
+            return dense_logits(cls_logits, aux_logits, self.aux_weight)
+        if img_size != max(self.img_sizes) or keep_ratio < 1:
+            return cls_logits
+        box = bbox if mixing else (0, 0, 0, 0)
+        # Swap the box back so each image's dense logits line up with its own token labels.
+        dense = aux_logits.reshape([x.shape[0], grid, grid, -1])
+        aux_logits = swap_box(dense, box, channels_last=True).reshape(aux_logits.shape)
+        return cls_logits, aux_logits, box
+
+
+_PAPER = "https://arxiv.org/abs/2205.11397"
+_DRIVE = "https://drive.google.com/uc?export=download&id="
+
+
+def _subnet_top1(table: Sequence[Sequence[float]]) -> dict:
+    """The published 4x3 top-1 table (rows img_size, columns keep ratio) as "<size>x<ratio>" keys."""
+    return {f"{s}x{r}": top1 for s, row in zip(IMG_SIZES, table) for r, top1 in zip(KEEP_RATIOS, row)}
+
+
+def _weights(file_id: str, file_name: str, params_m: float, table: Sequence[Sequence[float]]) -> dict:
+    subnet_top1 = _subnet_top1(table)
+    return {"url": _DRIVE + file_id, "file_name": file_name, "format": "pth",
+            "source_url": f"https://drive.google.com/file/d/{file_id}/view", "sha256": None,
+            "top1": subnet_top1["224x1.0"], "top5": None, "params_m": params_m, "flops_g": None,
+            "subnet_top1": subnet_top1}
+
+
+_ARCHS = {
+    "super_deit_s": dict(stem="deit", embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, qkv_bias=True,
+                         norm_eps=1e-6, skip_lam=1.0, aux_weight=None),
+    "super_lvvit_s": dict(stem="lvvit", embed_dim=384, depth=16, num_heads=6, mlp_ratio=3.0, qkv_bias=False,
+                          norm_eps=1e-5, skip_lam=2.0, stem_dim=64, aux_weight=0.25),
+}
+
+
+def _supervit(name: str, pretrained, return_transforms: bool, **kwargs):
+    return build_model(SuperViT, name, pretrained, return_transforms, **{**_ARCHS[name], **kwargs})
+
+
+@register_model(make_cfg("super_deit_s", 224, 256, _weights(
+    "1y2-zU5UvHqGCmWEB41VLbnf7B27BatBL", "super_deit_s.pth", 22.17,
+    [[73.75, 75.28, 75.79], [77.32, 78.31, 78.53], [78.91, 79.62, 79.87], [79.95, 80.50, 80.62]]),
+    architecture="supervit", model_class="SuperViT", paper=_PAPER))
+def super_deit_s(pretrained=False, return_transforms=False, **kwargs):
+    """SuperViT over DeiT-S: D 384, depth 12, 6 heads, sub-networks 128-224 x keep 0.5-1."""
+    return _supervit("super_deit_s", pretrained, return_transforms, **kwargs)
+
+
+@register_model(make_cfg("super_lvvit_s", 224, 248, _weights(
+    "1xjKrelbFQchaaulMm0bLUftD0h10hRJa", "super_lvvit_s.pth", 26.27,
+    [[76.64, 79.82, 80.71], [79.81, 81.73, 82.24], [81.12, 82.59, 82.94], [82.11, 83.15, 83.47]]),
+    architecture="supervit", model_class="SuperViT", paper=_PAPER))
+def super_lvvit_s(pretrained=False, return_transforms=False, **kwargs):
+    """SuperViT over LV-ViT-S: D 384, depth 16, 6 heads, dense aux head (weight 0.25)."""
+    return _supervit("super_lvvit_s", pretrained, return_transforms, **kwargs)
