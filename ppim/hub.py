@@ -20,21 +20,24 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import email.message
 import email.utils
 import errno
 import hashlib
+import html
 import logging
 import math
 import os
 import pickle
+import re
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Optional, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Callable, Iterator, List, Optional, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit
 
 import numpy as np
 import requests
@@ -61,7 +64,10 @@ __all__ = [
     "download_to_cache",
     "read_pdparams",
     "read_weights",
+    "StateReport",
+    "check_state",
     "adapt_state",
+    "save_pdparams",
     "load_pretrained",
 ]
 
@@ -327,17 +333,61 @@ _NETWORK_ERRORS = (
 )
 
 
-@contextlib.contextmanager
-def _open(url: str, timeout: float) -> Iterator[requests.Response]:
-    """A streamed GET; raises _HTTPStatusError for status >= 400."""
+def _get(url: str, timeout: float, cookies=None) -> requests.Response:
     response = requests.get(
-        url, stream=True, timeout=timeout,
+        url, stream=True, timeout=timeout, cookies=cookies,
         # identity: the byte count must match Content-Length, and we hash what is stored.
         headers={"Accept-Encoding": "identity", "User-Agent": "ppim"},
     )
+    if response.status_code >= 400:
+        response.close()
+        raise _HTTPStatusError(response.status_code, response.reason or "")
+    return response
+
+
+def _confirmation_url(response: requests.Response) -> Optional[str]:
+    """Google Drive answers a download of a large file with an HTML page ("can't scan this file
+    for viruses") whose form, or older cookie/link, carries a confirm token. Returns the URL that
+    downloads the file, or None when the response is not such a page."""
+    if not response.headers.get("Content-Type", "").startswith("text/html"):
+        return None
+    for name, value in response.cookies.items():
+        if name.startswith("download_warning"):
+            return _with_query(response.url, {"confirm": value})
+    page = response.text
+    form = re.search(r'<form[^>]*id="download-form"[^>]*action="([^"]+)"', page)
+    if form:
+        fields = dict(re.findall(r'<input[^>]*type="hidden"[^>]*name="([^"]+)"[^>]*value="([^"]*)"', page))
+        return _with_query(html.unescape(form.group(1)), fields)
+    link = re.search(r'href="([^"]*confirm=[^"]+)"', page)
+    if link:
+        return urljoin(response.url, html.unescape(link.group(1)))
+    raise WeightsDownloadError(
+        f"{response.url} answered with a web page instead of the file (for Google Drive: the file "
+        "is not shared publicly or its download quota is exceeded). Download it in a browser and "
+        "place it by hand in the weights directory", url=response.url)
+
+
+def _with_query(url: str, fields: "dict[str, str]") -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.update(fields)
+    return parts._replace(query=urlencode(query)).geturl()
+
+
+@contextlib.contextmanager
+def _open(url: str, timeout: float) -> Iterator[requests.Response]:
+    """A streamed GET, through Google Drive's confirmation page if one comes; raises
+    _HTTPStatusError for status >= 400."""
+    response = _get(url, timeout)
     try:
-        if response.status_code >= 400:
-            raise _HTTPStatusError(response.status_code, response.reason or "")
+        confirmed = _confirmation_url(response)
+        if confirmed is not None:
+            cookies = response.cookies
+            response.close()
+            response = _get(confirmed, timeout, cookies)
+            if _confirmation_url(response) is not None:
+                raise WeightsDownloadError(f"{url}: the download was not confirmed", url=url)
         yield response
     finally:
         response.close()
@@ -544,12 +594,16 @@ def read_pdparams(path: "str | os.PathLike[str]") -> "dict[str, np.ndarray]":
     return arrays
 
 
-def read_weights(path: "str | os.PathLike[str]", model=None) -> "dict[str, np.ndarray]":
+def is_torch_checkpoint(name: "str | os.PathLike[str]") -> bool:
+    return str(name).lower().endswith(TORCH_SUFFIXES)
+
+
+def read_weights(path: "str | os.PathLike[str]", model=None, name: Optional[str] = None) -> "dict[str, np.ndarray]":
     """A weights file -> {name: array} in Paddle's layout. PyTorch checkpoints (.pth, .pth.tar,
-    .bin, ...) are converted for ``model`` (needed to tell Linear weights, which are transposed)."""
-    name = str(path).lower()
-    if name.endswith(TORCH_SUFFIXES):
-        from .convert import convert_checkpoint
+    .bin, ...; told by ``name``, default the path) are converted for ``model`` (its layers tell
+    which weights to transpose)."""
+    if is_torch_checkpoint(name or path):
+        from .convert.mapping import convert_checkpoint
 
         if model is None:
             raise ValueError(f"converting the PyTorch checkpoint {path} needs the target model")
@@ -572,65 +626,146 @@ def resize_pos_embed(pos_embed: np.ndarray, grid: int) -> np.ndarray:
     return np.concatenate([pos_embed[:, :1], patches], axis=1).astype(pos_embed.dtype)
 
 
+@dataclasses.dataclass
+class StateReport:
+    """How a state dict fits a model: keys that load as they are, keys adapted (positional
+    embedding resized), classifier keys dropped (another class count), and the problems."""
+
+    matched: List[str]
+    resized: List[str]
+    dropped: List[str]
+    missing: List[str]
+    unexpected: List[str]
+    mismatched: List[str]  # "key: file [shape], model [shape]"
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def problems(self) -> str:
+        def listed(title: str, keys: List[str]) -> str:
+            return f"{title} ({len(keys)}): {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
+
+        parts = [listed(title, keys) for title, keys in (
+            ("missing", self.missing), ("unexpected", self.unexpected), ("shape mismatches", self.mismatched))
+            if keys]
+        return "; ".join(parts)
+
+
+def check_state(model, state: "dict[str, np.ndarray]") -> StateReport:
+    """Compare ``state`` (Paddle layout) with ``model``'s parameters and buffers."""
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    classifier = tuple(f"{name}." for name in model.pretrained_cfg.get("classifier", ()))
+    report = StateReport([], [], [], [], [], [])
+    for key, value in state.items():
+        shape = tuple(value.shape)
+        if key.startswith(classifier) and expected.get(key) != shape:
+            report.dropped.append(key)  # another class count, or a model built without heads
+        elif key not in expected:
+            report.unexpected.append(key)
+        elif shape == expected[key]:
+            report.matched.append(key)
+        elif key == "pos_embed" and len(shape) == 3 and shape[2] == expected[key][2]:
+            report.resized.append(key)
+        else:
+            report.mismatched.append(f"{key}: file {list(shape)}, model {list(expected[key])}")
+    present = set(state)
+    report.missing = [key for key in expected if key not in present and not key.startswith(classifier)]
+    return report
+
+
 def adapt_state(model, state: "dict[str, np.ndarray]", source: "str | os.PathLike[str]") -> "dict[str, np.ndarray]":
     """Check ``state`` against ``model`` and adapt what can be adapted: classifier weights of another
     class count are dropped (warned; the model keeps its fresh heads), a positional embedding of
     another grid is resized. Anything else that differs raises InvalidWeightsError naming ``source``
     and the keys."""
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    classifier = tuple(f"{name}." for name in model.pretrained_cfg.get("classifier", ()))
-    adapted, dropped, mismatched = {}, [], []
-    for key, value in state.items():
-        shape = tuple(value.shape)
-        if key.startswith(classifier) and expected.get(key) != shape:
-            dropped.append(key)  # another class count, or a model built without heads
-        elif key not in expected or shape == expected[key]:
-            adapted[key] = value
-        elif key == "pos_embed" and len(shape) == 3 and shape[2] == expected[key][2]:
-            adapted[key] = resize_pos_embed(value, int(round(math.sqrt(expected[key][1] - 1))))
-        else:
-            mismatched.append(f"{key}: file {list(shape)}, model {list(expected[key])}")
-    missing = [key for key in expected if key not in adapted and not key.startswith(classifier)]
-    unexpected = [key for key in adapted if key not in expected]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:10])}"
-                        f"{' ...' if len(unexpected) > 10 else ''}")
-    if mismatched:
-        problems.append(f"shape mismatches: {'; '.join(mismatched[:10])}")
-    if problems:
+    report = check_state(model, state)
+    if not report.ok:
         name = model.pretrained_cfg.get("name", type(model).__name__)
-        raise InvalidWeightsError(f"{source} does not fit {name}: {' | '.join(problems)}. Check that the "
+        raise InvalidWeightsError(f"{source} does not fit {name}: {report.problems()}. Check that the "
                                   f"file is {name}'s weights (ppim.get_model_cfg({name!r})['weights']).")
-    if dropped:
+    if report.dropped:
         warnings.warn(f"{source}: classifier weights not loaded (the model has "
                       f"{model.pretrained_cfg.get('num_classes')} classes, so they stay freshly "
-                      f"initialised): {', '.join(dropped)}", stacklevel=3)
+                      f"initialised): {', '.join(report.dropped)}", stacklevel=3)
+    adapted = {key: state[key] for key in report.matched}
+    for key in report.resized:
+        adapted[key] = resize_pos_embed(state[key], int(round(math.sqrt(model.state_dict()[key].shape[1] - 1))))
     return adapted
+
+
+def save_pdparams(state: "dict[str, np.ndarray]", path: "str | os.PathLike[str]") -> str:
+    """Write a state dict as .pdparams atomically (temp file, then rename) with a sha256 sidecar;
+    returns the sha256."""
+    import paddle
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX)
+    os.close(fd)
+    try:
+        paddle.save(dict(state), tmp)
+        sha256 = sha256_file(tmp)
+        _write_atomic(_sidecar_path(path), f"{sha256}  {path.name}\n".encode("utf-8"))
+        os.replace(tmp, path)
+    finally:
+        _remove_quietly(tmp)
+    return sha256
 
 
 def _is_url(text: str) -> bool:
     return text.startswith(("http://", "https://"))
 
 
+def _converted_name(file_name: str) -> str:
+    """Cache name of a converted PyTorch checkpoint: lvvit_t.pth -> lvvit_t.pdparams."""
+    lower = file_name.lower()
+    suffix = max((s for s in TORCH_SUFFIXES if lower.endswith(s)), key=len)
+    return file_name[: -len(suffix)] + ".pdparams"
+
+
+def _local_converted_name(path: str) -> str:
+    """Cache name for a converted local checkpoint, tied to that file's path, size and mtime."""
+    stat = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    return _converted_name(f"{os.path.basename(path).split('.')[0]}-{key[:12]}.pth")
+
+
+def _read_checked(model, path: "str | os.PathLike[str]", converted: Optional[Path],
+                  name: Optional[str] = None) -> "dict[str, np.ndarray]":
+    """Read and check a weights file (its format told by ``name``, default the path); a PyTorch
+    checkpoint is converted once and its Paddle layout cached at ``converted`` (unadapted, so it
+    serves any head size or input size)."""
+    state = read_weights(path, model, name)
+    adapted = adapt_state(model, state, path)
+    if converted is not None:
+        save_pdparams(state, converted)
+    return adapted
+
+
 def _fetch_and_read(model, url: str, file_name: Optional[str], progress: bool) -> "dict[str, np.ndarray]":
     """Download (or find in the cache) and read; a downloaded file is checked against the model
     before it is kept, and the state read for that check is the one returned."""
+    file_name = file_name or _file_name_from_url(url)
+    converted = None
+    if file_name and is_torch_checkpoint(file_name):
+        converted = cached_file_path(_converted_name(file_name))
+        if _use_cached(converted):
+            return adapt_state(model, read_pdparams(converted), converted)
     checked = {}
 
     def validate(path: Path) -> None:
-        checked["state"] = adapt_state(model, read_weights(path, model), path)
+        checked["state"] = _read_checked(model, path, converted, file_name)
 
     path = download_to_cache(url, file_name, validate=validate, progress=progress)
-    return checked["state"] if "state" in checked else adapt_state(model, read_weights(path, model), path)
+    return checked["state"] if "state" in checked else _read_checked(model, path, converted, file_name)
 
 
 def load_pretrained(model, cfg: dict, pretrained: "bool | str | os.PathLike[str]" = True,
                     progress: bool = True) -> None:
     """Load weights into ``model`` in place. ``pretrained``: True (the weights registered in
-    ``cfg``), or a local file or URL (.pdparams, or a PyTorch checkpoint converted on load)."""
+    ``cfg``), or a local file or URL (.pdparams, or a PyTorch checkpoint, converted once and cached
+    as .pdparams in the weights directory)."""
     if pretrained is True:
         weights = cfg["weights"]
         state = _fetch_and_read(model, weights["url"], weights["file_name"], progress)
@@ -641,6 +776,13 @@ def load_pretrained(model, cfg: dict, pretrained: "bool | str | os.PathLike[str]
         elif not os.path.isfile(source):
             raise FileNotFoundError(f"pretrained={source!r}: no such file (pass True for the "
                                     f"registered weights, or a path or URL of a weights file)")
+        elif is_torch_checkpoint(source):
+            converted = cached_file_path(_local_converted_name(source))
+            if _use_cached(converted):
+                state = adapt_state(model, read_pdparams(converted), converted)
+            else:
+                weights_dir().mkdir(parents=True, exist_ok=True)
+                state = _read_checked(model, source, converted)
         else:
             state = adapt_state(model, read_weights(source, model), source)
     for key, value in model.state_dict().items():  # dropped heads keep their fresh values

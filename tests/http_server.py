@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 
 @dataclass
@@ -29,6 +29,8 @@ class Route:
     drop_first: int = 0  # the first N requests get the connection closed without a response
     fail_first: int = 0  # the first N requests (after drops) get fail_status
     fail_status: int = 503
+    content_type: str = "application/octet-stream"
+    require_query: Dict[str, str] = field(default_factory=dict)  # else 403 (e.g. a confirm token)
 
 
 class LocalServer:
@@ -89,7 +91,7 @@ class LocalServer:
 
     # -- serving -----------------------------------------------------------------------------
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        path = urlsplit(h.path).path
+        path, query = urlsplit(h.path).path, dict(parse_qsl(urlsplit(h.path).query))
         with self._lock:
             self.requests.append(path)
             nth = self.requests.count(path)  # 1-based
@@ -108,8 +110,11 @@ class LocalServer:
         if route.status != 200:
             h.send_error(route.status)
             return
+        if any(query.get(key) != value for key, value in route.require_query.items()):
+            h.send_error(403, "Forbidden")
+            return
         h.send_response(200)
-        h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Content-Type", route.content_type)
         h.send_header("Content-Length", str(len(route.body)))
         for key, value in route.headers.items():
             h.send_header(key, value)
