@@ -369,3 +369,21 @@ def test_registry_cfgs():
         assert sorted(weights["subnet_top1"]) == sorted(f"{s}x{r}" for s, r in SUBNETS)
         assert all(weights["subnet_top1"][k] == v for k, v in table.items())
         assert weights["subnet_top1"]["224x1.0"] == top1
+
+
+@pytest.mark.parametrize("name", sorted(ARCH))
+def test_official_checkpoint_converts_strictly(tmp_path, name):
+    """A DeiT-style training checkpoint with the official names loads through pretrained=."""
+    paddle.seed(0)
+    source_model = small(name)
+    randomize(source_model, seed=4)
+    ref = torch_copy(source_model, name)
+    path = tmp_path / f"{name}.pth"
+    torch.save({"model": ref.state_dict(), "epoch": 299, "args": None}, path)
+    model = small(name, pretrained=str(path))
+    model.eval()
+    x = np.random.default_rng(5).standard_normal((2, 3, 224, 224)).astype("float32")
+    with torch.no_grad(), paddle.no_grad():
+        expected = ref(torch.from_numpy(x), 160, 0.7).numpy()
+        got = model(paddle.to_tensor(x), 160, 0.7).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4 * max(1.0, np.abs(expected).max()), rtol=0)
