@@ -23,7 +23,7 @@ def test_cfg_fields_and_constructor(name):
     for key in ("url", "file_name", "format", "source_url", "top1", "top5", "params_m", "flops_g"):
         assert key in weights, key
     assert weights["url"].startswith("https://") and weights["format"] in ("pdparams", "pth")
-    assert weights["file_name"].endswith(".pdparams" if weights["format"] == "pdparams" else ".pth")
+    assert weights["file_name"].endswith(".pdparams" if weights["format"] == "pdparams" else (".pth", ".pth.tar"))
     assert callable(getattr(ppim, name))
     cfg["weights"]["url"] = "changed"  # a copy: the registry is not changed through it
     assert ppim.get_model_cfg(name)["weights"]["url"] != "changed"
