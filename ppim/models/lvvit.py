@@ -190,7 +190,7 @@ def lvvit_m_384(pretrained=False, return_transforms=False, **kwargs):
 
 
 @register_model(_cfg("lvvit_m_448", 448, 448, _weights(
-    "1.0/lvvit_m-56M-448-85.5.pth.tar",
+    "1.1/lvvit_m-56M-448-85.5.pth.tar",
     "b83be46049ac44cfb0821f429e54621020e815f8019944dca81e73a6736b0fdf", "lvvit_m_448.pdparams",
     top1=85.47, top5=96.82, params_m=56.1, flops_g=61.0)))
 def lvvit_m_448(pretrained=False, return_transforms=False, **kwargs):
