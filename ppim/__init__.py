@@ -1,4 +1,8 @@
 """ppim: a PaddlePaddle image-model zoo (LV-ViT, SuperViT)."""
+# Python's zlib must be loaded before Paddle: otherwise Paddle 2.6 crashes in jit.save (in zlib's
+# inflateReset2) on some Python builds.
+import zlib  # noqa: F401  (isort: skip)
+
 from .models import *  # noqa: F401,F403  (registers the constructors)
 from .models import __all__ as _model_all
 from .registry import available, create_model, get_model_cfg, list_models

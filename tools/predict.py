@@ -2,6 +2,7 @@
 
     python tools/predict.py IMAGE... --model lvvit_s --pretrained
     python tools/predict.py --model lvvit_s --checkpoint lvvit_s.pdparams   # the shipped sample
+    python tools/predict.py --model lvvit_s --pretrained --engine inference --precision bf16
 """
 import argparse
 import sys
@@ -11,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import ppim  # noqa: E402
 from ppim.data import imagenet_class_names, sample_images  # noqa: E402
-from ppim.inference import classify  # noqa: E402
+from ppim.inference import classify, create_runner  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -22,6 +23,11 @@ def main(argv=None) -> int:
     weights.add_argument("--pretrained", action="store_true", help="use the registered weights")
     weights.add_argument("--checkpoint", help="weights file or URL (.pdparams, or a PyTorch checkpoint)")
     parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--engine", default="eager", choices=["eager", "inference"],
+                        help="eager: the Paddle model; inference: exported and run by Paddle Inference")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="inference engine: bf16 on CPUs with avx512_bf16/amx_bf16, fp16 on GPU")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     args = parser.parse_args(argv)
 
     model = ppim.create_model(args.model, pretrained=args.checkpoint or args.pretrained)
@@ -33,7 +39,8 @@ def main(argv=None) -> int:
         sample = sample_images()
         images, labels = [str(path) for path, _ in sample], [label for _, label in sample]
     names = imagenet_class_names()
-    for image, label, top in zip(images, labels, classify(model, images, topk=args.topk)):
+    runner = create_runner(model, engine=args.engine, precision=args.precision, device=args.device)
+    for image, label, top in zip(images, labels, classify(model, images, topk=args.topk, runner=runner)):
         truth = f"  (true class: {label} {names[label]})" if label is not None else ""
         print(f"{image}{truth}")
         for rank, (index, name, prob) in enumerate(top, 1):

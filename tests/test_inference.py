@@ -1,0 +1,238 @@
+"""Export for Paddle Inference, the predictor, runners over both engines, the benchmark and the tools
+(small models; no timing is asserted)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+import ppim
+from ppim import inference
+from ppim.flops import count_macs
+from ppim.inference import Predictor, create_runner, export, load_manifest
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"ppim_tools_{name}", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny(**kwargs):
+    paddle.seed(0)
+    args = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8, num_classes=10)
+    args.update(kwargs)
+    model = ppim.create_model("lvvit_s", **args)
+    model.eval()
+    return model
+
+
+def tiny_super():
+    paddle.seed(0)
+    model = ppim.create_model("super_lvvit_s", embed_dim=48, depth=10, num_heads=3, num_classes=10, stem_dim=8)
+    model.eval()
+    return model
+
+
+def eager(model, batch, **kwargs):
+    with paddle.no_grad():
+        return model(paddle.to_tensor(batch), **kwargs).numpy()
+
+
+def rel_error(got, expected):
+    return float(np.abs(got - expected).max() / np.abs(expected).max())
+
+
+def images(n, size, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 3, size, size), dtype=np.float32)
+
+
+@pytest.mark.smoke
+def test_export_round_trip_and_predictor_matches_eager(tmp_path):
+    model = tiny()
+    model.train()  # export switches to eval and restores the mode
+    out = export(model, tmp_path / "lvvit")
+    assert model.training
+    model.eval()
+    files = {p.name for p in out.iterdir()}
+    assert {"model.pdiparams", "ppim.json"} <= files and files & {"model.json", "model.pdmodel"}
+    manifest = load_manifest(out)
+    assert manifest["model"] == "lvvit_s" and manifest["input_name"] == "x"
+    assert manifest["input_shape"] == [-1, 3, 64, 64] and manifest["subnet"] is None
+    assert manifest["cfg"]["crop"] == 64 and manifest["num_classes"] == 10
+    assert manifest["optimized"] and manifest["deploy_attention"]
+    assert manifest["paddle_version"] == paddle.__version__
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+    predictor = Predictor(out)
+    for n in (3, 1, 3):  # any batch; handles reused
+        batch = images(n, 64, seed=n)
+        logits = predictor(batch)
+        assert logits.shape == (n, 10) and logits.dtype == np.float32
+        assert rel_error(logits, eager(model, batch)) < 1e-4
+    assert predictor.transforms.crop == 64
+    with pytest.raises(ValueError, match="64x64"):
+        predictor(images(1, 32))
+
+
+def test_export_fixed_batch_and_unoptimized_graph(tmp_path):
+    model = tiny()
+    out = export(model, tmp_path / "b2", batch_size=2, optimize=False)
+    manifest = load_manifest(out)
+    assert manifest["input_shape"] == [2, 3, 64, 64] and manifest["optimized"] is False
+    batch = images(2, 64)
+    assert rel_error(Predictor(out)(batch), eager(model, batch)) < 1e-4
+    with pytest.raises(ValueError, match="2x3x64x64"):
+        Predictor(out)(images(3, 64))
+    with pytest.raises(ValueError, match="img_size=96"):
+        export(model, tmp_path / "other", img_size=96)
+
+
+@pytest.mark.smoke
+def test_export_is_atomic(tmp_path, monkeypatch):
+    model = tiny()
+    out = export(model, tmp_path / "model")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_save = paddle.jit.save
+
+    def broken_save(layer, path, **kwargs):
+        real_save(layer, path, **kwargs)  # files are written, then the export fails
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(paddle.jit, "save", broken_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export(model, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(RuntimeError, match="disk full"):
+        export(model, out)  # a failed re-export leaves the previous one untouched
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary left
+    monkeypatch.undo()
+
+    export(tiny(num_classes=4), out)  # a previous export is replaced
+    assert load_manifest(out)["num_classes"] == 4
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        export(model, foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.smoke
+def test_create_runner_engines_agree(tmp_path):
+    model = tiny()
+    batch = images(4, 64)
+    run_eager = create_runner(model, engine="eager")
+    run_infer = create_runner(model, engine="inference", workdir=tmp_path / "work")
+    assert (tmp_path / "work" / "ppim.json").is_file()
+    assert run_eager.engine == "eager" and run_infer.engine == "inference" and run_infer.img_size == 64
+    assert run_eager.threads >= 1 and run_infer.predictor.threads >= 1
+    expected = run_eager(batch)
+    assert rel_error(expected, eager(model, batch)) == 0
+    assert rel_error(run_infer(batch), expected) < 1e-4
+    temporary = create_runner(model, engine="inference", threads=1)  # exported to a temporary directory
+    assert temporary.predictor.threads == 1
+    assert rel_error(temporary(batch), expected) < 1e-4
+    with pytest.raises(ValueError, match="engine"):
+        create_runner(model, engine="onnx")
+
+
+@pytest.mark.smoke
+def test_super_subnetwork_exports_and_matches_eager(tmp_path):
+    model = tiny_super()
+    model.set_subnet(160, 0.7)
+    batch = images(3, 224, seed=1)
+    expected = eager(model, batch)
+    out = export(model, tmp_path / "s160")
+    manifest = load_manifest(out)
+    assert manifest["subnet"] == {"img_size": 160, "keep_ratio": 0.7}
+    assert manifest["input_shape"] == [-1, 3, 224, 224] and manifest["cfg"]["crop"] == 224
+    assert rel_error(Predictor(out)(batch), expected) < 1e-4
+    # the model is unchanged: same sub-network, same eager output, still exportable on its own
+    assert (model.img_size, model.keep_ratio) == (160, 0.7)
+    assert rel_error(eager(model, batch), expected) == 0
+    model.set_subnet(224, 0.5)
+    runner = create_runner(model, engine="inference", workdir=tmp_path / "s224")
+    model.set_subnet(128, 1.0)  # runners keep the sub-network they were made with
+    assert runner.subnet == (224, 0.5)
+    assert rel_error(runner(batch), eager(model, batch, img_size=224, keep_ratio=0.5)) < 1e-4
+
+
+@pytest.mark.skipif(not inference.cpu_supports_bf16(), reason="CPU without avx512_bf16/amx_bf16")
+def test_bf16_predictor_close_to_fp32(tmp_path):
+    model = tiny()
+    batch = images(4, 64)
+    runner = create_runner(model, engine="inference", precision="bf16", workdir=tmp_path / "bf16")
+    assert runner.predictor.precision == "bf16"
+    expected = eager(model, batch)
+    assert np.abs(runner(batch) - expected).max() < 0.05 * np.abs(expected).max()
+
+
+def test_clear_errors_for_unsupported_setups(tmp_path, monkeypatch):
+    model = tiny()
+    out = export(model, tmp_path / "m")
+    with pytest.raises(ValueError, match="fp16.*gpu"):
+        Predictor(out, precision="fp16")
+    with pytest.raises(ValueError, match="tensorrt"):
+        Predictor(out, tensorrt=True)
+    with pytest.raises(ValueError, match="engine='inference'"):
+        create_runner(model, engine="eager", precision="bf16")
+    with pytest.raises(FileNotFoundError, match="no exported program"):
+        Predictor(tmp_path)
+    monkeypatch.setattr(inference, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    with pytest.raises(RuntimeError, match="avx512_bf16"):
+        Predictor(out, precision="bf16")
+    if not paddle.is_compiled_with_cuda():
+        with pytest.raises(RuntimeError, match="paddlepaddle-gpu"):
+            Predictor(out, device="gpu")
+        with pytest.raises(RuntimeError, match="paddlepaddle-gpu"):
+            Predictor(out, device="gpu", precision="fp16", tensorrt=True)
+        with pytest.raises(RuntimeError, match="paddlepaddle-gpu"):
+            create_runner(model, engine="eager", device="gpu")
+
+
+def test_benchmark_rows(tmp_path):
+    rows = inference.benchmark(tiny(), engines=("eager", "inference"), precisions=("fp32", "fp16"),
+                               batch_sizes=(1, 2), iters=1, warmup=1, ceiling_size=64)
+    ok = [row for row in rows if "error" not in row]
+    assert {(r["engine"], r["batch_size"]) for r in ok} == {(e, b) for e in ("eager", "inference") for b in (1, 2)}
+    for row in ok:
+        for key in ("model", "precision", "threads", "img_size", "images_per_sec", "ms_per_batch", "gmacs",
+                    "gflops_per_sec", "ceiling_gflops_per_sec", "ceiling_share", "ceiling_images_per_sec"):
+            assert row[key] is not None, key
+        assert row["images_per_sec"] > 0 and row["img_size"] == 64
+        assert row["gmacs"] == pytest.approx(count_macs(tiny()) / 1e9, rel=1e-3)
+    errors = [row for row in rows if "error" in row]  # fp16 on CPU: reported, not raised
+    assert errors and all(row["precision"] == "fp16" for row in errors)
+    assert "img/s" in inference.format_rows(rows)
+
+    model = tiny_super()
+    model.set_subnet(192, 0.7)
+    rows = inference.benchmark(model, engines=("inference",), batch_sizes=(1,), iters=1, warmup=1,
+                               subnets=[(160, 0.7)], ceiling=False)
+    assert [(r["subnet"]["img_size"], r["subnet"]["keep_ratio"]) for r in rows] == [(224, 1.0), (160, 0.7)]
+    assert rows[0]["speedup"] == 1.0 and rows[0]["flops_ratio"] == 1.0
+    assert rows[1]["flops_ratio"] == pytest.approx(
+        count_macs(model, img_size=224, keep_ratio=1.0) / count_macs(model, img_size=160, keep_ratio=0.7), rel=1e-3)
+    assert (model.img_size, model.keep_ratio) == (192, 0.7)  # restored
+
+
+def test_tools_export_and_benchmark(tmp_path, capsys):
+    export_tool, benchmark_tool = load_tool("export"), load_tool("benchmark")
+
+    out = tmp_path / "lvvit_t"
+    assert export_tool.main(["--model", "lvvit_t", "--output", str(out), "--verify"]) == 0
+    assert load_manifest(out)["model"] == "lvvit_t"
+    assert "verify" in capsys.readouterr().out
+    report = tmp_path / "bench.json"
+    assert benchmark_tool.main(["--model", "lvvit_t", "--engine", "inference", "-b", "1", "--iters", "1",
+                                "--warmup", "1", "--ceiling-size", "64", "--json", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["environment"]["paddle_version"] == paddle.__version__
+    assert data["rows"][0]["engine"] == "inference" and data["rows"][0]["images_per_sec"] > 0
