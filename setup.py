@@ -27,7 +27,7 @@ setup(
     install_requires=["numpy", "pillow", "tqdm", "requests"],
     extras_require={
         # torch only writes reference checkpoints and models in the tests; ppim never imports it.
-        "test": ["pytest", "pytest-timeout", "torch==2.13.0"],
+        "test": ["pytest", "pytest-timeout", "torch==2.13.0", "nbclient", "nbformat", "ipykernel"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -1,0 +1,96 @@
+"""docs/quickstart.ipynb runs top to bottom in a real Jupyter kernel, offline.
+
+The test plays the user who has put weights on an offline machine: PPIM_HOME is a temporary directory
+with a (randomly initialised, full-size) lvvit_s_224.pdparams and an official-layout PyTorch
+super_deit_s.pth in its weights cache, and the notebook's working directory holds the PyTorch
+lvvit_t.pth it converts. Nothing is downloaded."""
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+torch = pytest.importorskip("torch")
+
+import ppim  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "docs" / "quickstart.ipynb"
+
+
+def torch_state(model):
+    """A ppim model's weights in the official PyTorch layout (Linear [out, in], BN running stats)."""
+    linear = {f"{name}.weight" for name, layer in model.named_sublayers() if isinstance(layer, paddle.nn.Linear)}
+    state = {}
+    for key, value in model.state_dict().items():
+        tensor = torch.from_numpy(value.numpy())
+        if key.endswith("._mean"):
+            key = key[:-len("._mean")] + ".running_mean"
+        elif key.endswith("._variance"):
+            key = key[:-len("._variance")] + ".running_var"
+        elif key in linear:
+            tensor = tensor.t().contiguous()
+        state[key] = tensor
+    return state
+
+
+def cell_text(cell):
+    return "".join(out.get("text", "") for out in cell.outputs if out.output_type == "stream")
+
+
+def test_notebook_is_stored_clean_and_bilingual():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
+    markdown = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown")
+    assert re.search(r"[\u4e00-\u9fff]", markdown) and "Install" in markdown and "安装" in markdown
+    assert "http" not in "".join(cell.source for cell in code)  # nothing to download in the code cells
+
+
+def test_quickstart_notebook_runs_offline(tmp_path, monkeypatch):
+    home = Path(os.environ["PPIM_HOME"])  # tests/conftest.py: a fresh cache per test
+    weights = home / "weights"
+    weights.mkdir(parents=True)
+    paddle.seed(0)
+    paddle.save(ppim.lvvit_s().state_dict(), str(weights / "lvvit_s_224.pdparams"))
+    torch.save({"model": torch_state(ppim.super_deit_s()), "epoch": 299}, weights / "super_deit_s.pth")
+    work = tmp_path / "work"
+    work.mkdir()
+    torch.save(torch_state(ppim.lvvit_t()), work / "lvvit_t.pth")
+
+    # The kernel inherits this environment: the cache above, and ppim importable from the checkout.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")  # any download attempt fails at once
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    start = time.perf_counter()
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(work)}}).execute()
+    seconds = time.perf_counter() - start
+    print(f"quickstart.ipynb ran in {seconds:.1f} s")
+    assert seconds < 180
+
+    text = "\n".join(cell_text(cell) for cell in nb.cells if cell.cell_type == "code")
+    assert "26.2M parameters, 6.55 GFLOPs" in text
+    assert "true class: 281 tabby, tabby cat" in text
+    assert "4 images, top-1" in text
+    assert "[(128, 0.5), (128, 0.7)" in text and "224x1.0   4.60 GFLOPs (100%)" in text
+    assert "top-1 (%)" in text and "73.75" in text  # evaluate's sub-network table, with the published figures
+    assert "157 matched" in text and "0 missing" in text
+    diff = float(re.search(r"max \|Paddle Inference - eager\|: (\S+)", text).group(1))
+    assert diff < 1e-3
+    # what the notebook wrote stayed in its working directory and the cache
+    assert (work / "lvvit_t.pdparams").is_file()
+    assert json.loads((work / "inference" / "lvvit_s" / "ppim.json").read_text())["model"] == "lvvit_s"
+    assert (weights / "super_deit_s.pdparams").is_file()  # the PyTorch file was converted once and cached
+    assert not any(path.name.endswith(".part") for path in weights.iterdir())
+    np.testing.assert_array_equal(ppim.lvvit_t(pretrained=str(work / "lvvit_t.pdparams")).head.weight.numpy(),
+                                  ppim.lvvit_t(pretrained=str(work / "lvvit_t.pth")).head.weight.numpy())
