@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import difflib
 import fnmatch
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 _MODELS: Dict[str, Callable[..., Any]] = {}
 _CFGS: Dict[str, Dict[str, Any]] = {}

@@ -3,7 +3,6 @@ numpy), on real image files: folder and list layouts, unreadable images, the res
 model's sub-network grid in one pass, and tools/eval.py in one and in two distributed processes."""
 import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -18,34 +17,11 @@ import ppim
 from ppim.data import BadImageError, EvalLoader, ImageFolderDataset, ImageListDataset
 from ppim.evaluate import evaluate, parse_subnets, subnet_table, topk_correct, write_results
 from ppim.transforms import create_transforms
+from model_utils import randomize
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8, num_classes=8)
 MODES = ["RGB", "L", "RGBA", "P", "CMYK", "RGB", "L", "RGBA", "P"]
-
-
-def randomize(model, seed=0):
-    """Seeded weights large enough that predictions differ from image to image."""
-    rng = np.random.default_rng(seed)
-    state = {}
-    for name, value in model.state_dict().items():
-        shape = list(value.shape)
-        if name.endswith("_variance"):
-            new = rng.uniform(0.5, 1.5, shape)
-        elif name.endswith(("_mean", "bias")):
-            new = 0.1 * rng.standard_normal(shape)
-        elif "norm" in name or ".bn" in name:
-            new = 1.0 + 0.2 * rng.standard_normal(shape)
-        elif len(shape) == 2:
-            new = rng.standard_normal(shape) / math.sqrt(shape[0])
-        elif len(shape) == 4:
-            new = rng.standard_normal(shape) / math.sqrt(np.prod(shape[1:]))
-        else:
-            new = 0.5 * rng.standard_normal(shape)
-        state[name] = paddle.to_tensor(new.astype("float32"))
-    model.set_state_dict(state)
-    model.eval()
-    return model
 
 
 def tiny_model(seed=0):

@@ -20,25 +20,10 @@ pytest.importorskip("ipykernel")
 torch = pytest.importorskip("torch")
 
 import ppim  # noqa: E402
+from model_utils import torch_state
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "docs" / "quickstart.ipynb"
-
-
-def torch_state(model):
-    """A ppim model's weights in the official PyTorch layout (Linear [out, in], BN running stats)."""
-    linear = {f"{name}.weight" for name, layer in model.named_sublayers() if isinstance(layer, paddle.nn.Linear)}
-    state = {}
-    for key, value in model.state_dict().items():
-        tensor = torch.from_numpy(value.numpy())
-        if key.endswith("._mean"):
-            key = key[:-len("._mean")] + ".running_mean"
-        elif key.endswith("._variance"):
-            key = key[:-len("._variance")] + ".running_var"
-        elif key in linear:
-            tensor = tensor.t().contiguous()
-        state[key] = tensor
-    return state
 
 
 def cell_text(cell):

@@ -12,6 +12,7 @@ import torch.nn.functional as TF
 import ppim
 from ppim.layers import random_box
 from ppim.models.supervit import scale_box
+from model_utils import randomize, torch_state
 
 SIZES = (128, 160, 192, 224)
 RATIOS = (0.5, 0.7, 1.0)
@@ -43,29 +44,6 @@ def expected_token_counts(img_size, keep_ratio, depth=12):
             tokens = 1 + min(math.ceil(keep_ratio * tokens), tokens - 1)
         counts.append(tokens)
     return counts
-
-
-def randomize(model, seed=0):
-    """Well-conditioned random weights: fan-in scaled matrices (peaked, input-dependent attention),
-    non-trivial norms, biases, embeddings and BN statistics."""
-    rng = np.random.default_rng(seed)
-    state = {}
-    for name, value in model.state_dict().items():
-        shape = list(value.shape)
-        if name.endswith("_variance"):
-            new = rng.uniform(0.5, 1.5, shape)
-        elif name.endswith("_mean") or name.endswith("bias"):
-            new = 0.1 * rng.standard_normal(shape)
-        elif "norm" in name or ".bn" in name:
-            new = 1.0 + 0.2 * rng.standard_normal(shape)
-        elif len(shape) == 2:  # Linear, Paddle layout [in, out]
-            new = rng.standard_normal(shape) * (1.5 if "qkv" in name else 1.0) / math.sqrt(shape[0])
-        elif len(shape) == 4:  # conv [out, in, kh, kw]
-            new = rng.standard_normal(shape) / math.sqrt(np.prod(shape[1:]))
-        else:  # cls token, positional embeddings
-            new = 0.5 * rng.standard_normal(shape)
-        state[name] = paddle.to_tensor(new.astype("float32"))
-    model.set_state_dict(state)
 
 
 # ---- an independent PyTorch reference, structured like the official SuperViT code -----------------
@@ -175,18 +153,8 @@ class TSuperViT(tnn.Module):
 
 
 def torch_copy(model, name):
-    a = ARCH[name]
-    ref = TSuperViT(a, SMALL["embed_dim"], SMALL["depth"], SMALL["num_heads"], SMALL["num_classes"]).eval()
-    state = {}
-    for key, value in model.state_dict().items():
-        value = torch.from_numpy(value.numpy())
-        if key.endswith("_mean"):
-            key = key[:-len("_mean")] + "running_mean"
-        elif key.endswith("_variance"):
-            key = key[:-len("_variance")] + "running_var"
-        elif value.ndim == 2 and key.endswith(".weight"):
-            value = value.t()  # Linear: Paddle [in, out] -> PyTorch [out, in]
-        state[key] = value
+    ref = TSuperViT(ARCH[name], SMALL["embed_dim"], SMALL["depth"], SMALL["num_heads"], SMALL["num_classes"]).eval()
+    state = torch_state(model)
     ref.load_state_dict(state, strict=False)
     missing = set(ref.state_dict()) - set(state)
     assert all(k.endswith("num_batches_tracked") for k in missing), missing  # names are the official ones
