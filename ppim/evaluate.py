@@ -15,7 +15,6 @@ import datetime
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import SAMPLE_DIR, EvalLoader, ImageDataset, open_dataset, shard_indices
+from .hub import write_atomic
 
 __all__ = ["Counts", "evaluate", "topk_correct", "parse_subnets", "subnet_table", "weights_info",
            "write_results", "format_summary", "dist_info"]
@@ -540,23 +540,11 @@ def format_summary(results: Dict[str, Any]) -> str:
 
 
 def write_results(results: Dict[str, Any], path: "str | os.PathLike[str]") -> None:
-    """Write ``results`` as JSON atomically: a temp file in the same folder, then os.replace."""
+    """Write ``results`` as JSON atomically (a temp file in the same folder, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2, allow_nan=False, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    text = json.dumps(results, indent=2, allow_nan=False, default=_json_default) + "\n"
+    write_atomic(path, text.encode("utf-8"))
 
 
 def _json_default(value: Any) -> Any:

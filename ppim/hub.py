@@ -186,7 +186,9 @@ def _use_cached(path: Path) -> bool:
     return True
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename: readers see
+    the old file or the whole new one, never a part."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -537,7 +539,7 @@ def download_to_cache(
             sidecar = _sidecar_path(path)
             # Sidecar first: a crash between the two leaves a sidecar without its file (re-downloaded
             # next time), never an unverifiable file.
-            _write_atomic(sidecar, f"{sha256}  {path.name}\n".encode("utf-8"))
+            write_atomic(sidecar, f"{sha256}  {path.name}\n".encode("utf-8"))
             os.replace(tmp, path)
         finally:
             _remove_quietly(tmp)  # already gone after os.replace
@@ -706,7 +708,7 @@ def save_pdparams(state: "dict[str, np.ndarray]", path: "str | os.PathLike[str]"
     try:
         paddle.save(dict(state), tmp)
         sha256 = sha256_file(tmp)
-        _write_atomic(_sidecar_path(path), f"{sha256}  {path.name}\n".encode("utf-8"))
+        write_atomic(_sidecar_path(path), f"{sha256}  {path.name}\n".encode("utf-8"))
         os.replace(tmp, path)
     finally:
         _remove_quietly(tmp)
