@@ -787,6 +787,11 @@ def load_pretrained(model, cfg: dict, pretrained: "bool | str | os.PathLike[str]
                 state = _read_checked(model, source, converted)
         else:
             state = adapt_state(model, read_weights(source, model), source)
-    for key, value in model.state_dict().items():  # dropped heads keep their fresh values
+    set_weights(model, state)
+
+
+def set_weights(model, state: "dict[str, np.ndarray]") -> None:
+    """Load a checked state into ``model``; parameters it lacks (dropped heads) keep their values."""
+    for key, value in model.state_dict().items():
         state.setdefault(key, value)
     model.set_state_dict(state)

@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import paddle.nn as nn
 
-from ..hub import StateReport, check_state, read_pdparams, save_pdparams
+from ..hub import StateReport, check_state, read_pdparams, save_pdparams, set_weights
 from .torch_reader import CheckpointError, load_torch_checkpoint
 
 # Where training scripts keep the weights: timm's train.py, then DeiT's main.py.
@@ -112,7 +112,7 @@ def convert_file(source: "str | os.PathLike[str]", output: "str | os.PathLike[st
     kept = {key: state[key] for key in report.matched}
     save_pdparams(kept, output)
     reloaded = read_pdparams(output)
-    model.set_state_dict(reloaded)
+    set_weights(model, dict(reloaded))
     loaded = model.state_dict()
     for key in reloaded:
         if not np.array_equal(loaded[key].numpy(), state[key]):
