@@ -43,6 +43,8 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
+from .safe_pickle import AllowlistUnpickler, latin1_encode
+
 try:  # POSIX
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -554,25 +556,22 @@ TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".bin", ".tar")
 _PDPARAMS_META_KEYS = ("StructuredToParameterName@@", "UnpackBigParamInfor@@")
 
 
-class _PdparamsUnpickler(pickle.Unpickler):
+_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's array rebuilder, whatever its module
+
+
+class _PdparamsUnpickler(AllowlistUnpickler):
     """paddle.save files are pickled dicts of numpy arrays; only numpy's array and dtype
     reconstruction is allowed, so a hostile file cannot run anything (paddle.load would)."""
 
-    _ALLOWED = {
+    allowed = {
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("builtins", "tuple"): tuple,  # paddle.save stores some tensors as (name, array)
-        ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
-        ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
+        ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+        ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+        ("_codecs", "encode"): latin1_encode,  # array bytes in protocol-2 files (paddle.save(protocol=2))
     }
-
-    def find_class(self, module: str, name: str):
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which weights never need; "
-                                         "nothing from the file was run") from None
 
 
 def read_pdparams(path: "str | os.PathLike[str]") -> "dict[str, np.ndarray]":

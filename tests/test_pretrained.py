@@ -157,3 +157,14 @@ def test_read_pdparams_equals_paddle_load_and_runs_nothing(tmp_path):
     with pytest.raises(hub.InvalidWeightsError, match="system"):
         hub.read_pdparams(hostile)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4])
+def test_read_pdparams_every_paddle_save_protocol(tmp_path, protocol):
+    """Older Paddle wrote protocol 2, which stores array bytes through _codecs.encode."""
+    model = tiny(depth=1)
+    path = tmp_path / "w.pdparams"
+    paddle.save(model.state_dict(), str(path), protocol=protocol)
+    ours = hub.read_pdparams(path)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(ours[key], value.numpy())

@@ -25,6 +25,8 @@ from typing import IO, Any, Callable
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..safe_pickle import AllowlistUnpickler, latin1_encode
+
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "load_torch_checkpoint"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -212,13 +214,6 @@ def _numpy_scalar(dtype: Any, data: Any) -> Any:
     return np.frombuffer(data, dtype=dtype)[0]
 
 
-def _latin1_encode(text: Any, encoding: Any) -> bytes:
-    """Stand-in for _codecs.encode, which protocol-2 pickles use for bytes."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise ValueError("_codecs.encode is allowed only for latin-1 text")
-    return text.encode("latin-1")
-
-
 def _empty_bytes() -> bytes:
     """Stand-in for bytes(), which protocol-2 pickles use for b''."""
     return b""
@@ -231,7 +226,7 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "slice"): slice,
     ("builtins", "complex"): complex,
     ("builtins", "bytes"): _empty_bytes,
-    ("_codecs", "encode"): _latin1_encode,
+    ("_codecs", "encode"): latin1_encode,
     ("argparse", "Namespace"): types.SimpleNamespace,
     ("numpy", "dtype"): _numpy_dtype,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
@@ -248,11 +243,7 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     **{("torch", cls): _TORCH_DTYPES[name] for cls, name in _STORAGE_CLASSES.items()},
 }
 
-# Protocol-2 pickles name Python 2 modules; pickle's own find_class maps them.
-_MODULE_ALIASES = {"__builtin__": "builtins"}
-
-
-class _CheckpointUnpickler(pickle.Unpickler):
+class _CheckpointUnpickler(AllowlistUnpickler):
     """Unpickler that resolves only allowlisted globals, to inert stand-ins.
 
     Storages are read through ``read_storage(key, nbytes)``, decoded once per
@@ -272,11 +263,10 @@ class _CheckpointUnpickler(pickle.Unpickler):
         self._byteorder = byteorder
         self._storages: dict[str, tuple[_TorchDtype, np.ndarray]] = {}
 
-    def find_class(self, module: str, name: str) -> Any:
-        key = (_MODULE_ALIASES.get(module, module), name)
-        if key not in _SAFE_GLOBALS:
-            raise UnsafeCheckpointError(f"{module}.{name}", self._path)
-        return _SAFE_GLOBALS[key]
+    allowed = _SAFE_GLOBALS
+
+    def refuse(self, qualified_name: str) -> Exception:
+        return UnsafeCheckpointError(qualified_name, self._path)
 
     def persistent_load(self, pid: Any) -> np.ndarray:
         if self._read_storage is None:
