@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .data import SAMPLE_DIR, EvalLoader, ImageDataset, open_dataset, shard_indices
 from .hub import write_atomic
+from .models.supervit import is_supernet, parse_subnet_spec, subnet_key
 
 __all__ = ["Counts", "evaluate", "topk_correct", "parse_subnets", "subnet_table", "weights_info",
            "write_results", "format_summary", "dist_info"]
@@ -91,45 +92,19 @@ class Counts:
 # ----------------------------------------------------------------------------------------------
 
 
-def is_super_model(model: Any) -> bool:
-    return hasattr(model, "set_subnet") and hasattr(model, "subnets")
-
-
-def subnet_key(subnet: Subnet) -> str:
-    """(224, 1.0) -> "224x1.0", the key of the published tables (cfg weights subnet_top1)."""
-    return f"{int(subnet[0])}x{float(subnet[1])}"
-
-
 def parse_subnets(spec: Union[str, Sequence[Subnet], None], model: Any) -> Optional[List[Subnet]]:
     """"all" -> the model's published sub-networks; "224x1.0,128x0.5" -> [(224, 1.0), (128, 0.5)];
-    None -> None (the current sub-network). Each is checked by the model's set_subnet."""
+    None -> None (the current sub-network). Each is checked by the model's check_subnet."""
     if spec is None:
         return None
-    if not is_super_model(model):
+    if not is_supernet(model):
         name = getattr(model, "pretrained_cfg", {}).get("name", type(model).__name__)
         raise ValueError(f"--subnets needs a super model (super_deit_s, super_lvvit_s); {name} has no sub-networks")
     if isinstance(spec, str):
-        if spec.strip().lower() == "all":
-            subnets = [(int(s), float(r)) for s, r in model.subnets]
-        else:
-            subnets = []
-            for item in filter(None, (part.strip() for part in spec.split(","))):
-                try:
-                    size, ratio = item.lower().split("x")
-                    subnets.append((int(size), float(ratio)))
-                except ValueError:
-                    raise ValueError(f"sub-network {item!r}: expected IMG_SIZExKEEP_RATIO, e.g. 224x1.0 or "
-                                     f"128x0.5, or 'all'") from None
-    else:
-        subnets = [(int(s), float(r)) for s, r in spec]
+        spec = parse_subnet_spec(spec) or model.subnets
+    subnets = [model.check_subnet(*subnet) for subnet in spec]  # a helpful ValueError for one it cannot run
     if not subnets:
         raise ValueError(f"no sub-networks in {spec!r}")
-    current = (model.img_size, model.keep_ratio)
-    try:
-        for subnet in subnets:
-            model.set_subnet(*subnet)  # raises a helpful ValueError for one the model cannot run
-    finally:
-        model.set_subnet(*current)
     return list(dict.fromkeys(subnets))  # duplicates once, order kept
 
 
@@ -250,14 +225,10 @@ def _build_runners(model: Any, subnets: Optional[List[Subnet]], engine: str, pre
     if subnets is None:
         return [(None, _create_runner(model, engine, precision, device, threads, workdir))]
     runners = []
-    current = (model.img_size, model.keep_ratio)
-    try:
-        for subnet in subnets:
-            model.set_subnet(*subnet)
-            sub_workdir = os.path.join(workdir, subnet_key(subnet)) if workdir else None
+    for subnet in subnets:
+        sub_workdir = os.path.join(workdir, subnet_key(subnet)) if workdir else None
+        with model.using_subnet(*subnet):
             runners.append((subnet, _create_runner(model, engine, precision, device, threads, sub_workdir)))
-    finally:
-        model.set_subnet(*current)
     return runners
 
 
@@ -349,7 +320,7 @@ def evaluate(model: Any, data: Any = None, *, val_list: Optional[str] = None, ba
     is_layer = _is_paddle_layer(model)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     name = name or cfg.get("name") or type(model).__name__
-    super_model = is_layer and is_super_model(model)
+    super_model = is_layer and is_supernet(model)
     subnet_list = parse_subnets(subnets, model) if subnets is not None else None
     if not is_layer and subnet_list is not None:
         raise ValueError("subnets need a ppim super model, not a runner")
@@ -400,12 +371,7 @@ def evaluate(model: Any, data: Any = None, *, val_list: Optional[str] = None, ba
     headline = _headline(subnet_list, model) if super_model else 0
 
     desc = f"{name}" + (f" rank {rank}/{world}" if world > 1 else "")
-    current = (model.img_size, model.keep_ratio) if super_model else None
-    try:
-        counts, skipped, seconds = _run(runners, loader, headline, progress and rank == 0, desc)
-    finally:
-        if current is not None:
-            model.set_subnet(*current)
+    counts, skipped, seconds = _run(runners, loader, headline, progress and rank == 0, desc)
     if world > 1:
         counts, skipped, seconds = _reduce_counts(counts, skipped, seconds)
 

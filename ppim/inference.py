@@ -33,6 +33,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .data import imagenet_class_names
+from .models.supervit import is_supernet
 from .transforms import ImageLike, create_transforms
 
 __all__ = ["classify", "export", "load_manifest", "Predictor", "Runner", "create_runner", "benchmark",
@@ -83,12 +84,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # export
 # ------------------------------------------------------------------------------------------------
-def _is_super(model: nn.Layer) -> bool:
-    return hasattr(model, "set_subnet") and hasattr(model, "subnets")
-
-
 def _current_subnet(model: nn.Layer) -> Optional[Tuple[int, float]]:
-    if not _is_super(model):
+    if not is_supernet(model):
         return None
     return int(model.img_size), float(model.keep_ratio)
 
@@ -102,7 +99,7 @@ def _input_size(model: nn.Layer, img_size: Optional[int]) -> int:
     """The side S of the exported input (B, 3, S, S)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     native = int(cfg["input_size"][-1]) if "input_size" in cfg else None
-    if _is_super(model):
+    if is_supernet(model):
         # Super models take the 224 crop of their transforms and resize it to the sub-network's size
         # inside the graph; another S feeds images of that size (resized likewise).
         return int(img_size or native or max(model.img_sizes))
@@ -718,7 +715,7 @@ def _model_gmacs(model: nn.Layer, img_size: Optional[int] = None, keep_ratio: Op
     """GMACs per image (ppim.flops); super models: of the sub-network (img_size, keep_ratio)."""
     from .flops import count_macs
 
-    if _is_super(model):
+    if is_supernet(model):
         return count_macs(model, img_size=img_size, keep_ratio=keep_ratio) / 1e9
     return count_macs(model) / 1e9
 
@@ -819,7 +816,7 @@ def _export_probe(probe: nn.Layer, output_dir: Path, size: int) -> Path:
 
 
 def _subnet_list(model: nn.Layer, subnets: Optional[Iterable[Tuple[int, float]]]) -> List[Optional[Tuple[int, float]]]:
-    if not _is_super(model):
+    if not is_supernet(model):
         return [None]
     chosen = list(subnets) if subnets else list(model.subnets)
     reference = (max(model.img_sizes), 1.0)

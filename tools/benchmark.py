@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ppim.inference import ENGINES, PRECISIONS, benchmark, cpu_supports_bf16, format_rows  # noqa: E402
+from ppim.models.supervit import parse_subnet_spec  # noqa: E402
 
 import paddle  # noqa: E402  (after ppim, which loads zlib first)
 
@@ -33,16 +34,6 @@ def _list(text, kind=str, choices=None):
         if bad:
             raise argparse.ArgumentTypeError(f"{', '.join(map(str, bad))}: choose from {', '.join(choices)}")
     return values
-
-
-def _subnets(text):
-    if text in (None, "all"):
-        return None
-    pairs = []
-    for item in text.split(","):
-        size, ratio = item.lower().split("x")
-        pairs.append((int(size), float(ratio)))
-    return pairs
 
 
 def environment(threads=None) -> dict:
@@ -72,7 +63,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    parser.add_argument("--subnets", help="SuperViT: all (default) or a list like 224x1.0,160x0.7")
+    parser.add_argument("--subnets", default="all", help="SuperViT: all (default) or a list like 224x1.0,160x0.7")
     parser.add_argument("--gmacs", type=float, help="override the model's GMACs per image (non-super models)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
     parser.add_argument("--ceiling-size", type=int, default=2048, help="matmul size of the ceiling (default 2048)")
@@ -84,7 +75,7 @@ def main(argv=None) -> int:
           flush=True)
     rows = benchmark(args.model, engines=args.engine, precisions=args.precision, batch_sizes=args.batch_size,
                      iters=args.iters, warmup=args.warmup, threads=args.threads, device=args.device,
-                     gmacs=args.gmacs, subnets=_subnets(args.subnets), ceiling=not args.no_ceiling,
+                     gmacs=args.gmacs, subnets=parse_subnet_spec(args.subnets), ceiling=not args.no_ceiling,
                      ceiling_size=args.ceiling_size, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_rows(rows))
     if args.json:

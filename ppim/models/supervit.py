@@ -8,8 +8,9 @@ aux head and MixToken). Sub-networks: img_size in {128, 160, 192, 224} x keep_ra
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
@@ -20,11 +21,43 @@ from ..layers import (Block, Box, ConvPatchEmbed, PatchEmbed, dense_logits, init
                       swap_box, token_parameter)
 from ..registry import build_model, make_cfg, register_model
 
-__all__ = ["SuperViT", "scale_box", "super_deit_s", "super_lvvit_s"]
+__all__ = ["SuperViT", "is_supernet", "parse_subnet_spec", "scale_box", "subnet_key", "super_deit_s",
+           "super_lvvit_s"]
 
 IMG_SIZES = (128, 160, 192, 224)   # token grids 8, 10, 12, 14: one positional embedding each
 KEEP_RATIOS = (0.5, 0.7, 1.0)      # the published keep ratios (any ratio in (0, 1] runs)
 KEEP_BLOCKS = (3, 6, 9)            # 0-based blocks that keep tokens between attention and MLP
+
+
+Subnet = Tuple[int, float]
+
+
+def is_supernet(model: Any) -> bool:
+    """A model with SuperViT's sub-network interface (set_subnet, subnets, img_size, keep_ratio)."""
+    return hasattr(model, "set_subnet") and hasattr(model, "subnets")
+
+
+def subnet_key(subnet: Subnet) -> str:
+    """(224, 1.0) -> "224x1.0", the key of the published tables (cfg weights subnet_top1)."""
+    return f"{int(subnet[0])}x{float(subnet[1])}"
+
+
+def parse_subnet_spec(spec: str) -> Optional[List[Subnet]]:
+    """"224x1.0,128x0.5" -> [(224, 1.0), (128, 0.5)]; "all" -> None (every published one).
+    Values are not checked against a model here: see SuperViT.check_subnet."""
+    if spec.strip().lower() == "all":
+        return None
+    subnets = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        try:
+            size, ratio = item.lower().split("x")
+            subnets.append((int(size), float(ratio)))
+        except ValueError:
+            raise ValueError(f"sub-network {item!r}: expected IMG_SIZExKEEP_RATIO, e.g. 224x1.0 or "
+                             f"128x0.5, or 'all'") from None
+    if not subnets:
+        raise ValueError(f"no sub-networks in {spec!r}")
+    return subnets
 
 
 def scale_box(box: Box, grid: int, full_grid: int = 14) -> Box:
@@ -99,7 +132,8 @@ class SuperViT(nn.Layer):
         """The published sub-networks (img_size, keep_ratio), grid by grid."""
         return [(s, r) for s in self.img_sizes for r in self.keep_ratios]
 
-    def _check_subnet(self, img_size, keep_ratio) -> Tuple[int, float]:
+    def check_subnet(self, img_size, keep_ratio) -> Subnet:
+        """(img_size, keep_ratio) as (int, float), or a ValueError naming what this model takes."""
         if img_size not in self.img_sizes or isinstance(img_size, bool):
             sizes = ", ".join(str(s) for s in self.img_sizes)
             raise ValueError(f"img_size {img_size!r} has no positional embedding; SuperViT sub-networks "
@@ -113,10 +147,20 @@ class SuperViT(nn.Layer):
     def set_subnet(self, img_size: int = 224, keep_ratio: float = 1.0) -> None:
         """Make (img_size, keep_ratio) the sub-network ``forward`` runs when given None (and the one
         ``paddle.jit.save`` exports)."""
-        self.img_size, self.keep_ratio = self._check_subnet(img_size, keep_ratio)
+        self.img_size, self.keep_ratio = self.check_subnet(img_size, keep_ratio)
+
+    @contextlib.contextmanager
+    def using_subnet(self, img_size: int, keep_ratio: float) -> Iterator["SuperViT"]:
+        """``with model.using_subnet(160, 0.7):`` the current sub-network inside, restored after."""
+        previous = (self.img_size, self.keep_ratio)
+        self.set_subnet(img_size, keep_ratio)
+        try:
+            yield self
+        finally:
+            self.set_subnet(*previous)
 
     def _subnet(self, img_size, keep_ratio) -> Tuple[int, float]:
-        return self._check_subnet(self.img_size if img_size is None else img_size,
+        return self.check_subnet(self.img_size if img_size is None else img_size,
                                   self.keep_ratio if keep_ratio is None else keep_ratio)
 
     # -- heads --------------------------------------------------------------------------------
@@ -198,7 +242,7 @@ _DRIVE = "https://drive.google.com/uc?export=download&id="
 
 def _subnet_top1(table: Sequence[Sequence[float]]) -> dict:
     """The published 4x3 top-1 table (rows img_size, columns keep ratio) as "<size>x<ratio>" keys."""
-    return {f"{s}x{r}": top1 for s, row in zip(IMG_SIZES, table) for r, top1 in zip(KEEP_RATIOS, row)}
+    return {subnet_key((s, r)): top1 for s, row in zip(IMG_SIZES, table) for r, top1 in zip(KEEP_RATIOS, row)}
 
 
 def _weights(file_id: str, file_name: str, params_m: float, table: Sequence[Sequence[float]]) -> dict:
