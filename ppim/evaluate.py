@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .data import SAMPLE_DIR, EvalLoader, ImageDataset, open_dataset, shard_indices
 from .hub import write_atomic
 from .models.supervit import is_supernet, parse_subnet_spec, subnet_key
+from .registry import model_name
 
 __all__ = ["Counts", "evaluate", "topk_correct", "parse_subnets", "subnet_table", "weights_info",
            "write_results", "format_summary", "dist_info"]
@@ -98,7 +99,7 @@ def parse_subnets(spec: Union[str, Sequence[Subnet], None], model: Any) -> Optio
     if spec is None:
         return None
     if not is_supernet(model):
-        name = getattr(model, "pretrained_cfg", {}).get("name", type(model).__name__)
+        name = model_name(model)
         raise ValueError(f"--subnets needs a super model (super_deit_s, super_lvvit_s); {name} has no sub-networks")
     if isinstance(spec, str):
         spec = parse_subnet_spec(spec) or model.subnets

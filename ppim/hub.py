@@ -43,6 +43,7 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
+from .registry import model_name
 from .safe_pickle import AllowlistUnpickler, latin1_encode
 
 try:  # POSIX
@@ -682,7 +683,7 @@ def adapt_state(model, state: "dict[str, np.ndarray]", source: "str | os.PathLik
     and the keys."""
     report = check_state(model, state)
     if not report.ok:
-        name = model.pretrained_cfg.get("name", type(model).__name__)
+        name = model_name(model)
         raise InvalidWeightsError(f"{source} does not fit {name}: {report.problems()}. Check that the "
                                   f"file is {name}'s weights (ppim.get_model_cfg({name!r})['weights']).")
     if report.dropped:

@@ -34,6 +34,7 @@ import paddle.nn.functional as F
 
 from .data import imagenet_class_names
 from .models.supervit import is_supernet
+from .registry import model_name
 from .transforms import ImageLike, create_transforms
 
 __all__ = ["classify", "export", "load_manifest", "Predictor", "Runner", "create_runner", "benchmark",
@@ -90,11 +91,6 @@ def _current_subnet(model: nn.Layer) -> Optional[Tuple[int, float]]:
     return int(model.img_size), float(model.keep_ratio)
 
 
-def _model_name(model: nn.Layer) -> str:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return cfg.get("name") or type(model).__name__
-
-
 def _input_size(model: nn.Layer, img_size: Optional[int]) -> int:
     """The side S of the exported input (B, 3, S, S)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -107,10 +103,10 @@ def _input_size(model: nn.Layer, img_size: Optional[int]) -> int:
         native = getattr(model, "img_size", None)
     if img_size is None:
         if native is None:
-            raise ValueError(f"{_model_name(model)} has no pretrained_cfg input size: pass img_size")
+            raise ValueError(f"{model_name(model)} has no pretrained_cfg input size: pass img_size")
         return int(native)
     if native is not None and int(img_size) != int(native):
-        name = _model_name(model)
+        name = model_name(model)
         raise ValueError(f"{name} is built for {native}x{native} inputs, not {img_size}x{img_size}: build it "
                          f"for that size (ppim.create_model({name!r}, img_size={img_size})) and export that model")
     return int(img_size)
@@ -320,7 +316,7 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
         manifest = {
             "format": "ppim-inference",
             "format_version": 1,
-            "model": _model_name(model),
+            "model": model_name(model),
             "input_name": INPUT_NAME,
             "input_shape": [batch_size or -1, 3, size, size],
             "input_dtype": "float32",
@@ -850,7 +846,7 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ENGINES, pre
     log = log or (lambda message: None)
     if isinstance(model, str):
         model = ppim.create_model(model, **(model_kwargs or {}))
-    name = _model_name(model)
+    name = model_name(model)
     model.eval()
     size = _input_size(model, None)
     threads_used = threads or (_default_threads() if device == "cpu" else None)

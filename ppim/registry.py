@@ -81,6 +81,11 @@ def create_model(name: str, pretrained: Any = False, **kwargs: Any) -> Any:
     return _MODELS[_lookup(name)](pretrained=pretrained, **kwargs)
 
 
+def model_name(model: Any) -> str:
+    """The registered name a model was built as (its pretrained_cfg), else its class name."""
+    return (getattr(model, "pretrained_cfg", None) or {}).get("name") or type(model).__name__
+
+
 def available() -> None:
     """Print the models by family, as ppim 1.x did."""
     families: Dict[str, List[str]] = {}

@@ -16,6 +16,7 @@ import numpy as np
 import paddle.nn as nn
 
 from ..hub import StateReport, check_state, read_pdparams, save_pdparams, set_weights
+from ..registry import model_name
 from .torch_reader import CheckpointError, load_torch_checkpoint
 
 # Where training scripts keep the weights: timm's train.py, then DeiT's main.py.
@@ -107,7 +108,7 @@ def convert_file(source: "str | os.PathLike[str]", output: "str | os.PathLike[st
     state = convert_checkpoint(source, model, ema)
     report = check_state(model, state)
     if strict and not report.ok:
-        raise CheckpointError(f"{source} does not fit {model.pretrained_cfg['name']}: {report.problems()} "
+        raise CheckpointError(f"{source} does not fit {model_name(model)}: {report.problems()} "
                               "(nothing written; --no-strict writes the keys that fit)")
     kept = {key: state[key] for key in report.matched}
     save_pdparams(kept, output)

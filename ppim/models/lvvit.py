@@ -10,7 +10,7 @@ import paddle
 import paddle.nn as nn
 
 from ..layers import Block, ConvPatchEmbed, dense_logits, init_vit_weights, random_box, swap_box, token_parameter
-from ..registry import build_model, make_cfg, register_model
+from ..registry import build_model, make_cfg, model_name, register_model
 
 __all__ = ["LVViT", "lvvit_t", "lvvit_s", "lvvit_s_384", "lvvit_m", "lvvit_m_384", "lvvit_m_448",
            "lvvit_l_448", "lvvit_l_512"]
@@ -22,7 +22,7 @@ def check_input_size(model: nn.Layer, x: paddle.Tensor, sizes: Tuple[int, ...]) 
     height, width = x.shape[2], x.shape[3]
     if height < 0 or width < 0 or (height == width and height in sizes):
         return
-    name = getattr(model, "pretrained_cfg", {}).get("name", type(model).__name__)
+    name = model_name(model)
     expected = " or ".join(f"{s}x{s}" for s in sizes)
     raise ValueError(
         f"{name} takes {expected} inputs, got {height}x{width}. Use the model's eval transforms "
