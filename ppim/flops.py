@@ -37,16 +37,15 @@ Both methods work on Paddle 2.6 and 3.x.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 
-from .layers import Attention, Block, ConvPatchEmbed, Mlp, PatchEmbed
+from .layers import Attention, Block, ConvPatchEmbed, Mlp, PatchEmbed, kept_token_count
 
-__all__ = ["count", "count_macs", "count_params", "model_for_counting", "subnet_costs", "kept_tokens", "token_schedule"]
+__all__ = ["count", "count_macs", "count_params", "model_for_counting", "subnet_costs", "token_schedule"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,14 +73,6 @@ def model_for_counting(name: str, **kwargs: Any) -> nn.Layer:
 # ----------------------------------------------------------------------------------------------
 
 
-def kept_tokens(tokens: int, keep_ratio: float) -> int:
-    """Token count (cls included) after SuperViT's token keeping on ``tokens`` tokens (cls included):
-    1 + ceil(keep_ratio * tokens) patch tokens, at most all of them (``layers.keep_top_tokens``)."""
-    if keep_ratio is None or keep_ratio >= 1:
-        return tokens
-    return 1 + min(math.ceil(keep_ratio * tokens), tokens - 1)
-
-
 def token_schedule(model: nn.Layer, img_size: Optional[int] = None,
                    keep_ratio: Optional[float] = None) -> List[int]:
     """Tokens entering each block's attention, then the final token count (length depth + 1).
@@ -91,7 +82,7 @@ def token_schedule(model: nn.Layer, img_size: Optional[int] = None,
     for index in range(len(model.blocks)):
         out.append(tokens)
         if index in plan["keep_blocks"]:
-            tokens = kept_tokens(tokens, plan["keep_ratio"])
+            tokens = kept_token_count(tokens, plan["keep_ratio"])
     return out + [tokens]
 
 
@@ -149,7 +140,7 @@ def mlp_macs(mlp: Mlp, tokens: int) -> int:
 
 def block_macs(block: Block, tokens: int, keep_ratio: Optional[float] = None) -> Tuple[int, int]:
     """(MACs, tokens out) of a transformer block; with keep_ratio < 1 the MLP runs on the kept tokens."""
-    kept = kept_tokens(tokens, keep_ratio) if keep_ratio is not None else tokens
+    kept = kept_token_count(tokens, keep_ratio)
     return attention_macs(block.attn, tokens) + mlp_macs(block.mlp, kept), kept
 
 

@@ -97,6 +97,15 @@ class Attention(nn.Layer):
         return (out, attn) if return_attention else out
 
 
+def kept_token_count(tokens: int, keep_ratio: Optional[float]) -> int:
+    """Tokens (cls included) after SuperViT's token keeping on ``tokens`` tokens (cls included):
+    cls plus ceil(keep_ratio * tokens) patch tokens, at most all of them; keep_ratio None or >= 1
+    keeps everything."""
+    if keep_ratio is None or keep_ratio >= 1:
+        return tokens
+    return 1 + min(math.ceil(keep_ratio * tokens), tokens - 1)
+
+
 def keep_top_tokens(x: paddle.Tensor, attn: paddle.Tensor, keep_ratio: float) -> paddle.Tensor:
     """SuperViT's token keeping: the cls token, then the ``ceil(keep_ratio * N)`` patch tokens the cls
     token attends to most, in descending score order (N = token count including cls, as in the
@@ -105,8 +114,7 @@ def keep_top_tokens(x: paddle.Tensor, attn: paddle.Tensor, keep_ratio: float) ->
     x: (B, N, D) tokens with cls first; attn: (B, heads, N, N) softmax probabilities of the block
     that produced x. N must be static (it is, in a traced graph: only the batch is unknown).
     """
-    tokens = x.shape[1]
-    keep = min(math.ceil(keep_ratio * tokens), tokens - 1)  # patch tokens kept besides cls
+    keep = kept_token_count(x.shape[1], keep_ratio) - 1  # patch tokens kept besides cls
     score = attn[:, :, 0, 1:].mean(axis=1)  # (B, N-1): cls query, averaged over heads
     index = paddle.topk(score, k=keep, axis=1, sorted=True)[1] + 1
     kept = paddle.take_along_axis(x, index.unsqueeze(-1).expand([-1, -1, x.shape[2]]), axis=1)
