@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import SAMPLE_DIR, EvalLoader, ImageDataset, open_dataset, shard_indices
-from .hub import write_atomic
+from .hub import write_json
 from .models.supervit import is_supernet, parse_subnet_spec, subnet_key
 from .registry import model_name
 
@@ -508,15 +507,4 @@ def format_summary(results: Dict[str, Any]) -> str:
 
 def write_results(results: Dict[str, Any], path: "str | os.PathLike[str]") -> None:
     """Write ``results`` as JSON atomically (a temp file in the same folder, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(results, indent=2, allow_nan=False, default=_json_default) + "\n"
-    write_atomic(path, text.encode("utf-8"))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    write_json(path, results)

@@ -25,6 +25,7 @@ import email.message
 import email.utils
 import errno
 import hashlib
+import json
 import html
 import logging
 import math
@@ -202,6 +203,22 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def write_json(path: "str | os.PathLike[str]", data) -> None:
+    """``data`` as indented JSON (numpy scalars and paths as plain values), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, allow_nan=False, default=_json_default) + "\n"
+    write_atomic(path, text.encode("utf-8"))
 
 
 def _remove_quietly(path: "str | Path") -> None:

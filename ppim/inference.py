@@ -34,6 +34,7 @@ import paddle.nn.functional as F
 
 from .data import imagenet_class_names
 from .models.supervit import is_supernet
+from .hub import write_json
 from .registry import model_name
 from .transforms import ImageLike, create_transforms
 
@@ -110,20 +111,6 @@ def _input_size(model: nn.Layer, img_size: Optional[int]) -> int:
         raise ValueError(f"{name} is built for {native}x{native} inputs, not {img_size}x{img_size}: build it "
                          f"for that size (ppim.create_model({name!r}, img_size={img_size})) and export that model")
     return int(img_size)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
 
 
 class _DeployAttention(nn.Layer):
@@ -322,7 +309,7 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
             "input_dtype": "float32",
             "num_classes": int(getattr(model, "num_classes", cfg.get("num_classes", 0)) or 0),
             "subnet": None if subnet is None else {"img_size": subnet[0], "keep_ratio": subnet[1]},
-            "cfg": _json_safe(cfg),
+            "cfg": cfg,
             "program_file": program.name,
             "params_file": PARAMS_FILE,
             "ir": "pir" if program.suffix == ".json" else "legacy",
@@ -331,7 +318,7 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
             "paddle_version": paddle.__version__,
             "ppim_version": ppim_version,
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / MANIFEST, manifest)
         _replace_dir(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -803,7 +790,7 @@ def _export_probe(probe: nn.Layer, output_dir: Path, size: int) -> Path:
                         input_spec=[paddle.static.InputSpec([size, size], "float32", name=INPUT_NAME)])
         manifest = {"format": "ppim-inference", "model": "matmul", "input_name": INPUT_NAME,
                     "input_shape": [size, size], "optimized": False}
-        (tmp / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+        write_json(tmp / MANIFEST, manifest)
         _replace_dir(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

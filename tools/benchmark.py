@@ -13,7 +13,6 @@ some of the CPUs (compare shares, which are measured under the same conditions).
 change the speed: random ones are used.
 """
 import argparse
-import json
 import os
 import platform
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ppim.inference import ENGINES, PRECISIONS, benchmark, cpu_supports_bf16, format_rows  # noqa: E402
+from ppim.hub import write_json  # noqa: E402
 from ppim.models.supervit import parse_subnet_spec  # noqa: E402
 
 import paddle  # noqa: E402  (after ppim, which loads zlib first)
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
                      ceiling_size=args.ceiling_size, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_rows(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
+        write_json(args.json, {"environment": env, "rows": rows})
         print(f"wrote {args.json}")
     return 1 if rows and all("error" in row for row in rows) else 0
 
