@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
@@ -253,6 +253,20 @@ def _replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _staged_dir(output_dir: Path) -> Iterator[Path]:
+    """A temporary directory beside ``output_dir`` that replaces it when the block succeeds and is
+    removed when it fails: readers see the old directory or the whole new one."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
+    try:
+        yield tmp
+        _replace_dir(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optional[int] = None,
            batch_size: Optional[int] = None, optimize: bool = True) -> Path:
     """Save ``model`` (in eval mode) for Paddle Inference and return the directory.
@@ -277,52 +291,47 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
     size = _input_size(model, img_size)
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive int or None (any batch), got {batch_size!r}")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
     was_training = model.training
     try:
         model.eval()
-        spec = paddle.static.InputSpec([batch_size, 3, size, size], "float32", name=INPUT_NAME)
-        subnet = _current_subnet(model)
-        target = model
-        if optimize and subnet is not None and subnet[0] != size:
-            target = _DeployResize(model, size, subnet[0])
-            target.eval()
-        with _preserve_forwards(model), _deploy_layout(model, optimize) as deploy_attention:
-            paddle.jit.save(target, str(tmp / "model"), input_spec=[spec])
-        program = _program_file(tmp)
-        if not (tmp / PARAMS_FILE).is_file():  # a model without parameters still gets a params file
-            (tmp / PARAMS_FILE).write_bytes(b"")
-        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-        if cfg.get("crop") and int(cfg["crop"]) != size:
-            from .registry import cfg_for_img_size
+        with _staged_dir(output_dir) as tmp:
+            spec = paddle.static.InputSpec([batch_size, 3, size, size], "float32", name=INPUT_NAME)
+            subnet = _current_subnet(model)
+            target = model
+            if optimize and subnet is not None and subnet[0] != size:
+                target = _DeployResize(model, size, subnet[0])
+                target.eval()
+            with _preserve_forwards(model), _deploy_layout(model, optimize) as deploy_attention:
+                paddle.jit.save(target, str(tmp / "model"), input_spec=[spec])
+            program = _program_file(tmp)
+            if not (tmp / PARAMS_FILE).is_file():  # a model without parameters still gets a params file
+                (tmp / PARAMS_FILE).write_bytes(b"")
+            cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+            if cfg.get("crop") and int(cfg["crop"]) != size:
+                from .registry import cfg_for_img_size
 
-            cfg = cfg_for_img_size(cfg, size)
-        from . import __version__ as ppim_version
+                cfg = cfg_for_img_size(cfg, size)
+            from . import __version__ as ppim_version
 
-        manifest = {
-            "format": "ppim-inference",
-            "format_version": 1,
-            "model": model_name(model),
-            "input_name": INPUT_NAME,
-            "input_shape": [batch_size or -1, 3, size, size],
-            "input_dtype": "float32",
-            "num_classes": int(getattr(model, "num_classes", cfg.get("num_classes", 0)) or 0),
-            "subnet": None if subnet is None else {"img_size": subnet[0], "keep_ratio": subnet[1]},
-            "cfg": cfg,
-            "program_file": program.name,
-            "params_file": PARAMS_FILE,
-            "ir": "pir" if program.suffix == ".json" else "legacy",
-            "optimized": bool(optimize),
-            "deploy_attention": bool(deploy_attention),
-            "paddle_version": paddle.__version__,
-            "ppim_version": ppim_version,
-        }
-        write_json(tmp / MANIFEST, manifest)
-        _replace_dir(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            manifest = {
+                "format": "ppim-inference",
+                "format_version": 1,
+                "model": model_name(model),
+                "input_name": INPUT_NAME,
+                "input_shape": [batch_size or -1, 3, size, size],
+                "input_dtype": "float32",
+                "num_classes": int(getattr(model, "num_classes", cfg.get("num_classes", 0)) or 0),
+                "subnet": None if subnet is None else {"img_size": subnet[0], "keep_ratio": subnet[1]},
+                "cfg": cfg,
+                "program_file": program.name,
+                "params_file": PARAMS_FILE,
+                "ir": "pir" if program.suffix == ".json" else "legacy",
+                "optimized": bool(optimize),
+                "deploy_attention": bool(deploy_attention),
+                "paddle_version": paddle.__version__,
+                "ppim_version": ppim_version,
+            }
+            write_json(tmp / MANIFEST, manifest)
     finally:
         if was_training:
             model.train()
@@ -782,19 +791,13 @@ def measure_ceiling(engine: str = "inference", precision: str = "fp32", device: 
 
 def _export_probe(probe: nn.Layer, output_dir: Path, size: int) -> Path:
     """Export the matmul probe (input x: (size, size)) with a minimal ppim.json."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".probe.", dir=output_dir.parent))
-    try:
+    with _staged_dir(output_dir) as tmp:
         probe.eval()
         paddle.jit.save(probe, str(tmp / "model"),
                         input_spec=[paddle.static.InputSpec([size, size], "float32", name=INPUT_NAME)])
         manifest = {"format": "ppim-inference", "model": "matmul", "input_name": INPUT_NAME,
                     "input_shape": [size, size], "optimized": False}
         write_json(tmp / MANIFEST, manifest)
-        _replace_dir(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output_dir
 
 
