@@ -6,13 +6,12 @@ import numpy as np
 import paddle
 import pytest
 import torch
-import torch.nn as tnn
-import torch.nn.functional as TF
 
 import ppim
 from ppim.layers import random_box
 from ppim.models.supervit import scale_box
 from model_utils import randomize, torch_state
+from torch_reference import TorchSuperViT
 
 SIZES = (128, 160, 192, 224)
 RATIOS = (0.5, 0.7, 1.0)
@@ -46,114 +45,10 @@ def expected_token_counts(img_size, keep_ratio, depth=12):
     return counts
 
 
-# ---- an independent PyTorch reference, structured like the official SuperViT code -----------------
-
-class TAttention(tnn.Module):
-    def __init__(self, dim, heads, qkv_bias, scale_logits):
-        super().__init__()
-        self.heads, self.scale, self.scale_logits = heads, (dim // heads) ** -0.5, scale_logits
-        self.qkv = tnn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = tnn.Linear(dim, dim)
-
-    def forward(self, x):
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        if self.scale_logits:  # DeiT: (q k^T) * scale
-            attn = (q @ k.transpose(-2, -1)) * self.scale
-        else:  # LV-ViT: (q * scale) k^T
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-        attn = attn.softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C)), attn
-
-
-class TMlp(tnn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1, self.act, self.fc2 = tnn.Linear(dim, hidden), tnn.GELU(), tnn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class TBlock(tnn.Module):
-    def __init__(self, dim, heads, a):
-        super().__init__()
-        self.lam = a["skip_lam"]
-        self.norm1 = tnn.LayerNorm(dim, eps=a["eps"])
-        self.attn = TAttention(dim, heads, a["qkv_bias"], scale_logits=a["deit"])
-        self.norm2 = tnn.LayerNorm(dim, eps=a["eps"])
-        self.mlp = TMlp(dim, int(dim * a["mlp_ratio"]))
-        self.kept = None
-
-    def forward(self, x, keep_ratio):
-        out, attn = self.attn(self.norm1(x))
-        x = x + out / self.lam
-        if keep_ratio != 1:
-            n = math.ceil(keep_ratio * x.shape[1])
-            score = attn.mean(dim=1)[:, 0, 1:]
-            index = torch.topk(score, k=min(n, score.shape[1]), dim=1, sorted=True).indices
-            self.kept = index
-            index = torch.cat([torch.zeros_like(index[:, :1]), index + 1], dim=1)
-            x = torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[2]))
-        return x + self.mlp(self.norm2(x)) / self.lam
-
-
-class TStem(tnn.Module):
-    def __init__(self, dim, c0):
-        super().__init__()
-        self.conv1, self.bn1 = tnn.Conv2d(3, c0, 7, 2, 3, bias=False), tnn.BatchNorm2d(c0)
-        self.conv2, self.bn2 = tnn.Conv2d(c0, c0, 3, 1, 1, bias=False), tnn.BatchNorm2d(c0)
-        self.conv3, self.bn3 = tnn.Conv2d(c0, c0, 3, 1, 1, bias=False), tnn.BatchNorm2d(c0)
-        self.proj = tnn.Conv2d(c0, dim, 8, 8)
-
-    def forward(self, x):
-        x = TF.relu(self.bn1(self.conv1(x)))
-        x = TF.relu(self.bn2(self.conv2(x)))
-        return self.proj(TF.relu(self.bn3(self.conv3(x))))
-
-
-class TDeiTStem(tnn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.proj = tnn.Conv2d(3, dim, 16, 16)
-
-    def forward(self, x):
-        return self.proj(x)
-
-
-class TSuperViT(tnn.Module):
-    def __init__(self, a, dim, depth, heads, classes, c0=8):
-        super().__init__()
-        self.a = a
-        self.patch_embed = TDeiTStem(dim) if a["deit"] else TStem(dim, c0)
-        self.cls_token = tnn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed_list = tnn.ParameterList(
-            [tnn.Parameter(torch.zeros(1, (s // 16) ** 2 + 1, dim)) for s in SIZES])
-        self.blocks = tnn.ModuleList([TBlock(dim, heads, a) for _ in range(depth)])
-        self.norm = tnn.LayerNorm(dim, eps=a["eps"])
-        self.head = tnn.Linear(dim, classes)
-        if a["aux_weight"] is not None:
-            self.aux_head = tnn.Linear(dim, classes)
-
-    def tokens(self, x, img_size, keep_ratio):
-        x = TF.interpolate(x, (img_size, img_size), mode="bilinear", align_corners=True)
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = x + self.pos_embed_list[SIZES.index(img_size)]
-        for index, block in enumerate(self.blocks):
-            x = block(x, keep_ratio if index in (3, 6, 9) else 1)
-        return self.norm(x)
-
-    def forward(self, x, img_size, keep_ratio):
-        x = self.tokens(x, img_size, keep_ratio)
-        logits = self.head(x[:, 0])
-        if self.a["aux_weight"] is not None:
-            logits = logits + self.a["aux_weight"] * self.aux_head(x[:, 1:]).max(1)[0]
-        return logits
-
+# ---- the independent PyTorch reference (tests/torch_reference.py) with our weights --------------
 
 def torch_copy(model, name):
-    ref = TSuperViT(ARCH[name], SMALL["embed_dim"], SMALL["depth"], SMALL["num_heads"], SMALL["num_classes"]).eval()
+    ref = TorchSuperViT(ARCH[name], SMALL["embed_dim"], SMALL["depth"], SMALL["num_heads"], SMALL["num_classes"]).eval()
     state = torch_state(model)
     ref.load_state_dict(state, strict=False)
     missing = set(ref.state_dict()) - set(state)
