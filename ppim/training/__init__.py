@@ -1,0 +1,1 @@
+"""Training: losses, mixing, optimizer groups, schedules, EMA, checkpoints and the train loop."""
