@@ -5,7 +5,7 @@
         --img-size 160 --keep-ratio 0.7          # a SuperViT sub-network (input stays the 224 crop)
     python tools/export.py --model lvvit_s --img-size 288 --output exported/lvvit_s_288   # other size
 
-Then: ppim.inference.Predictor(DIR)(batch) or python tools/predict.py --engine inference.
+Then: ppim.deploy.Predictor(DIR)(batch) or python tools/predict.py --engine inference.
 """
 import argparse
 import sys
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np  # noqa: E402
 
 import ppim  # noqa: E402
-from ppim.inference import Predictor, export, load_manifest  # noqa: E402
+from ppim.deploy import Predictor, export, load_manifest  # noqa: E402
 
 
 def build(name: str, weights, img_size=None, keep_ratio=None):
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     if args.verify:
         size = manifest["input_shape"][2]
         batch = np.random.default_rng(0).standard_normal((args.batch_size or 2, 3, size, size), dtype=np.float32)
-        from ppim.inference import create_runner
+        from ppim.deploy import create_runner
 
         expected = create_runner(model, engine="eager")(batch)
         got = Predictor(out)(batch)

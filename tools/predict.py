@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import ppim  # noqa: E402
 from ppim.data import imagenet_class_names, sample_images  # noqa: E402
-from ppim.inference import classify, create_runner  # noqa: E402
+from ppim.deploy import classify, create_runner  # noqa: E402
 
 
 def main(argv=None) -> int:
