@@ -38,7 +38,7 @@ def _list(text, kind=str, choices=None):
 def environment(threads=None) -> dict:
     import paddle
 
-    from ..inference import cpu_supports_bf16
+    from ..deploy import cpu_supports_bf16
 
     cpu = ""
     try:
@@ -55,7 +55,7 @@ def environment(threads=None) -> dict:
 
 @command
 def main(argv=None) -> int:
-    from ..inference import ENGINES, PRECISIONS
+    from ..deploy import ENGINES, PRECISIONS
 
     parser = ArgumentParser(prog="ppim-benchmark", description=__doc__)
     add_model_arguments(parser, weights=False)
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the rows and the environment to this JSON file")
     args = parser.parse_args(argv)
     from ..hub import write_json
-    from ..inference import benchmark, format_rows
+    from ..deploy import benchmark, format_rows
     from ..models.supervit import parse_subnet_spec
 
     if args.json:
