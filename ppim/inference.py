@@ -36,7 +36,7 @@ from .data import imagenet_class_names
 from .models.supervit import is_supernet
 from .hub import write_json
 from .registry import model_name
-from .transforms import ImageLike, create_transforms
+from .transforms import ImageLike, as_numpy, create_transforms
 
 __all__ = ["classify", "export", "load_manifest", "Predictor", "Runner", "create_runner", "benchmark",
            "format_rows", "CeilingProbe", "measure_ceiling", "cpu_supports_bf16", "ENGINES", "PRECISIONS"]
@@ -68,7 +68,7 @@ def classify(model: paddle.nn.Layer, images: Sequence[ImageLike], transforms: Ca
         runner = create_runner(model, engine=engine, precision=precision)
     results: List[Prediction] = []
     for start in range(0, len(images), batch_size):
-        batch = np.stack([transforms(image) for image in images[start:start + batch_size]])
+        batch = np.stack([as_numpy(transforms)(image) for image in images[start:start + batch_size]])
         probs = _softmax(runner(batch.astype("float32")))
         for row in probs:
             top = np.argsort(-row)[:topk]
