@@ -20,13 +20,14 @@ from typing import Any, Dict, Optional
 import numpy as np
 import paddle
 
+from ..errors import InputError
 from ..hub import TRAIN_CHECKPOINT_FORMAT, InvalidWeightsError, read_pickle
 
 #: Fault injection for tests: seconds to sleep once half of a checkpoint is written.
 PAUSE_ENV = "PPIM_TEST_CHECKPOINT_PAUSE"
 
 
-class CheckpointError(RuntimeError):
+class ResumeError(InputError):
     """A checkpoint that cannot be resumed here (unreadable, or another model / class count)."""
 
 
@@ -95,13 +96,13 @@ def save_checkpoint(path: "str | os.PathLike[str]", checkpoint: Dict[str, Any]) 
 def load_checkpoint(path: "str | os.PathLike[str]") -> Dict[str, Any]:
     """Read a training checkpoint written by save_checkpoint (no pickled code runs)."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"--resume {path}: no such file")
+        raise ResumeError(f"--resume {path}: no such file")
     try:
         checkpoint = read_pickle(path)
     except InvalidWeightsError as error:
-        raise CheckpointError(f"--resume {path}: {error}") from None
+        raise ResumeError(f"--resume {path}: {error}") from None
     if not (isinstance(checkpoint, dict) and checkpoint.get("format") == TRAIN_CHECKPOINT_FORMAT):
-        raise CheckpointError(f"--resume {path} is not a ppim training checkpoint (a weights file? "
+        raise ResumeError(f"--resume {path} is not a ppim training checkpoint (a weights file? "
                               f"start from weights with --checkpoint {path} instead)")
     return checkpoint
 

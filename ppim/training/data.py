@@ -14,10 +14,11 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
+from ..errors import InputError
 from ..data import ImageDataset, ImageFolderDataset, ImageListDataset, class_folders
 
 
-class DataLayoutError(ValueError):
+class DataLayoutError(InputError):
     """A DATA folder that cannot be trained on as it is; the message names the cause and the fix."""
 
 

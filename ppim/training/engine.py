@@ -17,10 +17,15 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 import paddle
 
-from .checkpoint import (CheckpointError, optimizer_state, rng_state, save_checkpoint, set_optimizer_state,
+from ..errors import PpimError
+from .checkpoint import (ResumeError, optimizer_state, rng_state, save_checkpoint, set_optimizer_state,
                          set_rng_state)
 
 Backward = Callable[[paddle.Tensor], None]
+
+
+class DivergedError(PpimError, FloatingPointError):
+    """The loss became inf or NaN."""
 
 
 class ClassificationStep:
@@ -52,7 +57,8 @@ class Trainer:
     loader: a ppim.data.TrainLoader (set_epoch is called each epoch; batches of numpy images and
         labels). mixup: callable (images, labels) -> (images, soft targets) or None.
     step: the per-batch work (default ClassificationStep(paddle.nn.CrossEntropyLoss())).
-    scheduler: stepped once per epoch (``step()``), after the epoch; its state is checkpointed.
+    scheduler: ``step_epoch(epoch + 1)`` after each epoch and ``step_update(updates)`` after each
+        step when it has them (ppim.training.CosineLRScheduler), else ``step()`` after each epoch.
     ema: a ModelEma-like object (``update(model)``, ``module``, ``state_dict``/``set_state_dict``).
     amp: None, "bfloat16" or "float16" (paddle.amp.auto_cast O1; float16 scales the loss with
         ``scaler``, a paddle.amp.GradScaler).
@@ -91,7 +97,7 @@ class Trainer:
 
     def _backward(self, loss: paddle.Tensor) -> None:
         if not math.isfinite(float(loss)):
-            raise FloatingPointError(f"the loss is {float(loss)} at epoch {self.epoch}, step {self.global_step}: "
+            raise DivergedError(f"the loss is {float(loss)} at epoch {self.epoch}, step {self.global_step}: "
                                      f"lower --lr, add --clip-grad, or check the data")
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
@@ -125,6 +131,8 @@ class Trainer:
                 self.optimizer.clear_grad()
                 if self.ema is not None:
                     self.ema.update(self.module)
+                if hasattr(self.scheduler, "step_update"):  # per-update schedules (no-op per epoch)
+                    self.scheduler.step_update(self.global_step + 1)
                 value = float(loss)
                 losses.append(value)
                 images_seen += len(batch.labels)
@@ -161,7 +169,9 @@ class Trainer:
         row: Dict[str, Any] = {}
         for epoch in range(self.epoch, epochs):
             row = {"epoch": epoch, **self.train_one_epoch(epoch)}
-            if self.scheduler is not None:
+            if hasattr(self.scheduler, "step_epoch"):  # ppim's CosineLRScheduler (timm's step(epoch + 1))
+                self.scheduler.step_epoch(epoch + 1)
+            elif self.scheduler is not None:  # a Paddle LRScheduler: one step per epoch
                 self.scheduler.step()
             last = epoch + 1 == epochs
             if self.evaluate is not None and ((epoch + 1) % self.eval_interval == 0 or last):
@@ -224,7 +234,7 @@ class Trainer:
         differ = [f"{key} {checkpoint.get(key)!r} (this run: {value!r})" for key, value in self.identity.items()
                   if checkpoint.get(key) != value]
         if differ:
-            raise CheckpointError(f"--resume {source} is a checkpoint of another model: {'; '.join(differ)}. "
+            raise ResumeError(f"--resume {source} is a checkpoint of another model: {'; '.join(differ)}. "
                                   f"Resume with the arguments it was trained with, or start from its weights "
                                   f"with --checkpoint {source}")
 
@@ -233,7 +243,7 @@ class Trainer:
         self.check_identity(checkpoint, source)
         if (checkpoint.get("model_ema") is None) != (self.ema is None):
             have = "has" if checkpoint.get("model_ema") is not None else "has no"
-            raise CheckpointError(f"--resume {source} {have} EMA weights; pass --model-ema the same way as "
+            raise ResumeError(f"--resume {source} {have} EMA weights; pass --model-ema the same way as "
                                   f"in the run that wrote it")
         self.module.set_state_dict(checkpoint["model"])
         if self.ema is not None:

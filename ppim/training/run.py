@@ -16,15 +16,16 @@ import numpy as np
 import paddle
 
 from ..data import TrainLoader
+from ..errors import InputError
 from ..evaluate import dist_info, evaluate
 from ..registry import create_model, model_name
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import load_checkpoint
 from .data import open_train_val
 from .engine import ClassificationStep, Trainer
 from .records import Records
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A setting that cannot work (named with its fix), raised before anything trains."""
 
 
@@ -66,12 +67,16 @@ class TrainConfig:
     aa: Optional[str] = "rand-m9-mstd0.5-inc1"
     reprob: float = 0.25
     train_interpolation: str = "random"
+    scale: Tuple[float, float] = (0.08, 1.0)
+    ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
     model_ema: bool = False
     model_ema_decay: float = 0.99992
     amp: bool = False
     amp_dtype: Optional[str] = None  # default: float16 on GPU, bfloat16 on CPU
     device: Optional[str] = None  # cpu | gpu (default: gpu when there is one)
     sync_bn: bool = False
+    threads: Optional[int] = None  # CPU math threads (default: every CPU this process may use)
     seed: int = 42
     eval_interval: int = 1
     val: bool = True
@@ -152,7 +157,8 @@ def _build_criterion(config: TrainConfig, num_classes: int):
 def _transforms(model, config: TrainConfig):
     from ..transforms import create_transforms
 
-    overrides = {"auto_augment": config.aa, "re_prob": config.reprob, "interpolation": config.train_interpolation}
+    overrides = {"auto_augment": config.aa, "re_prob": config.reprob, "interpolation": config.train_interpolation,
+                 "scale": config.scale, "ratio": config.ratio, "hflip": config.hflip}
     return create_transforms(model, is_training=True, **overrides), create_transforms(model)
 
 
@@ -177,8 +183,13 @@ def build_trainer(config: TrainConfig, *, step: Optional[Callable] = None,
     checkpoint = load_checkpoint(config.resume) if config.resume else None
     if config.sync_bn and device != "gpu":
         raise ConfigError("--sync-bn needs GPUs (paddle.nn.SyncBatchNorm); drop it on the CPU")
-    paddle.set_device(device)
+    # Under paddle.distributed.launch each process uses its own GPU (launch's FLAGS_selected_gpus).
+    paddle.set_device(f"gpu:{paddle.distributed.ParallelEnv().device_id}" if device == "gpu" and world > 1 else device)
 
+    if device == "cpu":
+        from ..deploy.runner import set_eager_threads
+
+        set_eager_threads(config.threads)  # Paddle's eager CPU math starts with one thread
     train_set, val_set, num_classes = open_train_val(config.data, num_classes=config.num_classes, val=config.val)
 
     kwargs = dict(config.model_kwargs)
