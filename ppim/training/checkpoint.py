@@ -56,12 +56,16 @@ class _PausingWriter:
         self.file, self.at, self.seconds, self.written = file, at, seconds, 0
 
     def write(self, data) -> int:
-        before = self.written
+        data = memoryview(data)
+        split = self.at - self.written
         self.written += len(data)
-        if before < self.at <= self.written:
+        if 0 <= split < len(data):
+            self.file.write(data[:split])
             self.file.flush()
             time.sleep(self.seconds)
-        return self.file.write(data)
+            data = data[split:]
+        self.file.write(data)
+        return len(data)
 
 
 def _umask() -> int:
