@@ -34,8 +34,8 @@ import paddle.nn.functional as F
 
 from .data import imagenet_class_names
 from .models.supervit import is_supernet
-from .hub import write_json
-from .registry import model_name
+from .fileio import write_json
+from .registry import create_model, model_name
 from .transforms import ImageLike, create_transforms
 
 __all__ = ["classify", "export", "load_manifest", "Predictor", "Runner", "create_runner", "benchmark",
@@ -311,7 +311,7 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
                 from .registry import cfg_for_img_size
 
                 cfg = cfg_for_img_size(cfg, size)
-            from . import __version__ as ppim_version
+            from .version import __version__ as ppim_version
 
             manifest = {
                 "format": "ppim-inference",
@@ -831,11 +831,9 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ENGINES, pre
     compete. A combination that cannot run here (bf16 without CPU support, fp16 on CPU, GPU on a
     CPU build) gets a row with ``error`` and no timings. ``gmacs`` overrides ppim.flops' count
     (non-super models)."""
-    import ppim
-
     log = log or (lambda message: None)
     if isinstance(model, str):
-        model = ppim.create_model(model, **(model_kwargs or {}))
+        model = create_model(model, **(model_kwargs or {}))
     name = model_name(model)
     model.eval()
     size = _input_size(model, None)

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ppim.inference import ENGINES, PRECISIONS, benchmark, cpu_supports_bf16, format_rows  # noqa: E402
-from ppim.hub import write_json  # noqa: E402
+from ppim.fileio import write_json  # noqa: E402
 from ppim.models.supervit import parse_subnet_spec  # noqa: E402
 
 import paddle  # noqa: E402  (after ppim, which loads zlib first)

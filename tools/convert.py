@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import ppim  # noqa: E402
-from ppim.convert import CheckpointError, convert_file  # noqa: E402
+from ppim.weights import CheckpointError, convert_file  # noqa: E402
 
 
 def main(argv=None) -> int:
