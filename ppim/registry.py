@@ -1,12 +1,15 @@
 """Model registry: every constructor is registered with its pretrained cfg (timm's pattern).
 
-A leaf: it imports nothing of ppim (ppim.builder, above it, turns a name into a ready model)."""
+A leaf: it imports nothing of ppim but the exception base class (ppim.builder, above it, turns a
+name into a ready model)."""
 from __future__ import annotations
 
 import copy
 import difflib
 import fnmatch
 from typing import Any, Callable, Dict, List
+
+from .errors import PpimError
 
 _MODELS: Dict[str, Callable[..., Any]] = {}
 _CFGS: Dict[str, Dict[str, Any]] = {}
@@ -15,7 +18,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(PpimError, KeyError):
     """Raised for a name that is not registered; the message lists the closest names."""
 
     def __str__(self) -> str:  # KeyError would quote the message

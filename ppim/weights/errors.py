@@ -4,11 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from ..errors import PpimError
+
 __all__ = ["WeightsError", "WeightsDownloadError", "CorruptWeightsError", "InvalidWeightsError",
            "CheckpointError", "UnsafeCheckpointError"]
 
 
-class WeightsError(RuntimeError):
+class WeightsError(PpimError, RuntimeError):
     """Base class of the errors raised while getting, reading or loading weights."""
 
 
