@@ -2,6 +2,7 @@
 written, a learnable task through tools/train.py, and the errors raised before anything trains."""
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 import ppim
-from ppim.hub import read_pdparams
+from ppim.weights import read_pdparams
 from ppim.training.checkpoint import load_checkpoint
 from ppim.training.run import TrainConfig, build_trainer, train
 from shapes import write_dataset
@@ -225,7 +226,8 @@ def test_records_and_checkpoint_contents(tmp_path):
     assert list(table[0]) == ["epoch", "train_loss", "lr", "top1", "top5", "ema_top1", "ema_top5",
                               "images_per_sec", "seconds"]
     assert float(table[0]["lr"]) == pytest.approx(1e-6)  # warm-up start (timm's schedule at epoch 0)
-    assert float(table[1]["lr"]) == pytest.approx(2e-3)  # after one warm-up epoch: the peak
+    # then timm's cosine, timed from epoch 0 (no warmup_prefix): min + (peak - min) (1 + cos(pi t / T)) / 2
+    assert float(table[1]["lr"]) == pytest.approx(1e-4 + (2e-3 - 1e-4) * (1 + math.cos(math.pi * 1 / 2)) / 2)
     assert result["best"]["epoch"] in (0, 1)
     # best.pdparams holds the weights its metric was measured on (the EMA's here)
     best = load_checkpoint(tmp_path / "run" / "best.pdparams")
