@@ -47,6 +47,17 @@ def unwrap(model: paddle.nn.Layer) -> paddle.nn.Layer:
     return model._layers if isinstance(model, paddle.DataParallel) else model
 
 
+def cpu_bf16_training_supported() -> bool:
+    """Whether eager Paddle multiplies bfloat16 matrices on this CPU, i.e. autocast to bf16 is real
+    (Paddle 3.3's CPU wheel has no eager bf16 matmul kernel: autocast then silently stays fp32)."""
+    try:
+        with paddle.amp.auto_cast(enable=True, dtype="bfloat16", level="O1"):
+            out = paddle.nn.functional.linear(paddle.ones([2, 4]), paddle.ones([4, 4]))
+        return out.dtype == paddle.bfloat16
+    except Exception:  # kernels missing or not runnable on this CPU
+        return False
+
+
 def current_lr(optimizer) -> float:
     return float(optimizer.get_lr())
 

@@ -21,7 +21,7 @@ from ..evaluate import dist_info, evaluate
 from ..registry import create_model, model_name
 from .checkpoint import load_checkpoint
 from .data import open_train_val
-from .engine import ClassificationStep, Trainer
+from .engine import ClassificationStep, Trainer, cpu_bf16_training_supported
 from .records import Records
 
 
@@ -119,16 +119,6 @@ def _amp_dtype(config: TrainConfig, device: str) -> Optional[str]:
             raise ConfigError("--amp on the CPU: this Paddle has no eager bfloat16 CPU kernels for matmul, so "
                               "autocast would silently run fp32; drop --amp (or train on a GPU)")
     return dtype
-
-
-def cpu_bf16_training_supported() -> bool:
-    """Whether eager Paddle multiplies bfloat16 matrices on this CPU (autocast to bf16 is real)."""
-    try:
-        with paddle.amp.auto_cast(enable=True, dtype="bfloat16", level="O1"):
-            out = paddle.nn.functional.linear(paddle.ones([2, 4]), paddle.ones([4, 4]))
-        return out.dtype == paddle.bfloat16
-    except Exception:
-        return False
 
 
 def _seed_everything(seed: int) -> None:
