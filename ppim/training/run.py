@@ -5,8 +5,6 @@ shard per epoch, gradients all-reduced by paddle.DataParallel)."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import random
 import tempfile
 from pathlib import Path
@@ -255,16 +253,3 @@ def train(config: TrainConfig, **hooks: Any) -> Dict[str, Any]:
         if trainer.records is not None:
             trainer.records.close()
     return {**result, "output": str(config.output)}
-
-
-def parse_model_kwargs(text: Optional[str]) -> Dict[str, Any]:
-    """--model-kwargs JSON -> dict (a clear error for anything but a JSON object)."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"--model-kwargs is not valid JSON ({error}); e.g. '{{\"depth\": 2}}'") from None
-    if not isinstance(value, dict):
-        raise ConfigError("--model-kwargs must be a JSON object, e.g. '{\"depth\": 2}'")
-    return value
