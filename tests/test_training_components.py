@@ -196,7 +196,8 @@ def test_elem_and_pair_mixup_match_the_torch_reference(mode):
         np.random.seed(seed)
         mixed, soft = mixup(paddle.to_tensor(x), paddle.to_tensor(target))
         np.testing.assert_allclose(mixed.numpy(), expected_x.numpy(), rtol=0, atol=1e-6)
-        expected_soft = torch_target(torch.tensor(target), 6, torch.tensor(expected_lam, dtype=torch.float32)[:, None], 0)
+        lam_column = torch.tensor(expected_lam, dtype=torch.float32)[:, None]
+        expected_soft = torch_target(torch.tensor(target), 6, lam_column, 0)
         np.testing.assert_allclose(soft.numpy(), expected_soft.numpy(), rtol=0, atol=1e-6)
 
 
