@@ -258,8 +258,9 @@ class ColorJitter:
         return image
 
     @staticmethod
-    def apply_map(score_map: np.ndarray, params: Sequence[Tuple[int, float]]) -> np.ndarray:
-        """Colour changes leave a label map as it is."""
+    def apply_map(score_map: np.ndarray, params: Sequence[Tuple[int, float]], resample: int = Image.NEAREST,
+                  fill: float = 0.0) -> np.ndarray:
+        """Colour changes leave a label map as it is (RandAugment.apply_map's signature)."""
         return score_map
 
     def __call__(self, image: Image.Image) -> Image.Image:

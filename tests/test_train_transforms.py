@@ -213,6 +213,8 @@ def test_colour_jitter_without_auto_augment_follows_torchvision():
                 expected = enhancers[index](expected).enhance(factors[index])
         random.seed(seed)
         np.testing.assert_array_equal(np.asarray(jitter(image)), np.asarray(expected))
+    score_map = np.ones((2, 5, 5), dtype=np.float32)
+    assert jitter.apply_map(score_map, jitter.sample(), Image.NEAREST, 0.0) is score_map
     assert create_transforms("lvvit_s", is_training=True).augment.__class__.__name__ == "RandAugment"
     with pytest.raises(ValueError, match="color_jitter"):
         create_transforms("lvvit_s", is_training=True, auto_augment=None, color_jitter=(0.1, 0.2))
