@@ -1,0 +1,290 @@
+"""Token labels: file formats, targets (roi_align alignment, smoothing, mixing) and the losses,
+against PyTorch/numpy references written here from the official TokenLabeling rules."""
+
+import math
+import sys
+
+import numpy as np
+import paddle
+import pytest
+import torch
+import torch.nn.functional as TF
+
+from ppim.training.losses import (TokenLabelCrossEntropy, TokenLabelSoftTargetCrossEntropy,
+                                  kl_div_batchmean, soft_target_cross_entropy)
+from ppim.training.token_labels.formats import (PACKED_META, PackedLabelWriter, TokenLabelError,
+                                                convert_token_labels, label_key, open_token_labels,
+                                                read_official_label, write_official_label)
+from ppim.training.token_labels.targets import align_label_maps, token_label_target
+
+
+def random_label(rng, k=5, side=6, classes=20):
+    scores = rng.standard_normal((k, side, side)) * 3
+    index = np.stack([rng.choice(classes, k, replace=False) for _ in range(side * side)], 1)
+    return np.stack([scores, index.reshape(k, side, side)]).astype(np.float16)
+
+
+# --- formats -----------------------------------------------------------------------------------
+@pytest.mark.smoke
+def test_official_file_reads_without_torch_exactly_as_torch_load(tmp_path, monkeypatch):
+    label = random_label(np.random.default_rng(0), side=18, classes=1000)
+    path = tmp_path / "n01440764" / "n01440764_10026.pt"
+    path.parent.mkdir()
+    torch.save(torch.from_numpy(label), path)
+    expected = torch.load(path).numpy()
+    monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` now fails
+    got = read_official_label(path)
+    assert got.dtype == np.float16 and got.shape == (2, 5, 18, 18)
+    assert np.array_equal(got.view(np.uint16), expected.view(np.uint16))
+    assert np.array_equal(open_token_labels(tmp_path)["n01440764/n01440764_10026"], expected)
+
+
+def test_official_file_written_without_torch_reads_with_torch_load(tmp_path):
+    label = random_label(np.random.default_rng(1))
+    write_official_label(tmp_path / "a" / "b.pt", label)
+    loaded = torch.load(tmp_path / "a" / "b.pt", weights_only=True)
+    assert loaded.dtype == torch.float16 and np.array_equal(loaded.numpy(), label)
+
+
+def test_packed_and_official_round_trip_exactly(tmp_path):
+    rng = np.random.default_rng(2)
+    labels = {f"c{c}/img_{i}": random_label(rng) for c in range(2) for i in range(3)}
+    labels["c0/img_0"][0, 0, 0, 0] = np.float16(-0.0)  # bit-exact, signed zero included
+    for key, label in labels.items():
+        (tmp_path / "src" / key).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(torch.from_numpy(label), tmp_path / "src" / f"{key}.pt")
+    assert convert_token_labels(tmp_path / "src", tmp_path / "packed", "packed") == 6
+    packed = open_token_labels(tmp_path / "packed")
+    assert packed.format == "packed" and sorted(labels) == packed.keys()
+    convert_token_labels(tmp_path / "packed", tmp_path / "back", "official")
+    for key, label in labels.items():
+        assert np.array_equal(packed[key].view(np.uint16), label.view(np.uint16))
+        back = torch.load(tmp_path / "back" / f"{key}.pt", weights_only=True).numpy()
+        assert np.array_equal(back.view(np.uint16), label.view(np.uint16))
+
+
+def test_packed_writer_resumes_and_reader_refuses_an_unfinished_part(tmp_path):
+    rng = np.random.default_rng(3)
+    keys = ["a/x", "a/y", "b/z"]
+    labels = [random_label(rng) for _ in keys]
+    writer = PackedLabelWriter(tmp_path, keys, labels[0].shape)
+    writer.write([1], labels[1][None])
+    writer.close()
+    with pytest.raises(TokenLabelError, match="incomplete"):
+        open_token_labels(tmp_path)
+    writer = PackedLabelWriter(tmp_path, keys, labels[0].shape)  # resume: row 1 is kept
+    assert writer.pending() == [0, 2]
+    writer.write([0, 2], np.stack([labels[0], labels[2]]))
+    writer.close()
+    reader = open_token_labels(tmp_path)
+    assert all(np.array_equal(reader[k], v) for k, v in zip(keys, labels))
+    with pytest.raises(TokenLabelError, match="other run"):
+        PackedLabelWriter(tmp_path, keys, labels[0].shape, part=0, num_parts=2)
+
+
+def test_bad_label_files_give_one_clear_error(tmp_path):
+    (tmp_path / "c").mkdir()
+    torch.save(torch.zeros(3, 5, 4, 4, dtype=torch.float16), tmp_path / "c" / "shape.pt")
+    torch.save({"x": torch.zeros(2)}, tmp_path / "c" / "dict.pt")
+    negative = torch.zeros(2, 5, 4, 4, dtype=torch.float16)
+    negative[1, 0, 0, 0] = -3
+    torch.save(negative, tmp_path / "c" / "neg.pt")
+    (tmp_path / "c" / "junk.pt").write_bytes(b"PK\x03\x04 truncated")
+    labels = open_token_labels(tmp_path)
+    for stem, message in [("shape", r"\[2, k, H, W\]"), ("dict", "one tensor"),
+                          ("neg", "non-negative integers"), ("junk", "unreadable"),
+                          ("missing", "no token label")]:
+        with pytest.raises(TokenLabelError, match=message):
+            labels[f"c/{stem}"]
+    (tmp_path / PACKED_META).write_text('{"format": "something else"}')
+    with pytest.raises(TokenLabelError, match="not a ppim packed"):
+        open_token_labels(tmp_path)
+
+
+def test_label_key_follows_the_official_rule():
+    assert label_key("/data/train/n01440764/n01440764_10026.JPEG") == "n01440764/n01440764_10026"
+    assert label_key("root/cls/a.b.png") == "cls/a"
+
+
+# --- roi_align and the target ------------------------------------------------------------------
+def _bilinear(image, y, x):
+    """torchvision roi_align's bilinear sample of image (C, H, W) at (y, x)."""
+    height, width = image.shape[1:]
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return np.zeros(image.shape[0])
+    y, x = max(y, 0.0), max(x, 0.0)
+    y0, x0 = int(y), int(x)
+    if y0 >= height - 1:
+        y0 = y1 = height - 1
+        y = float(y0)
+    else:
+        y1 = y0 + 1
+    if x0 >= width - 1:
+        x0 = x1 = width - 1
+        x = float(x0)
+    else:
+        x1 = x0 + 1
+    ly, lx = y - y0, x - x0
+    return ((1 - ly) * (1 - lx) * image[:, y0, x0] + (1 - ly) * lx * image[:, y0, x1]
+            + ly * (1 - lx) * image[:, y1, x0] + ly * lx * image[:, y1, x1])
+
+
+def reference_roi_align(image, box, size):
+    """torchvision.ops.roi_align(aligned=False, sampling_ratio=-1, spatial_scale=1) of one box
+    (x1, y1, x2, y2) on image (C, H, W), from its definition: bins averaged over an adaptive grid."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    roi_w, roi_h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+    bin_w, bin_h = roi_w / size, roi_h / size
+    grid_w, grid_h = math.ceil(roi_w / size), math.ceil(roi_h / size)
+    out = np.zeros((image.shape[0], size, size))
+    for ph in range(size):
+        for pw in range(size):
+            acc = 0
+            for iy in range(grid_h):
+                for ix in range(grid_w):
+                    y = y1 + ph * bin_h + (iy + 0.5) * bin_h / grid_h
+                    x = x1 + pw * bin_w + (ix + 0.5) * bin_w / grid_w
+                    acc = acc + _bilinear(image, y, x)
+            out[:, ph, pw] = acc / max(grid_h * grid_w, 1)
+    return out
+
+
+def reference_target(labels, coords, truth, classes, size, smoothing):
+    """The official mixup.get_labelmaps_with_coords, in torch: scatter, transposed box, roi_align,
+    softmax, smoothing, [ground truth, cls, tokens]."""
+    off = smoothing / classes
+    on = 1 - smoothing + off
+    labels = torch.from_numpy(labels.astype(np.float32))
+    batch, _, _, height, width = labels.shape
+    maps = torch.zeros(batch, classes, height, width).scatter_(1, labels[:, 1].long(), labels[:, 0])
+    box = torch.from_numpy(coords).double()
+    box = torch.cat([box[:, :2], box[:, :2] + box[:, 2:]], 1) * width - 0.5
+    cls = torch.tensor(np.stack([reference_roi_align(m, b, 1) for m, b in zip(maps.double().numpy(),
+                                                                               box.numpy())]))
+    tokens = torch.tensor(np.stack([reference_roi_align(m, b, size) for m, b in
+                                    zip(maps.double().numpy(), box.numpy())]))
+    soft = cls.reshape(batch, classes, 1)
+    if size > 1:  # the official code adds the token columns only for a token grid
+        soft = torch.cat([soft, tokens.reshape(batch, classes, -1)], 2)
+    soft = TF.softmax(soft, 1) * on + off
+    gt = torch.full((batch, classes), off, dtype=torch.float64).scatter_(1, torch.tensor(truth)[:, None], on)
+    return torch.cat([gt[:, :, None], soft], 2).numpy()
+
+
+def test_roi_align_alignment_matches_torchvision_definition_with_the_official_box_order():
+    rng = np.random.default_rng(4)
+    maps = rng.standard_normal((3, 4, 9, 9)).astype(np.float32)
+    coords = np.array([[0.1, 0.3, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0], [0.55, 0.05, 0.2, 0.9]], np.float32)
+    cls, tokens = align_label_maps(paddle.to_tensor(maps), paddle.to_tensor(coords), 5)
+    for i in range(3):
+        top, left, h, w = coords[i].astype(np.float64)
+        # (top, left, bottom, right) read as (x1, y1, x2, y2): the box is transposed on purpose
+        box = np.array([top, left, top + h, left + w]) * 9 - 0.5
+        np.testing.assert_allclose(tokens.numpy()[i], reference_roi_align(maps[i], box, 5).reshape(4, 25),
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(cls.numpy()[i], reference_roi_align(maps[i], box, 1)[:, 0, 0],
+                                   rtol=1e-5, atol=1e-5)
+    # the transposition is real: a non-square crop differs from the (y, x)-ordered reading
+    box_yx = np.array([0.3, 0.1, 0.9, 0.6]) * 9 - 0.5
+    assert not np.allclose(tokens.numpy()[0], reference_roi_align(maps[0], box_yx, 5).reshape(4, 25))
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_token_label_target_matches_the_official_pipeline(size):
+    rng = np.random.default_rng(5)
+    classes, batch = 20, 4
+    labels = np.stack([random_label(rng, side=7, classes=classes) for _ in range(batch)])
+    coords = rng.uniform(0.05, 0.5, (batch, 4)).astype(np.float32)
+    truth = rng.integers(0, classes, batch)
+    got = token_label_target(paddle.to_tensor(labels), paddle.to_tensor(coords),
+                             paddle.to_tensor(truth), classes, size, smoothing=0.1).numpy()
+    expected = reference_target(labels, coords, truth, classes, size, 0.1)
+    assert got.shape == (batch, classes, 2 + (size * size if size > 1 else 0))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    mixed = token_label_target(paddle.to_tensor(labels), paddle.to_tensor(coords),
+                               paddle.to_tensor(truth), classes, size, smoothing=0.1, lam=0.3).numpy()
+    np.testing.assert_allclose(mixed, 0.3 * expected + 0.7 * expected[::-1], rtol=1e-5, atol=1e-6)
+
+
+# --- losses ------------------------------------------------------------------------------------
+def reference_soft_ce(x, target):
+    if target.shape[0] != x.shape[0]:
+        target = target.repeat(x.shape[0] // target.shape[0], 1)
+    return torch.sum(-target * TF.log_softmax(x, dim=-1), dim=-1).mean()
+
+
+def reference_token_label_ce(cls, aux, box, target, dense_weight, cls_weight, ground_truth):
+    """Official TokenLabelCrossEntropy semantics, in torch."""
+    (r1, c1, r2, c2), (batch, tokens, classes) = box, aux.shape
+    if target.ndim == 2:
+        t_cls, t_aux = target, target.repeat(1, tokens).reshape(batch * tokens, classes)
+    else:
+        t_cls = target[:, :, 1]
+        if ground_truth:
+            gt = target[:, :, 0]
+            ratio = (0.9 - 0.4 * (gt.max(-1)[1] == t_cls.max(-1)[1])).unsqueeze(-1)
+            t_cls = t_cls * ratio + gt * (1 - ratio)
+        t_aux = target[:, :, 2:].transpose(1, 2).reshape(-1, classes)
+    lam = 1 - (r2 - r1) * (c2 - c1) / tokens
+    if lam < 1:
+        t_cls = lam * t_cls + (1 - lam) * t_cls.flip(0)
+    return (cls_weight * reference_soft_ce(cls, t_cls)
+            + dense_weight * reference_soft_ce(aux.reshape(-1, classes), t_aux))
+
+
+@pytest.mark.parametrize("dense_weight,cls_weight,ground_truth,box,dense_target", [
+    (1.0, 1.0, False, (1, 0, 3, 2), True),
+    (0.5, 2.0, True, (0, 0, 0, 0), True),
+    (1.0, 0.5, True, (0, 1, 3, 3), True),
+    (1.0, 1.0, False, (2, 2, 3, 3), False),
+])
+def test_token_label_cross_entropy_matches_official_semantics(dense_weight, cls_weight, ground_truth,
+                                                              box, dense_target):
+    rng = np.random.default_rng(6)
+    batch, grid, classes = 4, 3, 7
+    cls = rng.standard_normal((batch, classes)).astype(np.float32)
+    aux = rng.standard_normal((batch, grid * grid, classes)).astype(np.float32)
+    shape = (batch, classes, 2 + grid * grid) if dense_target else (batch, classes)
+    target = rng.dirichlet(np.ones(classes), shape[:1] + shape[2:]).astype(np.float32)
+    target = np.moveaxis(target, -1, 1) if dense_target else target
+    if dense_target:  # make ground truth and cls target disagree for one sample
+        target[0, :, 0] = np.eye(classes)[np.argmin(target[0, :, 1])]
+        target[1, :, 0] = np.eye(classes)[np.argmax(target[1, :, 1])]
+    loss_fn = TokenLabelCrossEntropy(dense_weight, cls_weight, classes=classes, ground_truth=ground_truth)
+    p_cls, p_aux = paddle.to_tensor(cls, stop_gradient=False), paddle.to_tensor(aux, stop_gradient=False)
+    loss = loss_fn((p_cls, p_aux, box), paddle.to_tensor(target))
+    loss.backward()
+    t_cls, t_aux = torch.tensor(cls, requires_grad=True), torch.tensor(aux, requires_grad=True)
+    expected = reference_token_label_ce(t_cls, t_aux, box, torch.tensor(target), dense_weight, cls_weight,
+                                        ground_truth)
+    expected.backward()
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+    np.testing.assert_allclose(p_cls.grad.numpy(), t_cls.grad.numpy(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(p_aux.grad.numpy(), t_aux.grad.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_mixtoken_mixes_the_cls_target_by_the_box_area():
+    batch, classes = 4, 5
+    target = np.zeros((batch, classes, 2 + 16), np.float32)
+    target[:, :, 1] = np.eye(classes)[:batch]
+    cls_target, _ = TokenLabelCrossEntropy(classes=classes).targets(paddle.to_tensor(target), (0, 1, 2, 4), 16)
+    lam = 1 - 2 * 3 / 16
+    expected = lam * np.eye(classes)[:batch] + (1 - lam) * np.eye(classes)[:batch][::-1]
+    np.testing.assert_allclose(cls_target.numpy(), expected, rtol=1e-6)
+
+
+def test_soft_target_losses_and_kl_match_torch():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 9)).astype(np.float32)
+    target = rng.dirichlet(np.ones(9), 3).astype(np.float32)  # repeated twice, the official rule
+    np.testing.assert_allclose(float(soft_target_cross_entropy(paddle.to_tensor(x), paddle.to_tensor(target))),
+                               float(reference_soft_ce(torch.tensor(x), torch.tensor(target))), rtol=1e-5)
+    pair = np.stack([target, target[::-1]], -1)  # (B, C, 2): the cls target is column 1
+    got = TokenLabelSoftTargetCrossEntropy()(paddle.to_tensor(x[:3]), paddle.to_tensor(pair))
+    np.testing.assert_allclose(float(got), float(reference_soft_ce(torch.tensor(x[:3]),
+                                                                   torch.tensor(target[::-1].copy()))), rtol=1e-5)
+    probs = rng.dirichlet(np.ones(9), 6).astype(np.float32)
+    probs[0, 0] = 0
+    kl = torch.nn.KLDivLoss(reduction="batchmean")(TF.log_softmax(torch.tensor(x), 1), torch.tensor(probs))
+    np.testing.assert_allclose(float(kl_div_batchmean(paddle.to_tensor(x), paddle.to_tensor(probs))),
+                               float(kl), rtol=1e-5)
