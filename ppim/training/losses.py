@@ -82,9 +82,14 @@ class TokenLabelCrossEntropy(nn.Layer):
             cls_target = lam * cls_target + (1 - lam) * paddle.flip(cls_target, axis=[0])
         return cls_target, aux_target
 
-    def forward(self, x, target: paddle.Tensor) -> paddle.Tensor:
+    def loss_and_target(self, x, target: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """(the loss, the MixToken-mixed cls target (B, C)); SuperViT trains its smaller
+        keep-1 sub-network against that target."""
         cls, aux, box = x
         cls_target, aux_target = self.targets(target, box, aux.shape[1])
         loss_cls = soft_target_cross_entropy(cls, cls_target)
         loss_aux = soft_target_cross_entropy(aux.reshape([-1, aux.shape[-1]]), aux_target)
-        return self.cls_weight * loss_cls + self.dense_weight * loss_aux
+        return self.cls_weight * loss_cls + self.dense_weight * loss_aux, cls_target
+
+    def forward(self, x, target: paddle.Tensor) -> paddle.Tensor:
+        return self.loss_and_target(x, target)[0]
