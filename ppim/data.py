@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError, PpimError
+from .transforms import as_numpy
 
 ASSETS = Path(__file__).parent / "assets"
 SAMPLE_DIR = ASSETS / "sample"
@@ -142,7 +143,8 @@ class ImageDataset:
     def __getitem__(self, index: int):
         path, label = self.samples[index]
         image = load_image(path)
-        return (self.transforms(image) if self.transforms is not None else image), label
+        # The numpy path of ppim's transforms: worker processes must not create Paddle tensors.
+        return (as_numpy(self.transforms)(image) if self.transforms is not None else image), label
 
     @property
     def labels(self) -> List[int]:

@@ -1,1 +1,12 @@
-"""Training: losses, mixing, optimizer groups, schedules, EMA, checkpoints, the train loop, token labels, the SuperViT step."""
+"""Training building blocks (timm 0.4.x semantics): losses, Mixup/CutMix, optimizer and weight-decay
+groups, the cosine schedule with warm-up and cooldown, and the EMA of the weights."""
+from .ema import ModelEma
+from .losses import (LabelSmoothingCrossEntropy, SoftTargetCrossEntropy, TokenLabelCrossEntropy,
+                     TokenLabelSoftTargetCrossEntropy)
+from .mixup import Mixup, mixup_target
+from .optim import create_optimizer, param_groups_weight_decay
+from .scheduler import CosineLRScheduler
+
+__all__ = ["CosineLRScheduler", "LabelSmoothingCrossEntropy", "Mixup", "ModelEma", "SoftTargetCrossEntropy",
+           "TokenLabelCrossEntropy", "TokenLabelSoftTargetCrossEntropy",
+           "create_optimizer", "mixup_target", "param_groups_weight_decay"]

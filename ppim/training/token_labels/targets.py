@@ -21,7 +21,9 @@ import paddle
 import paddle.nn.functional as F
 from paddle.vision.ops import roi_align
 
-__all__ = ["smoothing_values", "one_hot", "dense_label_maps", "align_label_maps", "token_label_target",
+from ..mixup import one_hot
+
+__all__ = ["smoothing_values", "dense_label_maps", "align_label_maps", "token_label_target",
            "mix_target", "mixtoken_lam"]
 
 Lam = Union[float, np.ndarray, paddle.Tensor]
@@ -31,13 +33,6 @@ def smoothing_values(smoothing: float, num_classes: int):
     """(on_value, off_value) of label smoothing, timm's rule."""
     off = smoothing / num_classes
     return 1.0 - smoothing + off, off
-
-
-def one_hot(labels: paddle.Tensor, num_classes: int, smoothing: float = 0.0) -> paddle.Tensor:
-    """Smoothed one-hot targets (B, C) of integer labels (B,)."""
-    on, off = smoothing_values(smoothing, num_classes)
-    hot = F.one_hot(labels.astype("int64").reshape([-1]), num_classes)
-    return hot * (on - off) + off
 
 
 def dense_label_maps(labels: paddle.Tensor, num_classes: int) -> paddle.Tensor:
@@ -84,7 +79,7 @@ def token_label_target(labels: paddle.Tensor, coords: paddle.Tensor, ground_trut
     cls, tokens = align_label_maps(dense_label_maps(labels, num_classes), coords, label_size)
     soft = cls.unsqueeze(2) if label_size == 1 else paddle.concat([cls.unsqueeze(2), tokens], axis=2)
     soft = F.softmax(soft, axis=1) * on + off
-    target = paddle.concat([one_hot(ground_truth, num_classes, smoothing).unsqueeze(2), soft], axis=2)
+    target = paddle.concat([one_hot(ground_truth, num_classes, on, off).unsqueeze(2), soft], axis=2)
     return mix_target(target, lam)
 
 
