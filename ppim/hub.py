@@ -37,7 +37,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, Iterator, List, Optional, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit
 
 import numpy as np
@@ -593,13 +593,38 @@ class _PdparamsUnpickler(AllowlistUnpickler):
     }
 
 
-def read_pdparams(path: "str | os.PathLike[str]") -> "dict[str, np.ndarray]":
-    """A .pdparams file (paddle.save of a state dict) -> {name: array}, without running pickled code."""
+#: The "format" entry of ppim's training checkpoints (written by ppim.training.checkpoint).
+TRAIN_CHECKPOINT_FORMAT = "ppim-train-checkpoint"
+
+
+def read_pickle(path: "str | os.PathLike[str]") -> Any:
+    """A paddle.save / pickle file of dicts, lists, numbers, strings and numpy arrays, read without
+    running pickled code (anything else in it raises InvalidWeightsError)."""
     try:
         with open(path, "rb") as file:
-            state = _PdparamsUnpickler(file).load()
+            return _PdparamsUnpickler(file).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
         raise InvalidWeightsError(f"{path} is not a readable .pdparams file: {e}") from e
+
+
+def checkpoint_model_state(checkpoint: Any, path: "str | os.PathLike[str]", weights: Optional[str] = None) -> Any:
+    """The model weights inside a ppim training checkpoint; any other object is returned as it is.
+    ``weights``: "model" (the trained weights) or "model_ema" (their EMA); default: the ones its
+    metric was measured on (its "eval_weights"), so --checkpoint best.pdparams reproduces it."""
+    if not (isinstance(checkpoint, dict) and checkpoint.get("format") == TRAIN_CHECKPOINT_FORMAT):
+        return checkpoint
+    key = weights or checkpoint.get("eval_weights", "model")
+    state = checkpoint.get(key)
+    if not isinstance(state, dict):
+        raise InvalidWeightsError(f"{path} is a training checkpoint without {key!r} weights "
+                                  f"(it has: {', '.join(k for k, v in checkpoint.items() if isinstance(v, dict))})")
+    return state
+
+
+def read_pdparams(path: "str | os.PathLike[str]") -> "dict[str, np.ndarray]":
+    """A .pdparams file (paddle.save of a state dict, or a ppim training checkpoint: its model
+    weights) -> {name: array}, without running pickled code."""
+    state = checkpoint_model_state(read_pickle(path), path)
     if not isinstance(state, dict):
         raise InvalidWeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
     arrays = {}

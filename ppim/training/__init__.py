@@ -1,5 +1,6 @@
-"""Training building blocks (timm 0.4.x semantics): losses, Mixup/CutMix, optimizer and weight-decay
-groups, the cosine schedule with warm-up and cooldown, and the EMA of the weights."""
+"""Training: building blocks with timm 0.4.x semantics (losses, Mixup/CutMix, optimizer and weight-decay
+groups, the cosine schedule with warm-up and cooldown, the EMA of the weights), checkpoints, the train
+loop (engine) and train(TrainConfig) (run)."""
 from .ema import ModelEma
 from .losses import (LabelSmoothingCrossEntropy, SoftTargetCrossEntropy, TokenLabelCrossEntropy,
                      TokenLabelSoftTargetCrossEntropy)
