@@ -13,9 +13,8 @@ DeiT: the criterion for (224, 1) and (s, 1); KL to the preceding keep-1 output f
 
 from __future__ import annotations
 
-import contextlib
 import random
-from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import paddle
 import paddle.nn.functional as F
@@ -23,6 +22,7 @@ import paddle.nn.functional as F
 from ..layers import random_box
 from ..models.supervit import scale_box
 from .losses import TokenLabelCrossEntropy, kl_div_batchmean, soft_target_cross_entropy
+from .token_labels.step import unwrapped_step
 
 __all__ = ["training_subnets", "mixtoken_boxes", "SuperStep"]
 
@@ -50,72 +50,74 @@ def mixtoken_boxes(img_sizes: Sequence[int], patch_size: int = 16) -> Dict[int, 
 
 
 class SuperStep:
-    """The per-step work of SuperViT training, pluggable into the train loop.
+    """The per-batch work of SuperViT training, the Trainer's ``step`` hook:
+    ``step(model, images, targets, backward)`` runs the four sub-networks through
+    ``forward_train``, calls ``backward(loss)`` once for each (the loop's ``loss.backward()`` or
+    ``scaler.scale(loss).backward()``) and returns the full sub-network's loss (the official loops
+    log it); ``last_losses`` holds all four. The loop then steps the optimizer once.
 
-    ``step(images, target, backward)`` runs the four sub-networks, calling ``backward(loss)`` once
-    for each (the loop's ``loss.backward()`` or ``scaler.scale(loss).backward()``), and returns
-    the four detached losses; the loop then steps the optimizer once.
-
-    criterion: for LV-ViT a TokenLabelCrossEntropy (target (B, C) or (B, C, 2 + N)); for DeiT any
-    loss of (logits, target). autocast: a context-manager factory wrapping each forward (AMP).
+    criterion: LV-ViT: a TokenLabelCrossEntropy, with ``targets`` (a TokenLabelTargets) turning
+    the loader's labels into its target; DeiT: any loss of (logits, target).
+    rng: draws the sub-networks; give every process the same seed so they train the same ones
+    (under DataParallel the gradients of one parameter set are averaged).
     """
 
-    def __init__(self, model: paddle.nn.Layer, criterion: Callable,
-                 autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    def __init__(self, criterion: Callable, targets: Optional[Callable] = None,
                  rng: Optional[random.Random] = None):
-        self.model = model
         self.criterion = criterion
-        self.autocast = autocast
-        self.rng = rng or random  # type: ignore[assignment]
-        self.token_labels = getattr(model, "aux_weight", None) is not None
-        if self.token_labels and not isinstance(criterion, TokenLabelCrossEntropy):
-            raise TypeError("SuperViT over LV-ViT trains with TokenLabelCrossEntropy")
+        self.targets = targets
+        self.rng = rng or random.Random(0)
+        self.last_losses: List[paddle.Tensor] = []
 
-    def draw(self) -> Tuple[List[Subnet], Dict[int, Box]]:
+    def draw(self, model: paddle.nn.Layer) -> Tuple[List[Subnet], Dict[int, Box]]:
         """This step's sub-networks and MixToken boxes."""
-        subnets = training_subnets(self.model.img_sizes, self.model.keep_ratios, self.rng)
-        boxes = mixtoken_boxes(self.model.img_sizes, self.model.patch_size)
-        return subnets, boxes
+        subnets = training_subnets(model.img_sizes, model.keep_ratios, self.rng)
+        return subnets, mixtoken_boxes(model.img_sizes, model.patch_size)
 
-    def __call__(self, images: paddle.Tensor, target: paddle.Tensor,
-                 backward: Callable[[paddle.Tensor], None],
-                 subnets: Optional[Sequence[Subnet]] = None,
-                 boxes: Optional[Dict[int, Box]] = None) -> List[paddle.Tensor]:
-        if subnets is None or (boxes is None and self.token_labels):
-            drawn_subnets, drawn_boxes = self.draw()
-            subnets, boxes = subnets or drawn_subnets, boxes or drawn_boxes
-        run = self._lvvit if self.token_labels else self._deit
-        return run(images, target, backward, list(subnets), boxes)
+    def __call__(self, model: paddle.nn.Layer, images: paddle.Tensor, targets: paddle.Tensor,
+                 backward: Callable[[paddle.Tensor], None], subnets: Optional[Sequence[Subnet]] = None,
+                 boxes: Optional[Dict[int, Box]] = None) -> paddle.Tensor:
+        if self.targets is not None:
+            targets = self.targets(targets)
 
-    def _lvvit(self, images, target, backward, subnets, boxes) -> List[paddle.Tensor]:
+        def work(layer: paddle.nn.Layer) -> List[paddle.Tensor]:
+            drawn, drawn_boxes = self.draw(layer)
+            chosen = list(subnets or drawn)
+            if getattr(layer, "aux_weight", None) is None:
+                return self._deit(layer, images, targets, backward, chosen)
+            if not isinstance(self.criterion, TokenLabelCrossEntropy):
+                raise TypeError("SuperViT over LV-ViT trains with TokenLabelCrossEntropy")
+            return self._lvvit(layer, images, targets, backward, chosen, boxes or drawn_boxes)
+
+        self.last_losses = unwrapped_step(model, work)
+        return self.last_losses[0]
+
+    def _lvvit(self, model, images, target, backward, subnets, boxes) -> List[paddle.Tensor]:
         losses: List[paddle.Tensor] = []
         teacher = mixed_target = None
         for index, (img_size, keep_ratio) in enumerate(subnets):
-            with self.autocast():
-                out = self.model.forward_train(images, img_size=img_size, keep_ratio=keep_ratio,
-                                               bbox=boxes[img_size])
-                if index == 0:  # the full sub-network: (cls, aux, box)
-                    loss, mixed_target = self.criterion.loss_and_target(out, target)
-                    teacher = F.softmax(out[0].detach().astype("float32"), axis=-1)
-                elif keep_ratio == 1:
-                    loss = soft_target_cross_entropy(out, mixed_target)
-                else:
-                    loss = kl_div_batchmean(out, teacher)
+            out = model.forward_train(images, img_size=img_size, keep_ratio=keep_ratio, bbox=boxes[img_size])
+            if index == 0:  # the full sub-network: (cls, aux, box)
+                loss, mixed_target = self.criterion.loss_and_target(out, target)
+                teacher = F.softmax(out[0].detach().astype("float32"), axis=-1)
+            elif keep_ratio == 1:
+                loss = soft_target_cross_entropy(out, mixed_target)
+            else:
+                loss = kl_div_batchmean(out, teacher)
             backward(loss)
             losses.append(loss.detach())
         return losses
 
-    def _deit(self, images, target, backward, subnets, boxes) -> List[paddle.Tensor]:
+    def _deit(self, model, images, target, backward, subnets) -> List[paddle.Tensor]:
         losses: List[paddle.Tensor] = []
         teacher = None
         for img_size, keep_ratio in subnets:
-            with self.autocast():
-                out = self.model.forward_train(images, img_size=img_size, keep_ratio=keep_ratio)
-                if keep_ratio == 1:
-                    loss = self.criterion(out, target)
-                    teacher = F.softmax(out.detach().astype("float32"), axis=-1)
-                else:
-                    loss = kl_div_batchmean(out, teacher)
+            out = model.forward_train(images, img_size=img_size, keep_ratio=keep_ratio)
+            if keep_ratio == 1:
+                loss = self.criterion(out, target)
+                teacher = F.softmax(out.detach().astype("float32"), axis=-1)
+            else:
+                loss = kl_div_batchmean(out, teacher)
             backward(loss)
             losses.append(loss.detach())
         return losses
