@@ -200,3 +200,18 @@ def test_soft_target_losses_and_kl_match_torch():
     kl = torch.nn.KLDivLoss(reduction="batchmean")(TF.log_softmax(torch.tensor(x), 1), torch.tensor(probs))
     np.testing.assert_allclose(float(kl_div_batchmean(paddle.to_tensor(x), paddle.to_tensor(probs))),
                                float(kl), rtol=1e-5)
+
+
+def test_hostile_packed_index_is_refused_without_allocating_or_escaping(tmp_path):
+    label = random_label(np.random.default_rng(8))
+    writer = PackedLabelWriter(tmp_path, ["a/x"], label.shape)
+    writer.write([0], label[None])
+    writer.close()
+    keys = tmp_path / "part-00000-of-00001.keys.txt"
+    keys.write_text("../escape\n")
+    with pytest.raises(TokenLabelError, match="not a '<class folder>/<image stem>' label key"):
+        open_token_labels(tmp_path)
+    meta = tmp_path / PACKED_META
+    meta.write_text(meta.read_text().replace("[\n    2,\n    5,", "[\n    2,\n    5000000000,"))
+    with pytest.raises(TokenLabelError, match="implausible token-label shape"):
+        open_token_labels(tmp_path)

@@ -27,7 +27,7 @@ import numpy as np
 from ...convert.torch_reader import CheckpointError, load_torch_checkpoint
 from ...hub import write_atomic, write_json
 
-__all__ = ["TokenLabelError", "LabelShape", "label_key", "check_label", "read_official_label",
+__all__ = ["TokenLabelError", "LabelShape", "label_key", "check_shape", "check_key", "check_label", "read_official_label",
            "write_official_label", "OfficialLabels", "PackedLabels", "PackedLabelWriter",
            "OfficialLabelWriter", "open_token_labels", "open_label_writer", "convert_token_labels",
            "PACKED_META"]
@@ -37,7 +37,6 @@ _FORMAT = "ppim.token_labels"
 _VERSION = 1
 _MAX_TOPK = 64          # official files hold 5; more is a broken or hostile file
 _MAX_SIDE = 512         # score-map side (official: 18; 14 for a 224 LV-ViT teacher)
-_MAX_INDEX = 65504      # the largest float16 value; class indices beyond it are unrepresentable
 
 LabelShape = Tuple[int, int, int, int]
 
@@ -53,6 +52,27 @@ def label_key(image_path: "str | os.PathLike[str]") -> str:
     return f"{path.parent.name}/{path.name.split('.')[0]}"
 
 
+def check_shape(shape: Sequence, where: str) -> LabelShape:
+    """A plausible token-label shape (2, k, H, W) as ints, or TokenLabelError naming ``where``."""
+    if len(shape) != 4 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shape) \
+            or shape[0] != 2:
+        raise TokenLabelError(f"{where}: expected a tensor [2, k, H, W] (top-k scores and class "
+                              f"indices), found shape {list(shape)}")
+    _, k, height, width = (int(v) for v in shape)
+    if not (1 <= k <= _MAX_TOPK and 1 <= height <= _MAX_SIDE and 1 <= width <= _MAX_SIDE):
+        raise TokenLabelError(f"{where}: implausible token-label shape {list(shape)} "
+                              f"(k <= {_MAX_TOPK}, sides <= {_MAX_SIDE})")
+    return (2, k, height, width)
+
+
+def check_key(key: str, where: str) -> str:
+    """A label key must be ``<class folder>/<stem>``: two plain path parts (no traversal)."""
+    parts = key.split("/")
+    if len(parts) != 2 or any(not p or p in (".", "..") or "\\" in p or "\0" in p for p in parts):
+        raise TokenLabelError(f"{where}: {key[:80]!r} is not a '<class folder>/<image stem>' label key")
+    return key
+
+
 def check_label(array: np.ndarray, where: str, shape: Optional[LabelShape] = None) -> np.ndarray:
     """Validate one token label ([2, k, H, W] scores and indices) and return it as float16.
 
@@ -61,13 +81,7 @@ def check_label(array: np.ndarray, where: str, shape: Optional[LabelShape] = Non
     """
     if not isinstance(array, np.ndarray):
         raise TokenLabelError(f"{where}: expected one tensor [2, k, H, W], found {type(array).__name__}")
-    if array.ndim != 4 or array.shape[0] != 2:
-        raise TokenLabelError(f"{where}: expected a tensor [2, k, H, W] (top-k scores and class "
-                              f"indices), found shape {list(array.shape)}")
-    _, k, height, width = array.shape
-    if not (1 <= k <= _MAX_TOPK and 1 <= height <= _MAX_SIDE and 1 <= width <= _MAX_SIDE):
-        raise TokenLabelError(f"{where}: implausible token-label shape {list(array.shape)} "
-                              f"(k <= {_MAX_TOPK}, sides <= {_MAX_SIDE})")
+    check_shape(array.shape, where)
     if shape is not None and tuple(array.shape) != tuple(shape):
         raise TokenLabelError(f"{where}: shape {list(array.shape)} differs from the other labels' "
                               f"{list(shape)}; regenerate the labels with one teacher and image size")
@@ -210,8 +224,7 @@ class PackedLabels:
     def __init__(self, root: "str | os.PathLike[str]"):
         self.root = Path(root)
         meta = _read_meta(self.root)
-        self.shape: LabelShape = tuple(int(v) for v in meta["label_shape"])  # type: ignore[assignment]
-        check_label(np.zeros(self.shape, np.float16), str(self.root / PACKED_META))
+        self.shape = check_shape(meta["label_shape"], str(self.root / PACKED_META))
         self._arrays: List[np.ndarray] = []
         self._index: Dict[str, Tuple[int, int]] = {}
         for number, part in enumerate(meta["parts"]):
@@ -233,6 +246,7 @@ class PackedLabels:
                                       f"same arguments to finish it")
             self._arrays.append(array)
             for row, key in enumerate(keys):
+                check_key(key, str(keys_path))
                 if self._index.setdefault(key, (number, row)) != (number, row):
                     raise TokenLabelError(f"{self.root}: key {key!r} appears twice")
 
@@ -268,8 +282,8 @@ class OfficialLabelWriter:
 
     def __init__(self, root: "str | os.PathLike[str]", keys: Sequence[str], shape: LabelShape):
         self.root = Path(root)
-        self.keys = list(keys)
-        self.shape = shape
+        self.keys = [check_key(key, "label key") for key in keys]
+        self.shape = check_shape(tuple(shape), "label shape")
 
     def pending(self) -> List[int]:
         return [i for i, key in enumerate(self.keys) if not (self.root / f"{key}.pt").is_file()]
@@ -294,9 +308,8 @@ class PackedLabelWriter:
                  part: int = 0, num_parts: int = 1):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.keys = list(keys)
-        self.shape = tuple(shape)
-        check_label(np.zeros(self.shape, np.float16), "label shape")
+        self.keys = [check_key(key, "label key") for key in keys]
+        self.shape = check_shape(tuple(shape), "label shape")
         parts = [f"part-{i:05d}-of-{num_parts:05d}" for i in range(num_parts)]
         meta = {"format": _FORMAT, "version": _VERSION, "label_shape": list(self.shape),
                 "dtype": "float16", "parts": parts}
