@@ -274,8 +274,8 @@ def open_dataset(data: "str | os.PathLike[str] | None" = None,
 
 
 class Batch(NamedTuple):
-    """One batch. ``images`` float32 (b, 3, S, S) and ``labels`` int64 (b,) hold the images that
-    were read; ``counted`` (b,) is False for the padding of a distributed shard (run, not counted);
+    """One batch. ``images`` float32 (b, 3, S, S) and ``labels`` int64 (b,) (or float32 (b, L) from a
+    dataset whose labels are arrays, e.g. token labels) hold the images that were read; ``counted`` (b,) is False for the padding of a distributed shard (run, not counted);
     ``bad`` lists (index, path, reason) of skipped unreadable images that count (skip_bad=True)."""
     images: np.ndarray
     labels: np.ndarray
@@ -335,7 +335,7 @@ def _read_samples(dataset, indices: Sequence[int], counted: Sequence[bool], skip
                 out[len(labels)] = array
             else:
                 arrays.append(array)
-            labels.append(int(label))
+            labels.append(label if isinstance(label, np.ndarray) else int(label))
             kept_counted.append(bool(count))
             kept.append(int(index))
     finally:
@@ -343,7 +343,10 @@ def _read_samples(dataset, indices: Sequence[int], counted: Sequence[bool], skip
             random.setstate(saved[0])
             np.random.set_state(saved[1])
     images = len(labels) if out is not None else (np.stack(arrays) if arrays else None)
-    return (images, np.asarray(labels, dtype=np.int64), np.asarray(kept_counted, dtype=bool),
+    # a dataset's label is a class id, or a fixed-size float array (token labeling packs its maps)
+    labels = np.stack(labels).astype(np.float32) if labels and isinstance(labels[0], np.ndarray) \
+        else np.asarray(labels, dtype=np.int64)
+    return (images, labels, np.asarray(kept_counted, dtype=bool),
             np.asarray(kept, dtype=np.int64), bad)
 
 
