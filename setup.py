@@ -67,7 +67,7 @@ class _AddStartupPth:
 
 setup(
     name="ppim",
-    version=_constant("ppim/__init__.py", "__version__"),
+    version=_constant("ppim/version.py", "__version__"),
     description="PaddlePaddle image models: LV-ViT and SuperViT with pretrained weights",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

@@ -2,7 +2,7 @@
 of super models in one pass over the data, and sharded evaluation under paddle.distributed.launch.
 
 The model side is a *runner*: a callable float32 images (B, 3, S, S) -> logits (B, C) as numpy,
-built by ``ppim.inference.create_runner`` (eager Paddle or Paddle Inference). The data side is
+built by ``ppim.deploy.create_runner`` (eager Paddle or Paddle Inference). The data side is
 ``ppim.data``: datasets and a loader that decodes in worker processes.
 
     results = evaluate(model, "/data/imagenet/val", batch_size=64, num_workers=2)
@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 from .data import SAMPLE_DIR, EvalLoader, ImageDataset, open_dataset, shard_indices
 from .errors import InputError
-from .hub import write_json
+from .fileio import write_json
 from .models.supervit import is_supernet, parse_subnet_spec, subnet_key
 from .registry import model_name
+from .weights import weights_info
 
 __all__ = ["Counts", "evaluate", "topk_correct", "parse_subnets", "subnet_table", "weights_info",
            "write_results", "format_summary", "dist_info"]
@@ -130,39 +131,6 @@ def subnet_table(entries: Sequence[Dict[str, Any]], value: str = "top1", patch_s
 
 
 # ----------------------------------------------------------------------------------------------
-# Weights provenance
-# ----------------------------------------------------------------------------------------------
-
-
-def weights_info(pretrained: Any, cfg: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
-    """{"path", "sha256"} of the weights a model was built with: False -> None (random weights),
-    True -> the registered file in the cache, a path -> that file, a URL -> its cached copy."""
-    from .hub import _file_name_from_url, cached_file_path, sha256_file
-
-    if not pretrained:
-        return None
-    if pretrained is True:
-        if not cfg:
-            return {"path": None, "sha256": None}
-        path = cached_file_path(cfg["weights"]["file_name"])
-        url = cfg["weights"].get("url")
-    else:
-        source = os.fspath(pretrained)
-        url = source if source.startswith(("http://", "https://")) else None
-        if url:
-            name = _file_name_from_url(url)
-            path = cached_file_path(name) if name else None
-        else:
-            path = Path(source).resolve()
-    info: Dict[str, Any] = {"path": str(path) if path else None, "sha256": None}
-    if url:
-        info["url"] = url
-    if path and Path(path).is_file():
-        info["sha256"] = sha256_file(path)
-    return info
-
-
-# ----------------------------------------------------------------------------------------------
 # Distributed
 # ----------------------------------------------------------------------------------------------
 
@@ -216,7 +184,7 @@ def _reduce_counts(counts: List[Counts], skipped: List[Tuple[int, str, str]], se
 
 def _create_runner(model: Any, engine: str, precision: str, device: str, threads: Optional[int],
                    workdir: Optional[str]) -> Runner:
-    from .inference import create_runner
+    from .deploy import create_runner
 
     return create_runner(model, engine=engine, precision=precision, device=device, threads=threads,
                          workdir=workdir)
@@ -302,7 +270,7 @@ def evaluate(model: Any, data: Any = None, *, val_list: Optional[str] = None, ba
              name: Optional[str] = None, results_file: Optional[str] = None) -> Dict[str, Any]:
     """Top-1/top-5 accuracy and model throughput of ``model`` on a labelled image set.
 
-    model: a ppim model (runners are built with ``ppim.inference.create_runner(model, engine,
+    model: a ppim model (runners are built with ``ppim.deploy.create_runner(model, engine,
         precision, device, threads, workdir)``), or any runner: images float32 (B, 3, S, S) ->
         logits (B, C) numpy (then ``transforms`` is required, and ``name`` names it).
     data: None (the sample shipped with ppim), an ImageNet-style folder or a root for ``val_list``
@@ -421,7 +389,7 @@ def _results(name, cfg, pretrained, data_desc, list_file, counts, skipped, secon
              engine, precision, device, batch_size, num_workers, world, transforms, super_model):
     import paddle
 
-    from . import __version__
+    from .version import __version__
 
     head = counts[headline]
     published = (cfg.get("weights") or {}) if pretrained is True else {}  # the registered weights

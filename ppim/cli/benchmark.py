@@ -47,7 +47,7 @@ def _subnets(text):
 def environment(threads=None) -> dict:
     import paddle
 
-    from ..inference import cpu_supports_bf16
+    from ..deploy import cpu_supports_bf16
 
     cpu = ""
     try:
@@ -64,7 +64,7 @@ def environment(threads=None) -> dict:
 
 @command
 def main(argv=None) -> int:
-    from ..inference import ENGINES, PRECISIONS
+    from ..deploy import ENGINES, PRECISIONS
 
     parser = ArgumentParser(prog="ppim-benchmark", description=__doc__)
     add_model_arguments(parser, weights=False)
@@ -84,8 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ceiling-size", type=int, default=2048, help="matmul size of the ceiling (default 2048)")
     parser.add_argument("--json", help="write the rows and the environment to this JSON file")
     args = parser.parse_args(argv)
-    from ..hub import write_json
-    from ..inference import benchmark, format_rows
+    from ..deploy import benchmark, format_rows
+    from ..fileio import write_json
 
     if args.json:
         writable_file(args.json, "--json")

@@ -5,7 +5,7 @@
         --img-size 160 --keep-ratio 0.7          # a SuperViT sub-network (input stays the 224 crop)
     ppim-export --model lvvit_s --img-size 288 --output exported/lvvit_s_288   # other size
 
-(python tools/export.py takes the same arguments.) Then: ppim.inference.Predictor(DIR)(batch) or
+(python tools/export.py takes the same arguments.) Then: ppim.deploy.Predictor(DIR)(batch) or
 ppim-predict --engine inference.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import numpy as np
 
-    from ..inference import Predictor, create_runner, export, load_manifest
+    from ..deploy import Predictor, create_runner, export, load_manifest
 
     if args.checkpoint:
         refuse_same_file(args.checkpoint, args.output, "--output")

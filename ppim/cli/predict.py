@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     args = parser.parse_args(argv)
     from ..data import imagenet_class_names, sample_images
-    from ..inference import classify, create_runner
+    from ..deploy import classify, create_runner
 
     if args.images:
         paths, labels = args.images, [None] * len(args.images)
