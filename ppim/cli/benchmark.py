@@ -35,6 +35,15 @@ def _list(text, kind=str, choices=None):
     return values
 
 
+def _subnets(text):
+    from ..models.supervit import parse_subnet_spec
+
+    try:
+        return parse_subnet_spec(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def environment(threads=None) -> dict:
     import paddle
 
@@ -69,15 +78,14 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    parser.add_argument("--subnets", default="all", help="SuperViT: all (default) or a list like 224x1.0,160x0.7")
+    parser.add_argument("--subnets", default="all", type=_subnets, help="SuperViT: all (default) or a list like 224x1.0,160x0.7")
     parser.add_argument("--gmacs", type=float, help="override the model's GMACs per image (non-super models)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
     parser.add_argument("--ceiling-size", type=int, default=2048, help="matmul size of the ceiling (default 2048)")
     parser.add_argument("--json", help="write the rows and the environment to this JSON file")
     args = parser.parse_args(argv)
-    from ..fileio import write_json
     from ..deploy import benchmark, format_rows
-    from ..models.supervit import parse_subnet_spec
+    from ..fileio import write_json
 
     if args.json:
         writable_file(args.json, "--json")
@@ -87,7 +95,7 @@ def main(argv=None) -> int:
           flush=True)
     rows = benchmark(model, engines=args.engine, precisions=args.precision, batch_sizes=args.batch_size,
                      iters=args.iters, warmup=args.warmup, threads=args.threads, device=args.device,
-                     gmacs=args.gmacs, subnets=parse_subnet_spec(args.subnets), ceiling=not args.no_ceiling,
+                     gmacs=args.gmacs, subnets=args.subnets, ceiling=not args.no_ceiling,
                      ceiling_size=args.ceiling_size, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_rows(rows))
     if args.json:

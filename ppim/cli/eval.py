@@ -16,7 +16,8 @@ writable before anything runs.
 """
 from __future__ import annotations
 
-from .common import ArgumentParser, add_model_arguments, command, create_model, weights_of, writable_file
+from .common import (ArgumentParser, add_model_arguments, command, create_model, model_kwargs, weights_of,
+                     writable_file)
 
 
 def build_parser() -> ArgumentParser:
@@ -62,7 +63,9 @@ def default_device() -> str:
 @command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from ..data import open_dataset
     from ..evaluate import dist_info, evaluate
+    from ..registry import get_model_cfg
 
     rank, world = dist_info()  # joins the process group when started by paddle.distributed.launch
     if args.results_file and rank == 0:
@@ -72,12 +75,14 @@ def main(argv=None) -> int:
         extra["img_size"] = args.img_size
     if args.num_classes is not None:
         extra["num_classes"] = args.num_classes
+    # The data first: a wrong folder or list file is reported before weights are fetched.
+    num_classes = {**get_model_cfg(args.model), **model_kwargs(args), **extra}["num_classes"]
+    dataset = open_dataset(args.data, args.val_list, num_classes=num_classes)
     model = create_model(args, warn=rank == 0, **extra)
-    pretrained = weights_of(args)
-    evaluate(model, args.data, val_list=args.val_list, batch_size=args.batch_size, num_workers=args.workers,
+    evaluate(model, dataset, batch_size=args.batch_size, num_workers=args.workers,
              engine=args.engine, precision=args.precision, device=args.device or default_device(),
              threads=args.threads, workdir=args.workdir, subnets=args.subnets, skip_bad=args.skip_bad,
-             distributed=world > 1, progress=not args.no_progress, pretrained=pretrained,
+             distributed=world > 1, progress=not args.no_progress, pretrained=weights_of(args),
              results_file=args.results_file)
     return 0
 
