@@ -29,6 +29,18 @@ setup(
         # torch only writes reference checkpoints and models in the tests; ppim never imports it.
         "test": ["pytest", "pytest-timeout", "torch==2.13.0", "nbclient", "nbformat", "ipykernel"],
     },
+    entry_points={
+        "console_scripts": [
+            "ppim-eval=ppim.cli.eval:main",
+            "ppim-train=ppim.cli.train:main",
+            "ppim-convert=ppim.cli.convert:main",
+            "ppim-export=ppim.cli.export:main",
+            "ppim-predict=ppim.cli.predict:main",
+            "ppim-benchmark=ppim.cli.benchmark:main",
+            "ppim-visualize=ppim.cli.visualize:main",
+            "ppim-make-token-labels=ppim.cli.make_token_labels:main",
+        ],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Image Recognition",

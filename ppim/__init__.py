@@ -3,11 +3,15 @@
 # inflateReset2) on some Python builds.
 import zlib  # noqa: F401  (isort: skip)
 
-from .models import *  # noqa: F401,F403  (registers the constructors)
+import warnings
+
+with warnings.catch_warnings():  # Paddle's note about compiling C++ extensions, which ppim never does
+    warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+    from .models import *  # noqa: F401,F403  (registers the constructors)
 from .models import __all__ as _model_all
 from .registry import available, create_model, get_model_cfg, list_models
 from .transforms import create_transforms
-from . import convert, data, evaluate, flops, hub, inference  # noqa: E402  (ppim.flops.count, ...)
+from . import convert, data, deploy, evaluate, flops, hub  # noqa: E402  (ppim.flops.count, ...)
 
 __version__ = "2.0.0"
 __all__ = ["available", "create_model", "create_transforms", "get_model_cfg", "list_models", *_model_all]

@@ -17,6 +17,8 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, NamedTuple, Optio
 import numpy as np
 from PIL import Image
 
+from .errors import InputError, PpimError
+
 ASSETS = Path(__file__).parent / "assets"
 SAMPLE_DIR = ASSETS / "sample"
 SAMPLE_LIST = SAMPLE_DIR / "val_list.txt"
@@ -68,7 +70,7 @@ def sample_images() -> List[Tuple[Path, int]]:
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class BadImageError(RuntimeError):
+class BadImageError(PpimError, RuntimeError):
     """An image file that cannot be read or decoded; ``path`` names it, ``reason`` says why."""
 
     def __init__(self, path: str, reason: str):

@@ -2,7 +2,7 @@
 of super models in one pass over the data, and sharded evaluation under paddle.distributed.launch.
 
 The model side is a *runner*: a callable float32 images (B, 3, S, S) -> logits (B, C) as numpy,
-built by ``ppim.inference.create_runner`` (eager Paddle or Paddle Inference). The data side is
+built by ``ppim.deploy.create_runner`` (eager Paddle or Paddle Inference). The data side is
 ``ppim.data``: datasets and a loader that decodes in worker processes.
 
     results = evaluate(model, "/data/imagenet/val", batch_size=64, num_workers=2)
@@ -212,7 +212,7 @@ def _reduce_counts(counts: List[Counts], skipped: List[Tuple[int, str, str]], se
 
 def _create_runner(model: Any, engine: str, precision: str, device: str, threads: Optional[int],
                    workdir: Optional[str]) -> Runner:
-    from .inference import create_runner
+    from .deploy import create_runner
 
     return create_runner(model, engine=engine, precision=precision, device=device, threads=threads,
                          workdir=workdir)
@@ -296,7 +296,7 @@ def evaluate(model: Any, data: Any = None, *, val_list: Optional[str] = None, ba
              name: Optional[str] = None, results_file: Optional[str] = None) -> Dict[str, Any]:
     """Top-1/top-5 accuracy and model throughput of ``model`` on a labelled image set.
 
-    model: a ppim model (runners are built with ``ppim.inference.create_runner(model, engine,
+    model: a ppim model (runners are built with ``ppim.deploy.create_runner(model, engine,
         precision, device, threads, workdir)``), or any runner: images float32 (B, 3, S, S) ->
         logits (B, C) numpy (then ``transforms`` is required, and ``name`` names it).
     data: None (the sample shipped with ppim), an ImageNet-style folder or a root for ``val_list``

@@ -44,6 +44,7 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
+from .errors import PpimError
 from .registry import model_name
 from .safe_pickle import AllowlistUnpickler, latin1_encode
 
@@ -96,7 +97,7 @@ _T = TypeVar("_T")
 # ----------------------------------------------------------------------------------------------
 
 
-class WeightsError(RuntimeError):
+class WeightsError(PpimError, RuntimeError):
     """Base class of the errors raised while getting pretrained weights."""
 
 

@@ -7,6 +7,8 @@ import difflib
 import fnmatch
 from typing import Any, Callable, Dict, List
 
+from .errors import PpimError
+
 _MODELS: Dict[str, Callable[..., Any]] = {}
 _CFGS: Dict[str, Dict[str, Any]] = {}
 
@@ -14,7 +16,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(PpimError, KeyError):
     """Raised for a name that is not registered; the message lists the closest names."""
 
     def __str__(self) -> str:  # KeyError would quote the message

@@ -25,6 +25,7 @@ from typing import IO, Any, Callable
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..errors import PpimError
 from ..safe_pickle import AllowlistUnpickler, latin1_encode
 
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "load_torch_checkpoint"]
@@ -35,7 +36,7 @@ _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _BYTEORDERS = {b"little": "<", b"big": ">"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PpimError, ValueError):
     """The file could not be read as a PyTorch checkpoint."""
 
 

@@ -3,13 +3,13 @@ Transformers", NeurIPS 2021): a ViT with a convolutional stem, scaled residuals 
 auxiliary head trained on token labels, with MixToken augmentation."""
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import Optional, Set, Tuple
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 
-from ..layers import Block, ConvPatchEmbed, dense_logits, init_vit_weights, random_box, swap_box, token_parameter
+from ..layers import Block, Box, ConvPatchEmbed, dense_logits, init_vit_weights, random_box, swap_box, token_parameter
 from ..registry import build_model, make_cfg, model_name, register_model
 
 __all__ = ["LVViT", "lvvit_t", "lvvit_s", "lvvit_s_384", "lvvit_m", "lvvit_m_384", "lvvit_m_448",
@@ -32,9 +32,14 @@ def check_input_size(model: nn.Layer, x: paddle.Tensor, sizes: Tuple[int, ...]) 
 
 
 class LVViT(nn.Layer):
-    """LV-ViT. Eval: ``model(x)`` (B, 3, S, S) -> logits (B, C) = head(cls) + aux_weight * max over
-    patch tokens of aux_head. Training: (cls logits (B, C), aux logits (B, N, C), MixToken box
-    (r1, c1, r2, c2) on the token grid). ``num_classes=0``: the cls feature (B, D)."""
+    """LV-ViT.
+
+    ``model(x)``: images (B, 3, S, S) -> logits (B, C) = head(cls) + aux_weight * max over patch tokens
+    of aux_head, in train and eval mode alike (ppim 1.x's output, so CrossEntropyLoss, paddle.Model and
+    plain fine-tuning loops work); no MixToken. ``num_classes=0``: the cls feature (B, D).
+
+    ``model.forward_train(x)``: the official token-labeling training output, see its docstring.
+    """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
                  num_classes: int = 1000, embed_dim: int = 384, depth: int = 16, num_heads: int = 6,
@@ -94,23 +99,39 @@ class LVViT(nn.Layer):
         check_input_size(self, x, (self.img_size,))
         return self.forward_tokens(self.patch_embed(x).flatten(2).transpose([0, 2, 1]))
 
-    def forward(self, x: paddle.Tensor) -> Union[paddle.Tensor, tuple]:
+    def no_weight_decay(self) -> Set[str]:
+        """Parameters the official recipe trains without weight decay (timm's convention)."""
+        return {"cls_token", "pos_embed"}
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         check_input_size(self, x, (self.img_size,))
-        feat = self.patch_embed(x)  # (B, D, H, W)
-        box = (0, 0, 0, 0)
-        if self.training and self.mix_token:
-            box = random_box(feat.shape[2], feat.shape[3])
-            feat = swap_box(feat, box)
-        x = self.forward_tokens(feat.flatten(2).transpose([0, 2, 1]))
+        x = self.forward_tokens(self.patch_embed(x).flatten(2).transpose([0, 2, 1]))
         if self.num_classes <= 0:
             return x[:, 0]
+        return dense_logits(self.head(x[:, 0]), self.aux_head(x[:, 1:]), self.aux_weight)
+
+    def forward_train(self, x: paddle.Tensor, *, bbox: Optional[Box] = None
+                      ) -> Tuple[paddle.Tensor, paddle.Tensor, Box]:
+        """Token-labeling training output (the official model's training-mode forward).
+
+        x: images (B, 3, S, S). The stem features inside ``bbox`` (r1, c1, r2, c2: token rows r1:r2,
+        columns c1:c2) are swapped with the batch-flipped sample's (MixToken); ``bbox=None`` draws a
+        random box (``layers.random_box``, numpy's global RNG) when ``mix_token`` is on, else mixes
+        nothing. Returns cls logits (B, C), aux logits (B, N, C) with the box swapped back so every
+        token lines up with its own image's token labels, and the box used ((0, 0, 0, 0): none).
+        Dropout and drop-path follow the layer's train/eval mode.
+        """
+        check_input_size(self, x, (self.img_size,))
+        if self.num_classes <= 0:
+            raise ValueError("forward_train needs the classifier heads; this model was built with num_classes=0")
+        feat = self.patch_embed(x)  # (B, D, H, W)
+        if bbox is None:
+            bbox = random_box(feat.shape[2], feat.shape[3]) if self.mix_token else (0, 0, 0, 0)
+        box: Box = tuple(int(v) for v in bbox)  # type: ignore[assignment]
+        x = self.forward_tokens(swap_box(feat, box).flatten(2).transpose([0, 2, 1]))
         cls_logits, aux_logits = self.head(x[:, 0]), self.aux_head(x[:, 1:])
-        if not self.training:
-            return dense_logits(cls_logits, aux_logits, self.aux_weight)
-        # Swap the box back so each image's dense logits line up with its own token labels.
         grid = aux_logits.reshape([x.shape[0], self.grid_size, self.grid_size, -1])
-        aux_logits = swap_box(grid, box, channels_last=True).reshape(aux_logits.shape)
-        return cls_logits, aux_logits, box
+        return cls_logits, swap_box(grid, box, channels_last=True).reshape(aux_logits.shape), box
 
 
 _RELEASES = "https://github.com/zihangJiang/TokenLabeling/releases/download/"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import paddle
@@ -71,19 +71,15 @@ def scale_box(box: Box, grid: int, full_grid: int = 14) -> Box:
 class SuperViT(nn.Layer):
     """SuperViT over a DeiT (``stem="deit"``) or LV-ViT (``stem="lvvit"``) backbone.
 
-    ``model(x, img_size=None, keep_ratio=None)``: None means the current sub-network
-    (``set_subnet``, default (img_size, 1.0)). x (B, 3, H, W) is resized to (img_size, img_size)
-    (bilinear, align_corners=True) when its size differs, so 224 crops feed every sub-network.
+    ``model(x, *, img_size=None, keep_ratio=None)`` -> logits (B, C), in train and eval mode alike
+    (sub-network arguments are keyword-only, so paddle.Model feeds only the image). None means the
+    current sub-network (``set_subnet``, default (img_size, 1.0)). x (B, 3, H, W) is resized to
+    (img_size, img_size) (bilinear, align_corners=True) when its size differs, so 224 crops feed every
+    sub-network. Logits: head(cls), plus ``aux_weight`` * max over the kept patch tokens of aux_head when
+    there is an aux head (LV-ViT, 0.25); no MixToken. ``num_classes=0``: the cls feature (B, D).
 
-    Eval: head(cls), plus ``aux_weight`` * max over patch tokens of aux_head when there is an aux
-    head (LV-ViT, 0.25). ``num_classes=0``: the cls feature (B, D).
-
-    Training (LV-ViT, as the official train loop expects): ``forward(x, img_size, keep_ratio, bbox)``
-    mixes ``bbox`` (r1, c1, r2, c2) on the stem's token grid with the batch-flipped images
-    (MixToken; drawn on the 14x14 grid and scaled with ``scale_box`` when None). The full
-    sub-network (largest size, keep 1) returns (cls logits (B, C), aux logits (B, N, C) with the box
-    swapped back, bbox); every other sub-network returns cls logits only (its aux tokens were
-    dropped, and the official loop distils only the cls logits there). DeiT trains on cls logits.
+    ``model.forward_train(x, *, img_size, keep_ratio, bbox)``: the official training loops' output,
+    see its docstring.
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
@@ -199,41 +195,59 @@ class SuperViT(nn.Layer):
             x = block(x, keep_ratio if index in self.keep_blocks else None)
         return self.norm(x)
 
-    def forward_features(self, x: paddle.Tensor, img_size: Optional[int] = None,
+    def forward_features(self, x: paddle.Tensor, *, img_size: Optional[int] = None,
                          keep_ratio: Optional[float] = None) -> paddle.Tensor:
         """Images -> final-norm tokens (B, 1 + kept, D) of the sub-network, no MixToken."""
         img_size, keep_ratio = self._subnet(img_size, keep_ratio)
         feat = self.forward_stem(x, img_size)
         return self.forward_tokens(feat.flatten(2).transpose([0, 2, 1]), img_size, keep_ratio)
 
-    def forward(self, x: paddle.Tensor, img_size: Optional[int] = None, keep_ratio: Optional[float] = None,
-                bbox: Optional[Box] = None) -> Union[paddle.Tensor, tuple]:
-        img_size, keep_ratio = self._subnet(img_size, keep_ratio)
-        feat = self.forward_stem(x, img_size)
-        grid = img_size // self.patch_size
-        mixing = self.training and self.mix_token
-        if mixing:
-            if bbox is None:
-                full_grid = max(self.img_sizes) // self.patch_size
-                bbox = scale_box(random_box(full_grid, full_grid), grid, full_grid)
-            bbox = tuple(int(v) for v in bbox)
-            feat = swap_box(feat, bbox)
-        x = self.forward_tokens(feat.flatten(2).transpose([0, 2, 1]), img_size, keep_ratio)
+    def no_weight_decay(self) -> Set[str]:
+        """Parameters the official recipe trains without weight decay (timm's convention)."""
+        return {"cls_token", *(f"pos_embed_list.{i}" for i in range(len(self.img_sizes)))}
+
+    def forward(self, x: paddle.Tensor, *, img_size: Optional[int] = None,
+                keep_ratio: Optional[float] = None) -> paddle.Tensor:
+        x = self.forward_features(x, img_size=img_size, keep_ratio=keep_ratio)
         if self.num_classes <= 0:
             return x[:, 0]
         cls_logits = self.head(x[:, 0])
         if self.aux_weight is None:
             return cls_logits
-        aux_logits = self.aux_head(x[:, 1:])
-        if not self.training:
-            return dense_logits(cls_logits, aux_logits, self.aux_weight)
-        if img_size != max(self.img_sizes) or keep_ratio < 1:
+        return dense_logits(cls_logits, self.aux_head(x[:, 1:]), self.aux_weight)
+
+    def forward_train(self, x: paddle.Tensor, *, img_size: Optional[int] = None,
+                      keep_ratio: Optional[float] = None, bbox: Optional[Box] = None
+                      ) -> Union[paddle.Tensor, Tuple[paddle.Tensor, paddle.Tensor, Box]]:
+        """The output the official SuperViT training loops use, for one sub-network.
+
+        With an aux head and ``mix_token`` on (LV-ViT), the stem features inside ``bbox`` (r1, c1, r2,
+        c2 on this sub-network's token grid) are swapped with the batch-flipped sample's (MixToken);
+        ``bbox=None`` draws a box on the full grid and maps it with ``scale_box``. The full sub-network
+        (largest img_size, keep 1) then returns (cls logits (B, C), aux logits (B, N, C) with the box
+        swapped back, the box); every other sub-network returns cls logits (B, C) only (its aux tokens
+        were dropped, and the official loop distils only the cls logits there). DeiT: cls logits.
+        """
+        img_size, keep_ratio = self._subnet(img_size, keep_ratio)
+        if self.num_classes <= 0:
+            raise ValueError("forward_train needs the classifier heads; this model was built with num_classes=0")
+        feat = self.forward_stem(x, img_size)
+        grid = img_size // self.patch_size
+        box: Box = (0, 0, 0, 0)
+        if self.mix_token:
+            if bbox is None:
+                full_grid = max(self.img_sizes) // self.patch_size
+                bbox = scale_box(random_box(full_grid, full_grid), grid, full_grid)
+            box = tuple(int(v) for v in bbox)  # type: ignore[assignment]
+            feat = swap_box(feat, box)
+        x = self.forward_tokens(feat.flatten(2).transpose([0, 2, 1]), img_size, keep_ratio)
+        cls_logits = self.head(x[:, 0])
+        if self.aux_weight is None or img_size != max(self.img_sizes) or keep_ratio < 1:
             return cls_logits
-        box = bbox if mixing else (0, 0, 0, 0)
+        aux_logits = self.aux_head(x[:, 1:])
         # Swap the box back so each image's dense logits line up with its own token labels.
         dense = aux_logits.reshape([x.shape[0], grid, grid, -1])
-        aux_logits = swap_box(dense, box, channels_last=True).reshape(aux_logits.shape)
-        return cls_logits, aux_logits, box
+        return cls_logits, swap_box(dense, box, channels_last=True).reshape(aux_logits.shape), box
 
 
 _PAPER = "https://arxiv.org/abs/2205.11397"

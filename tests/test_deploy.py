@@ -9,9 +9,9 @@ import paddle
 import pytest
 
 import ppim
-from ppim import inference
+from ppim import deploy
 from ppim.flops import count_macs
-from ppim.inference import Predictor, create_runner, export, load_manifest
+from ppim.deploy import Predictor, create_runner, export, load_manifest
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
@@ -164,7 +164,7 @@ def test_super_subnetwork_exports_and_matches_eager(tmp_path):
     assert rel_error(runner(batch), eager(model, batch, img_size=224, keep_ratio=0.5)) < 1e-4
 
 
-@pytest.mark.skipif(not inference.cpu_supports_bf16(), reason="CPU without avx512_bf16/amx_bf16")
+@pytest.mark.skipif(not deploy.cpu_supports_bf16(), reason="CPU without avx512_bf16/amx_bf16")
 def test_bf16_predictor_close_to_fp32(tmp_path):
     model = tiny()
     batch = images(4, 64)
@@ -185,7 +185,7 @@ def test_clear_errors_for_unsupported_setups(tmp_path, monkeypatch):
         create_runner(model, engine="eager", precision="bf16")
     with pytest.raises(FileNotFoundError, match="no exported program"):
         Predictor(tmp_path)
-    monkeypatch.setattr(inference, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    monkeypatch.setattr(deploy.common, "cpu_flags", lambda: {"avx2", "avx512f"})
     with pytest.raises(RuntimeError, match="avx512_bf16"):
         Predictor(out, precision="bf16")
     if not paddle.is_compiled_with_cuda():
@@ -198,7 +198,7 @@ def test_clear_errors_for_unsupported_setups(tmp_path, monkeypatch):
 
 
 def test_benchmark_rows(tmp_path):
-    rows = inference.benchmark(tiny(), engines=("eager", "inference"), precisions=("fp32", "fp16"),
+    rows = deploy.benchmark(tiny(), engines=("eager", "inference"), precisions=("fp32", "fp16"),
                                batch_sizes=(1, 2), iters=1, warmup=1, ceiling_size=64)
     ok = [row for row in rows if "error" not in row]
     assert {(r["engine"], r["batch_size"]) for r in ok} == {(e, b) for e in ("eager", "inference") for b in (1, 2)}
@@ -210,11 +210,11 @@ def test_benchmark_rows(tmp_path):
         assert row["gmacs"] == pytest.approx(count_macs(tiny()) / 1e9, rel=1e-3)
     errors = [row for row in rows if "error" in row]  # fp16 on CPU: reported, not raised
     assert errors and all(row["precision"] == "fp16" for row in errors)
-    assert "img/s" in inference.format_rows(rows)
+    assert "img/s" in deploy.format_rows(rows)
 
     model = tiny_super()
     model.set_subnet(192, 0.7)
-    rows = inference.benchmark(model, engines=("inference",), batch_sizes=(1,), iters=1, warmup=1,
+    rows = deploy.benchmark(model, engines=("inference",), batch_sizes=(1,), iters=1, warmup=1,
                                subnets=[(160, 0.7)], ceiling=False)
     assert [(r["subnet"]["img_size"], r["subnet"]["keep_ratio"]) for r in rows] == [(224, 1.0), (160, 0.7)]
     assert rows[0]["speedup"] == 1.0 and rows[0]["flops_ratio"] == 1.0

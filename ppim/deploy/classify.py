@@ -1,0 +1,43 @@
+"""Top-k classification of images with a model through any runner."""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import paddle
+
+from ..data import imagenet_class_names
+from ..transforms import ImageLike, create_transforms
+from .runner import create_runner
+
+__all__ = ["classify"]
+
+Prediction = List[Tuple[int, str, float]]
+
+
+def classify(model: paddle.nn.Layer, images: Sequence[ImageLike], transforms: Callable = None,
+             topk: int = 5, batch_size: int = 16, engine: str = "eager", precision: str = "fp32",
+             runner: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> List[Prediction]:
+    """Top-k (class id, class name, probability) per image, probabilities from a softmax over the
+    model's eval logits. ``transforms`` defaults to the model's own eval transforms. ``engine`` /
+    ``precision`` pick the runner (see create_runner); an existing ``runner`` may be passed instead."""
+    transforms = transforms or create_transforms(model.pretrained_cfg)
+    names = imagenet_class_names()
+    if runner is None:
+        runner = create_runner(model, engine=engine, precision=precision)
+    results: List[Prediction] = []
+    for start in range(0, len(images), batch_size):
+        batch = np.stack([transforms(image) for image in images[start:start + batch_size]])
+        probs = _softmax(runner(batch.astype("float32")))
+        for row in probs:
+            top = np.argsort(-row)[:topk]
+            results.append([(int(i), names[i] if len(row) == len(names) else str(i), float(row[i]))
+                            for i in top])
+    return results
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype("float64")
+    logits = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return logits / logits.sum(axis=-1, keepdims=True)
+

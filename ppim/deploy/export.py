@@ -1,0 +1,257 @@
+"""Export for Paddle Inference (paddle.jit.save + ppim.json) and the graph rewrites it applies.
+
+    export(model, "out/lvvit_s")      # out/lvvit_s/{model.json|model.pdmodel, model.pdiparams, ppim.json}
+
+Paddle 2.6 writes the legacy program (model.pdmodel), Paddle 3.x a PIR program (model.json); both are
+found and loaded the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ..hub import write_json
+from ..layers import Attention
+from ..registry import cfg_for_img_size, model_name
+from .common import INPUT_NAME, MANIFEST, PARAMS_FILE, PROGRAM_FILES, current_subnet, input_size
+
+__all__ = ["export", "load_manifest"]
+
+
+class _DeployAttention(nn.Layer):
+    """Attention, numerically ``layers.Attention`` in eval mode, laid out for Paddle Inference's oneDNN
+    passes: q, k and v are three Linear layers (the columns of qkv; the q scale folded into q's
+    weights, exact for power-of-two scales; a zero bias when the model has none, so each is an fc
+    GEMM), and each head split is reshape -> transpose -> matmul, and the merge matmul -> transpose
+    -> reshape, which the passes fold into the matmuls' memory layouts. The transposes and slices
+    of the packed qkv tensor, about 5% of lvvit_s's bf16 time, disappear. Export only; the model
+    itself is never changed."""
+
+    def __init__(self, attn: nn.Layer):
+        super().__init__()
+        self.num_heads, self.head_dim = attn.num_heads, attn.head_dim
+        dim = self.num_heads * self.head_dim
+        weight = attn.qkv.weight.numpy().astype("float32").copy()
+        bias = (attn.qkv.bias.numpy().astype("float32").copy() if attn.qkv.bias is not None
+                else np.zeros([3 * dim], dtype="float32"))
+        weight[:, :dim] *= np.float32(attn.scale)
+        bias[:dim] *= np.float32(attn.scale)
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        for index, layer in enumerate((self.q, self.k, self.v)):
+            layer.weight.set_value(np.ascontiguousarray(weight[:, index * dim:(index + 1) * dim]))
+            layer.bias.set_value(np.ascontiguousarray(bias[index * dim:(index + 1) * dim]))
+        self.proj = attn.proj
+
+    def forward(self, x: paddle.Tensor, return_attention: bool = False):
+        tokens, dim = x.shape[1], x.shape[2]
+        heads = [-1, tokens, self.num_heads, self.head_dim]
+        q = self.q(x).reshape(heads).transpose([0, 2, 1, 3])
+        k = self.k(x).reshape(heads).transpose([0, 2, 1, 3])
+        v = self.v(x).reshape(heads).transpose([0, 2, 1, 3])
+        attn = F.softmax(paddle.matmul(q, k, transpose_y=True), axis=-1)
+        out = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([-1, tokens, dim])
+        out = self.proj(out)
+        return (out, attn) if return_attention else out
+
+
+def _resize_matrix(src: int, dst: int) -> np.ndarray:
+    """(dst, src) weights of a 1-D bilinear resize with align_corners=True: row i mixes the two source
+    pixels around i * (src - 1) / (dst - 1)."""
+    matrix = np.zeros((dst, src), dtype=np.float64)
+    ratio = (src - 1) / (dst - 1) if dst > 1 else 0.0
+    for i in range(dst):
+        pos = ratio * i
+        lo = min(int(math.floor(pos)), src - 1)
+        hi = min(lo + 1, src - 1)
+        frac = pos - lo
+        matrix[i, lo] += 1.0 - frac
+        matrix[i, hi] += frac
+    return matrix.astype("float32")
+
+
+class _DeployResize(nn.Layer):
+    """Wraps a super model for export: the bilinear (align_corners=True) resize of the input to the
+    sub-network's size as two GEMMs with fixed interpolation matrices (R x R^T per channel), so the
+    model sees its own size and skips F.interpolate, whose oneDNN kernel Paddle 3.x Inference cannot
+    run (ArrayAttribute<DoubleAttribute> in onednn_instruction)."""
+
+    def __init__(self, model: nn.Layer, src: int, dst: int):
+        super().__init__()
+        self.model = model
+        matrix = _resize_matrix(src, dst)
+        self.resize_rows = self.create_parameter(list(matrix.shape),
+                                                 default_initializer=nn.initializer.Assign(matrix))
+        self.resize_cols = self.create_parameter(list(matrix.T.shape),
+                                                 default_initializer=nn.initializer.Assign(matrix.T.copy()))
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.model(paddle.matmul(paddle.matmul(self.resize_rows, x), self.resize_cols))
+
+
+def _attention_layers(model: nn.Layer) -> List[Tuple[nn.Layer, str, nn.Layer]]:
+    """(parent, attribute name, layer) of every ppim Attention in the model."""
+    found = []
+    for parent in [model] + list(model.sublayers()):
+        for name, child in parent.named_children():
+            if type(child) is Attention:
+                found.append((parent, name, child))
+    return found
+
+
+@contextlib.contextmanager
+def _deploy_layout(model: nn.Layer, enabled: bool = True):
+    """Swap every Attention for its _DeployAttention while the block runs (export only)."""
+    swapped = []
+    try:
+        if enabled:
+            for parent, name, attn in _attention_layers(model):
+                deploy = _DeployAttention(attn)
+                deploy.eval()
+                setattr(parent, name, deploy)
+                swapped.append((parent, name, attn))
+        yield bool(swapped)
+    finally:
+        for parent, name, attn in swapped:
+            setattr(parent, name, attn)
+
+
+@contextlib.contextmanager
+def _preserve_forwards(model: nn.Layer):
+    """Undo what tracing leaves on the layers: Paddle 2.x's convert_call replaces a called sublayer's
+    ``forward`` by its converted function (an instance attribute), which breaks a later export of
+    that layer on its own."""
+    layers = [model] + list(model.sublayers())
+    before = [(layer, layer.__dict__.get("forward", None), "forward" in layer.__dict__) for layer in layers]
+    try:
+        yield
+    finally:
+        for layer, forward, had in before:
+            if had:
+                layer.__dict__["forward"] = forward
+            else:
+                layer.__dict__.pop("forward", None)
+
+
+def program_file(model_dir: Path) -> Path:
+    for name in PROGRAM_FILES:
+        if (model_dir / name).is_file():
+            return model_dir / name
+    raise FileNotFoundError(f"{model_dir} holds no exported program ({' or '.join(PROGRAM_FILES)}); "
+                            f"export one with ppim.deploy.export or tools/export.py")
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move the finished directory ``new`` to ``target``, replacing a previous export there."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.rmdir(old)
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(output_dir: Path) -> Iterator[Path]:
+    """A temporary directory beside ``output_dir`` that replaces it when the block succeeds and is
+    removed when it fails: readers see the old directory or the whole new one."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
+    try:
+        yield tmp
+        _replace_dir(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optional[int] = None,
+           batch_size: Optional[int] = None, optimize: bool = True) -> Path:
+    """Save ``model`` (in eval mode) for Paddle Inference and return the directory.
+
+    ``output_dir`` receives the program (``model.json`` on Paddle 3.x, ``model.pdmodel`` on 2.x),
+    ``model.pdiparams`` and ``ppim.json`` (model name, transforms cfg, input shape, sub-network, Paddle
+    version). The input is ``x``: float32 (batch_size or any, 3, S, S), S the model's input size;
+    super models always take the 224 crop and have their current sub-network (``set_subnet``) baked
+    in. ``optimize`` (default) exports an inference layout with the same numbers: attention as
+    _DeployAttention (q, k, v as three fc GEMMs, the q scale folded in, head split and merge folded
+    into the attention matmuls by the oneDNN passes) and, for a SuperViT sub-network smaller than
+    its input, the bilinear resize as two GEMMs (_DeployResize; Paddle 3.x's oneDNN predictor cannot
+    run F.interpolate). With ``optimize=False`` the model's own graph is saved as it is.
+
+    The directory appears whole or not at all: everything is written to a temporary directory
+    beside it, then renamed; a previous export there is replaced, any other non-empty directory is
+    left alone (FileExistsError)."""
+    output_dir = Path(output_dir).absolute()
+    if output_dir.exists() and not (output_dir.is_dir() and (
+            (output_dir / MANIFEST).is_file() or not any(output_dir.iterdir()))):
+        raise FileExistsError(f"{output_dir} exists and is not a ppim export; choose another output directory")
+    size = input_size(model, img_size)
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive int or None (any batch), got {batch_size!r}")
+    was_training = model.training
+    try:
+        model.eval()
+        with staged_dir(output_dir) as tmp:
+            spec = paddle.static.InputSpec([batch_size, 3, size, size], "float32", name=INPUT_NAME)
+            subnet = current_subnet(model)
+            target = model
+            if optimize and subnet is not None and subnet[0] != size:
+                target = _DeployResize(model, size, subnet[0])
+                target.eval()
+            with _preserve_forwards(model), _deploy_layout(model, optimize) as deploy_attention:
+                paddle.jit.save(target, str(tmp / "model"), input_spec=[spec])
+            program = program_file(tmp)
+            if not (tmp / PARAMS_FILE).is_file():  # a model without parameters still gets a params file
+                (tmp / PARAMS_FILE).write_bytes(b"")
+            cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+            if cfg.get("crop") and int(cfg["crop"]) != size:
+                cfg = cfg_for_img_size(cfg, size)
+            from .. import __version__ as ppim_version  # (ppim/__init__ imports this module)
+
+            manifest = {
+                "format": "ppim-inference",
+                "format_version": 1,
+                "model": model_name(model),
+                "input_name": INPUT_NAME,
+                "input_shape": [batch_size or -1, 3, size, size],
+                "input_dtype": "float32",
+                "num_classes": int(getattr(model, "num_classes", cfg.get("num_classes", 0)) or 0),
+                "subnet": None if subnet is None else {"img_size": subnet[0], "keep_ratio": subnet[1]},
+                "cfg": cfg,
+                "program_file": program.name,
+                "params_file": PARAMS_FILE,
+                "ir": "pir" if program.suffix == ".json" else "legacy",
+                "optimized": bool(optimize),
+                "deploy_attention": bool(deploy_attention),
+                "paddle_version": paddle.__version__,
+                "ppim_version": ppim_version,
+            }
+            write_json(tmp / MANIFEST, manifest)
+    finally:
+        if was_training:
+            model.train()
+    return output_dir
+
+
+def load_manifest(model_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """The ppim.json of an export ({} for a directory exported by other tools)."""
+    path = Path(model_dir) / MANIFEST
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+

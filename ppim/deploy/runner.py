@@ -1,0 +1,117 @@
+"""One runner interface over the engines: ``create_runner(model, engine, precision)`` returns a
+callable float32 numpy (B, 3, S, S) -> logits (B, classes).
+
+    run = create_runner(model, engine="inference")   # exported and run by Paddle Inference
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Tuple, Union
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from .common import (DEVICES, ENGINES, PRECISIONS, check_choice, check_gpu, current_subnet, default_threads,
+                     input_size)
+from .export import export
+from .predictor import Predictor
+
+__all__ = ["Runner", "create_runner"]
+
+
+class Runner:
+    """``runner(batch)``: float32 numpy (B, 3, S, S) -> float32 numpy logits (B, classes).
+    Made by create_runner; ``engine``, ``precision``, ``device``, ``img_size`` (S), ``subnet``
+    describe it, and ``predictor``/``model_dir`` the inference engine's predictor and export."""
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], engine: str, precision: str, device: str,
+                 img_size: int, subnet: Optional[Tuple[int, float]] = None, threads: Optional[int] = None,
+                 predictor: Optional[Predictor] = None, model_dir: Optional[Path] = None, keep: Any = None):
+        self._fn = fn
+        self.engine, self.precision, self.device = engine, precision, device
+        self.img_size, self.subnet, self.threads = img_size, subnet, threads
+        self.predictor, self.model_dir = predictor, model_dir
+        self._keep = keep  # e.g. the temporary export directory, removed with the runner
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self._fn(batch)
+
+    def __repr__(self) -> str:
+        sub = f", subnet={self.subnet}" if self.subnet else ""
+        return f"Runner(engine={self.engine!r}, precision={self.precision!r}, device={self.device!r}{sub})"
+
+
+def set_eager_threads(threads: Optional[int]) -> int:
+    """Paddle's CPU math threads for eager mode (process-wide; Paddle starts with 1, from its
+    OMP_NUM_THREADS default): ``threads``, by default every CPU this process may use."""
+    threads = int(threads or default_threads())
+    core = paddle.base.core if hasattr(paddle, "base") else paddle.fluid.core
+    core.set_num_threads(threads)
+    return threads
+
+
+def _eager_fn(model: nn.Layer, precision: str, device: str, threads: Optional[int]):
+    if device == "gpu":
+        check_gpu("device='gpu'")
+        place = paddle.CUDAPlace(0)
+        model.to(device="gpu")
+    else:
+        place = paddle.CPUPlace()
+        if precision != "fp32":
+            raise ValueError(f"engine='eager' on CPU runs fp32 only (Paddle has no eager {precision} CPU "
+                             f"kernels); use engine='inference' for {precision}")
+        set_eager_threads(threads)
+    subnet = current_subnet(model)
+    kwargs = {} if subnet is None else {"img_size": subnet[0], "keep_ratio": subnet[1]}
+    amp = None if precision == "fp32" else ("float16" if precision == "fp16" else "bfloat16")
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        model.eval()
+        with paddle.no_grad():
+            x = paddle.to_tensor(np.ascontiguousarray(batch, dtype=np.float32), place=place)
+            if amp:
+                with paddle.amp.auto_cast(level="O1", dtype=amp):
+                    out = model(x, **kwargs)
+            else:
+                out = model(x, **kwargs)
+            return out.astype("float32").numpy()
+
+    return run
+
+
+def create_runner(model: nn.Layer, engine: str = "eager", precision: str = "fp32", device: str = "cpu",
+                  threads: Optional[int] = None, workdir: Optional[Union[str, os.PathLike]] = None
+                  ) -> Callable[[np.ndarray], np.ndarray]:
+    """A callable mapping a float32 batch (B, 3, S, S) to logits (B, classes), numpy in and out.
+
+    ``engine='eager'``: the model itself, eval mode, under paddle.no_grad: fp32 on CPU, with Paddle's
+    process-wide CPU math threads set to ``threads`` (default all CPUs); fp16/bf16 by autocast on
+    GPU. ``engine='inference'``: the model exported to ``workdir`` (a temporary directory, removed
+    with the runner, when None) and run by a Predictor with ``precision``/``device``/``threads``.
+    Super models run the sub-network current when the runner is made, in both engines."""
+    check_choice("engine", engine, ENGINES)
+    check_choice("precision", precision, PRECISIONS)
+    check_choice("device", device, DEVICES)
+    size = input_size(model, None)
+    subnet = current_subnet(model)
+    if engine == "eager":
+        fn = _eager_fn(model, precision, device, threads)
+        return Runner(fn, engine, precision, device, size, subnet,
+                      None if device == "gpu" else int(threads or default_threads()))
+    keep = None
+    if workdir is None:
+        keep = tempfile.TemporaryDirectory(prefix="ppim-export-")
+        workdir = Path(keep.name) / "model"
+    try:
+        model_dir = export(model, workdir)
+        predictor = Predictor(model_dir, device=device, precision=precision, threads=threads)
+    except BaseException:
+        if keep is not None:
+            keep.cleanup()
+        raise
+    return Runner(predictor, engine, precision, device, size, subnet, predictor.threads, predictor, model_dir,
+                  keep)
+
