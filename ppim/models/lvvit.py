@@ -9,34 +9,22 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from ..layers import Block, Box, ConvPatchEmbed, dense_logits, init_vit_weights, random_box, swap_box, token_parameter
+from ..layers import Block, Box, ConvPatchEmbed, init_vit_weights, random_box, swap_box, token_parameter
 from ..registry import build_model, make_cfg, model_name, register_model
+from .base import TokenViT, check_images
 
 __all__ = ["LVViT", "lvvit_t", "lvvit_s", "lvvit_s_384", "lvvit_m", "lvvit_m_384", "lvvit_m_448",
            "lvvit_l_448", "lvvit_l_512"]
 
 
-def check_input_size(model: nn.Layer, x: paddle.Tensor, sizes: Tuple[int, ...]) -> None:
-    """Raise a helpful error when x's spatial size is not one the model was built for.
-    Unknown (-1) dims of a static-graph input are not checked."""
-    height, width = x.shape[2], x.shape[3]
-    if height < 0 or width < 0 or (height == width and height in sizes):
-        return
-    name = model_name(model)
-    expected = " or ".join(f"{s}x{s}" for s in sizes)
-    raise ValueError(
-        f"{name} takes {expected} inputs, got {height}x{width}. Use the model's eval transforms "
-        f"(ppim.create_transforms({name!r})), or build it for your size: "
-        f"ppim.create_model({name!r}, img_size={max(height, width)}) (pretrained positional "
-        f"embeddings are then resized to the new token grid).")
-
-
-class LVViT(nn.Layer):
+class LVViT(TokenViT):
     """LV-ViT.
 
     ``model(x)``: images (B, 3, S, S) -> logits (B, C) = head(cls) + aux_weight * max over patch tokens
     of aux_head, in train and eval mode alike (ppim 1.x's output, so CrossEntropyLoss, paddle.Model and
-    plain fine-tuning loops work); no MixToken. ``num_classes=0``: the cls feature (B, D).
+    plain fine-tuning loops work); no MixToken. ``num_classes=0``: the pooled feature (B, D) of
+    ``global_pool``: "token" (default) the cls token, "dense" the official code's cls + aux_weight * max
+    over the patch tokens (see ``TokenViT``).
 
     ``model.forward_train(x)``: the official token-labeling training output, see its docstring.
     """
@@ -45,17 +33,19 @@ class LVViT(nn.Layer):
                  num_classes: int = 1000, embed_dim: int = 384, depth: int = 16, num_heads: int = 6,
                  mlp_ratio: float = 3.0, qkv_bias: bool = False, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, stem_dim: int = 64,
-                 skip_lam: float = 1.0, aux_weight: float = 0.5, mix_token: bool = True):
+                 skip_lam: float = 1.0, aux_weight: float = 0.5, mix_token: bool = True,
+                 global_pool: str = "token"):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of the patch size {patch_size}")
         self.img_size = img_size
         self.patch_size = patch_size
         self.grid_size = img_size // patch_size
-        self.num_classes = num_classes
+        self.in_chans = in_chans
         self.num_features = self.embed_dim = embed_dim
         self.aux_weight = aux_weight
         self.mix_token = mix_token
+        self._set_global_pool(global_pool)
 
         self.patch_embed = ConvPatchEmbed(patch_size, in_chans, embed_dim, stem_dim)
         self.cls_token = token_parameter(self, [1, 1, embed_dim])
@@ -67,48 +57,33 @@ class LVViT(nn.Layer):
                   norm_eps=1e-5, skip_lam=skip_lam)
             for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, epsilon=1e-5)
-        self.head, self.aux_head = self._heads(num_classes)
+        self._set_heads(num_classes)
         self.apply(init_vit_weights)
-
-    def _heads(self, num_classes: int) -> Tuple[nn.Layer, nn.Layer]:
-        if num_classes <= 0:
-            return nn.Identity(), nn.Identity()
-        heads = nn.Linear(self.embed_dim, num_classes), nn.Linear(self.embed_dim, num_classes)
-        for head in heads:
-            init_vit_weights(head)
-        return heads
-
-    def get_classifier(self) -> nn.Layer:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """New, freshly initialised head and aux_head for ``num_classes`` (0: features only)."""
-        self.num_classes = num_classes
-        self.head, self.aux_head = self._heads(num_classes)
 
     def forward_tokens(self, x: paddle.Tensor) -> paddle.Tensor:
         """Patch tokens (B, N, D) -> final-norm tokens (B, 1 + N, D), cls first."""
+        return self.run_blocks(self._with_cls(x))
+
+    def _with_cls(self, x: paddle.Tensor) -> paddle.Tensor:
         cls = self.cls_token.expand([x.shape[0], -1, -1])
-        x = self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+        return self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed)
+
+    def _embed(self, x: paddle.Tensor, img_size: Optional[int] = None) -> Tuple[paddle.Tensor, int]:
+        if img_size is not None:
+            raise TypeError(f"{model_name(self)} has one input size ({self.img_size}); img_size is for SuperViT")
+        check_images(self, x, (self.img_size,))
+        return self._with_cls(self.patch_embed(x).flatten(2).transpose([0, 2, 1])), self.grid_size
 
     def forward_features(self, x: paddle.Tensor) -> paddle.Tensor:
         """Images (B, 3, S, S) -> final-norm tokens (B, 1 + N, D), no MixToken."""
-        check_input_size(self, x, (self.img_size,))
-        return self.forward_tokens(self.patch_embed(x).flatten(2).transpose([0, 2, 1]))
+        return self.run_blocks(self._embed(x)[0])
 
     def no_weight_decay(self) -> Set[str]:
         """Parameters the official recipe trains without weight decay (timm's convention)."""
         return {"cls_token", "pos_embed"}
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        check_input_size(self, x, (self.img_size,))
-        x = self.forward_tokens(self.patch_embed(x).flatten(2).transpose([0, 2, 1]))
-        if self.num_classes <= 0:
-            return x[:, 0]
-        return dense_logits(self.head(x[:, 0]), self.aux_head(x[:, 1:]), self.aux_weight)
+        return self.forward_head(self.forward_features(x))
 
     def forward_train(self, x: paddle.Tensor, *, bbox: Optional[Box] = None
                       ) -> Tuple[paddle.Tensor, paddle.Tensor, Box]:
@@ -121,7 +96,7 @@ class LVViT(nn.Layer):
         token lines up with its own image's token labels, and the box used ((0, 0, 0, 0): none).
         Dropout and drop-path follow the layer's train/eval mode.
         """
-        check_input_size(self, x, (self.img_size,))
+        check_images(self, x, (self.img_size,))
         if self.num_classes <= 0:
             raise ValueError("forward_train needs the classifier heads; this model was built with num_classes=0")
         feat = self.patch_embed(x)  # (B, D, H, W)
