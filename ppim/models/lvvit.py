@@ -117,14 +117,16 @@ _PAPER = "https://arxiv.org/abs/2104.10858"
 
 def _weights(source: str, bce_key: str = "", bce_name: str = "", **metrics) -> dict:
     """Weights metadata: the ppim .pdparams (Baidu AI Studio) when there is one, else the official
-    PyTorch release, converted on first use."""
+    PyTorch release, converted on first use. flops_g: GMACs counted by ppim.flops (tests check it);
+    published_flops_g: the figure published with the weights, when it differs (the official counter
+    also counts norms, activations and softmax)."""
     source_url = _RELEASES + source
     if bce_key:
         url, file_name, fmt = _BCE + bce_key + _BCE_NAME + bce_name, bce_name, "pdparams"
     else:
         url, file_name, fmt = source_url, source.rsplit("/", 1)[1], "pth"
     return {"url": url, "file_name": file_name, "format": fmt, "source_url": source_url, "sha256": None,
-            "top1": None, "top5": None, "params_m": None, "flops_g": None, **metrics}
+            "top1": None, "top5": None, "params_m": None, "flops_g": None, "published_flops_g": None, **metrics}
 
 
 _ARCHS = {
@@ -143,7 +145,7 @@ def _cfg(name: str, img_size: int, resize: int, weights: dict) -> dict:
     return make_cfg(name, img_size, resize, weights, architecture="lvvit", model_class="LVViT", paper=_PAPER)
 
 
-@register_model(_cfg("lvvit_t", 224, 248, _weights("v0.2.0/lvvit_t.pth", top1=79.1, params_m=8.53)))
+@register_model(_cfg("lvvit_t", 224, 248, _weights("v0.2.0/lvvit_t.pth", top1=79.1, params_m=8.53, flops_g=2.9)))
 def lvvit_t(pretrained=False, return_transforms=False, **kwargs):
     """LV-ViT-T, 224: D 240, depth 12, 4 heads."""
     return _lvvit("lvvit_t", "t", pretrained, return_transforms, **kwargs)
@@ -161,7 +163,7 @@ def lvvit_s(pretrained=False, return_transforms=False, **kwargs):
 @register_model(_cfg("lvvit_s_384", 384, 384, _weights(
     "1.0/lvvit_s-26M-384-84.4.pth.tar",
     "aa4fa51138ea41cb9b413db1308ccc01319f896413764a2d9a3b6e6a23da1ade", "lvvit_s_384.pdparams",
-    top1=84.56, top5=96.39, params_m=26.3, flops_g=22.2)))
+    top1=84.56, top5=96.39, params_m=26.3, flops_g=21.9, published_flops_g=22.2)))
 def lvvit_s_384(pretrained=False, return_transforms=False, **kwargs):
     """LV-ViT-S, 384."""
     return _lvvit("lvvit_s_384", "s", pretrained, return_transforms, **kwargs)
@@ -170,7 +172,8 @@ def lvvit_s_384(pretrained=False, return_transforms=False, **kwargs):
 @register_model(_cfg("lvvit_m", 224, 248, _weights(
     "1.0/lvvit_m-56M-224-84.0.pth.tar",
     "c34bcd65d1c94089ab269ffb8927133a7fab39c6a0c44dca8e1c995155cabcd0", "lvvit_m_224.pdparams",
-    top1=83.88, top5=96.05, params_m=55.8, flops_g=16.0)))
+    top1=83.88, top5=96.05, params_m=55.8, flops_g=12.7, published_flops_g=16.0,
+    flops_note="ppim 1.x listed 16.0G; LV-ViT-M at 224 costs 12.7 GMACs (counted; DynamicViT reports 12.7G)")))
 def lvvit_m(pretrained=False, return_transforms=False, **kwargs):
     """LV-ViT-M, 224: D 512, depth 20, 8 heads."""
     return _lvvit("lvvit_m", "m", pretrained, return_transforms, **kwargs)
@@ -179,7 +182,7 @@ def lvvit_m(pretrained=False, return_transforms=False, **kwargs):
 @register_model(_cfg("lvvit_m_384", 384, 384, _weights(
     "1.0/lvvit_m-56M-384-85.4.pth.tar",
     "97d6a53daf55477bbf6e386e00d4763157bcbcea295b402ebb3a26725eaeb772", "lvvit_m_384.pdparams",
-    top1=85.34, top5=96.72, params_m=56.0, flops_g=42.2)))
+    top1=85.34, top5=96.72, params_m=56.0, flops_g=41.6, published_flops_g=42.2)))
 def lvvit_m_384(pretrained=False, return_transforms=False, **kwargs):
     """LV-ViT-M, 384."""
     return _lvvit("lvvit_m_384", "m", pretrained, return_transforms, **kwargs)
@@ -188,7 +191,7 @@ def lvvit_m_384(pretrained=False, return_transforms=False, **kwargs):
 @register_model(_cfg("lvvit_m_448", 448, 448, _weights(
     "1.1/lvvit_m-56M-448-85.5.pth.tar",
     "b83be46049ac44cfb0821f429e54621020e815f8019944dca81e73a6736b0fdf", "lvvit_m_448.pdparams",
-    top1=85.47, top5=96.82, params_m=56.1, flops_g=61.0)))
+    top1=85.47, top5=96.82, params_m=56.1, flops_g=60.0, published_flops_g=61.0)))
 def lvvit_m_448(pretrained=False, return_transforms=False, **kwargs):
     """LV-ViT-M, 448."""
     return _lvvit("lvvit_m_448", "m", pretrained, return_transforms, **kwargs)
@@ -197,14 +200,14 @@ def lvvit_m_448(pretrained=False, return_transforms=False, **kwargs):
 @register_model(_cfg("lvvit_l_448", 448, 448, _weights(
     "1.0/lvvit_l-150M-448-86.2.pth.tar",
     "abd5019da732445eae48ed4eaeff874fc2c00d8d43934ff783d77720b09faef8", "lvvit_l_448.pdparams",
-    top1=86.09, top5=96.85, params_m=150.5, flops_g=157.2)))
+    top1=86.09, top5=96.85, params_m=150.5, flops_g=155.1, published_flops_g=157.2)))
 def lvvit_l_448(pretrained=False, return_transforms=False, **kwargs):
     """LV-ViT-L, 448: D 768, depth 24, 12 heads, 128-channel stem."""
     return _lvvit("lvvit_l_448", "l", pretrained, return_transforms, **kwargs)
 
 
 @register_model(_cfg("lvvit_l_512", 512, 512, _weights(
-    "1.0/lvvit_l-150M-512-86.4.pth.tar", top1=86.4, params_m=150.66)))
+    "1.0/lvvit_l-150M-512-86.4.pth.tar", top1=86.4, params_m=150.66, flops_g=211.6)))
 def lvvit_l_512(pretrained=False, return_transforms=False, **kwargs):
     """LV-ViT-L, 512."""
     return _lvvit("lvvit_l_512", "l", pretrained, return_transforms, **kwargs)

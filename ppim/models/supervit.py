@@ -259,11 +259,11 @@ def _subnet_top1(table: Sequence[Sequence[float]]) -> dict:
     return {subnet_key((s, r)): top1 for s, row in zip(IMG_SIZES, table) for r, top1 in zip(KEEP_RATIOS, row)}
 
 
-def _weights(file_id: str, file_name: str, params_m: float, table: Sequence[Sequence[float]]) -> dict:
+def _weights(file_id: str, file_name: str, params_m: float, flops_g: float, table: Sequence[Sequence[float]]) -> dict:
     subnet_top1 = _subnet_top1(table)
     return {"url": _DRIVE + file_id, "file_name": file_name, "format": "pth",
             "source_url": f"https://drive.google.com/file/d/{file_id}/view", "sha256": None,
-            "top1": subnet_top1["224x1.0"], "top5": None, "params_m": params_m, "flops_g": None,
+            "top1": subnet_top1["224x1.0"], "top5": None, "params_m": params_m, "flops_g": flops_g,
             "subnet_top1": subnet_top1}
 
 
@@ -280,7 +280,7 @@ def _supervit(name: str, pretrained, return_transforms: bool, **kwargs):
 
 
 @register_model(make_cfg("super_deit_s", 224, 256, _weights(
-    "1y2-zU5UvHqGCmWEB41VLbnf7B27BatBL", "super_deit_s.pth", 22.17,
+    "1y2-zU5UvHqGCmWEB41VLbnf7B27BatBL", "super_deit_s.pth", 22.17, 4.6,
     [[73.75, 75.28, 75.79], [77.32, 78.31, 78.53], [78.91, 79.62, 79.87], [79.95, 80.50, 80.62]]),
     architecture="supervit", model_class="SuperViT", paper=_PAPER))
 def super_deit_s(pretrained=False, return_transforms=False, **kwargs):
@@ -289,7 +289,7 @@ def super_deit_s(pretrained=False, return_transforms=False, **kwargs):
 
 
 @register_model(make_cfg("super_lvvit_s", 224, 248, _weights(
-    "1xjKrelbFQchaaulMm0bLUftD0h10hRJa", "super_lvvit_s.pth", 26.27,
+    "1xjKrelbFQchaaulMm0bLUftD0h10hRJa", "super_lvvit_s.pth", 26.27, 6.6,
     [[76.64, 79.82, 80.71], [79.81, 81.73, 82.24], [81.12, 82.59, 82.94], [82.11, 83.15, 83.47]]),
     architecture="supervit", model_class="SuperViT", paper=_PAPER))
 def super_lvvit_s(pretrained=False, return_transforms=False, **kwargs):
