@@ -7,6 +7,8 @@ from typing import Any, Dict, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from .registry import get_model_cfg
+
 _PIL_FILTERS = {
     "nearest": Image.NEAREST,
     "bilinear": Image.BILINEAR,

@@ -29,7 +29,7 @@ from PIL import Image
 from .data import imagenet_class_names, load_image
 from .errors import PpimError
 from .flops import count, model_for_counting, subnet_costs
-from .hub import write_atomic
+from .fileio import write_atomic
 from .registry import get_model_cfg, list_models, model_name
 from .transforms import center_crop_box, create_transforms, resized_shape
 

@@ -9,8 +9,9 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from ..builder import build_model
 from ..layers import Block, Box, ConvPatchEmbed, init_vit_weights, random_box, swap_box, token_parameter
-from ..registry import build_model, make_cfg, model_name, register_model
+from ..registry import make_cfg, model_name, register_model
 from .base import TokenViT, check_images
 
 __all__ = ["LVViT", "lvvit_t", "lvvit_s", "lvvit_s_384", "lvvit_m", "lvvit_m_384", "lvvit_m_448",

@@ -17,8 +17,9 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from ..builder import build_model
 from ..layers import Block, Box, ConvPatchEmbed, PatchEmbed, init_vit_weights, random_box, swap_box, token_parameter
-from ..registry import build_model, make_cfg, register_model
+from ..registry import make_cfg, register_model
 from .base import TokenViT, check_images
 
 __all__ = ["SuperViT", "is_supernet", "parse_subnet_spec", "scale_box", "subnet_key", "super_deit_s",
