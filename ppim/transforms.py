@@ -2,12 +2,12 @@
 normalize. PIL does the resampling, numpy the rest, so results equal the seed's PIL pipeline."""
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
-from .registry import get_model_cfg
+from .registry import get_model_cfg, resize_for_crop_pct
 
 _PIL_FILTERS = {
     "nearest": Image.NEAREST,
@@ -69,11 +69,18 @@ class EvalTransforms:
                 f"ToTensor(), Normalize(mean={self.mean.ravel().tolist()}, std={self.std.ravel().tolist()}))")
 
 
-def create_transforms(name_or_cfg: Union[str, Dict[str, Any]]) -> EvalTransforms:
-    """The eval transforms of a registered model name or of a cfg dict (see ppim.get_model_cfg)."""
+def create_transforms(name_or_cfg: Union[str, Dict[str, Any], Any], crop_pct: Optional[float] = None) -> EvalTransforms:
+    """The eval transforms of a registered model name, a cfg dict (see ppim.get_model_cfg) or a
+    model built by ppim (its ``pretrained_cfg``). ``crop_pct``: resize the shorter side to
+    floor(crop / crop_pct) instead of the cfg's resize (e.g. the cfg's official_crop_pct)."""
     if isinstance(name_or_cfg, str):
-        from .registry import get_model_cfg
-
-        name_or_cfg = get_model_cfg(name_or_cfg)
-    cfg = name_or_cfg
-    return EvalTransforms(cfg["resize"], cfg["crop"], cfg["interpolation"], cfg["mean"], cfg["std"])
+        cfg = get_model_cfg(name_or_cfg)
+    elif isinstance(name_or_cfg, dict):
+        cfg = name_or_cfg
+    elif isinstance(getattr(name_or_cfg, "pretrained_cfg", None), dict):
+        cfg = name_or_cfg.pretrained_cfg
+    else:
+        raise TypeError(f"create_transforms takes a model name, a cfg dict or a ppim model, got "
+                        f"{type(name_or_cfg).__name__}")
+    resize = cfg["resize"] if crop_pct is None else resize_for_crop_pct(cfg["crop"], crop_pct)
+    return EvalTransforms(resize, cfg["crop"], cfg["interpolation"], cfg["mean"], cfg["std"])

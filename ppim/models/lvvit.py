@@ -142,8 +142,9 @@ def _lvvit(name: str, size: str, pretrained, return_transforms: bool, **kwargs):
     return build_model(LVViT, name, pretrained, return_transforms, **{**_ARCHS[size], **kwargs})
 
 
-def _cfg(name: str, img_size: int, resize: int, weights: dict) -> dict:
-    return make_cfg(name, img_size, resize, weights, architecture="lvvit", model_class="LVViT", paper=_PAPER)
+def _cfg(name: str, img_size: int, resize: int, weights: dict, **extra) -> dict:
+    return make_cfg(name, img_size, resize, weights, architecture="lvvit", model_class="LVViT", paper=_PAPER,
+                    **extra)
 
 
 @register_model(_cfg("lvvit_t", 224, 248, _weights("v0.2.0/lvvit_t.pth", top1=79.1, params_m=8.53, flops_g=2.9)))
@@ -164,7 +165,8 @@ def lvvit_s(pretrained=False, return_transforms=False, **kwargs):
 @register_model(_cfg("lvvit_s_384", 384, 384, _weights(
     "1.0/lvvit_s-26M-384-84.4.pth.tar",
     "aa4fa51138ea41cb9b413db1308ccc01319f896413764a2d9a3b6e6a23da1ade", "lvvit_s_384.pdparams",
-    top1=84.56, top5=96.39, params_m=26.3, flops_g=21.9, published_flops_g=22.2)))
+    top1=84.56, top5=96.39, params_m=26.3, flops_g=21.9, published_flops_g=22.2),
+    official_crop_pct=0.9))  # the official validate.py resizes to 426; ppim's figures: Resize(384)
 def lvvit_s_384(pretrained=False, return_transforms=False, **kwargs):
     """LV-ViT-S, 384."""
     return _lvvit("lvvit_s_384", "s", pretrained, return_transforms, **kwargs)
@@ -174,7 +176,8 @@ def lvvit_s_384(pretrained=False, return_transforms=False, **kwargs):
     "1.0/lvvit_m-56M-224-84.0.pth.tar",
     "c34bcd65d1c94089ab269ffb8927133a7fab39c6a0c44dca8e1c995155cabcd0", "lvvit_m_224.pdparams",
     top1=83.88, top5=96.05, params_m=55.8, flops_g=12.7, published_flops_g=16.0,
-    flops_note="ppim 1.x listed 16.0G; LV-ViT-M at 224 costs 12.7 GMACs (counted; DynamicViT reports 12.7G)")))
+    flops_note="ppim 1.x listed 16.0G; LV-ViT-M at 224 costs 12.7 GMACs (counted; DynamicViT reports 12.7G)"),
+    official_crop_pct=1.0))  # the official cfg: Resize(224); ppim's figures: Resize(248)
 def lvvit_m(pretrained=False, return_transforms=False, **kwargs):
     """LV-ViT-M, 224: D 512, depth 20, 8 heads."""
     return _lvvit("lvvit_m", "m", pretrained, return_transforms, **kwargs)
