@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from .auto_augment import RandAugment, rand_augment_transform
-from .registry import get_model_cfg
+from .registry import get_model_cfg, resize_for_crop_pct
 
 _PIL_FILTERS = {
     "nearest": Image.NEAREST,
@@ -419,7 +419,7 @@ def create_transforms(name_or_cfg_or_model: Any, is_training: bool = False, **ov
         if "resize" in overrides:
             resize = int(overrides["resize"])
         elif "crop_pct" in overrides:
-            resize = int(math.floor(img_size / float(overrides["crop_pct"])))
+            resize = resize_for_crop_pct(img_size, float(overrides["crop_pct"]))
         else:  # the cfg's crop_pct, in integers so 224 -> 248 stays exact
             resize = img_size * int(cfg["resize"]) // int(cfg["crop"])
         return EvalTransforms(resize, img_size, overrides.get("interpolation", cfg["interpolation"]), mean, std)
