@@ -11,7 +11,7 @@ interface over the engines, top-k classification and the benchmark.
 Modules: common (names, checks), export (+ cache), predictor (Paddle Inference), engines
 (OpenVINO, ONNX Runtime), runner, classify, benchmark; each imports only the ones before it.
 """
-from .benchmark import CeilingProbe, benchmark, format_rows, measure_ceiling
+from .benchmark import CeilingProbe, DenseChain, benchmark, ceiling_engines, dense_shapes, format_rows, measure_ceiling
 from .classify import classify
 from .common import ENGINE_CHOICES, ENGINES, PRECISIONS, cpu_supports_bf16
 from .engines import OnnxRuntimePredictor, OpenVINOPredictor, engine_available
@@ -21,5 +21,5 @@ from .runner import AUTO_ORDER, Runner, create_runner, resolve_engine
 
 __all__ = ["classify", "export", "load_manifest", "cached_export", "export_key", "cache_dir", "Predictor",
            "OpenVINOPredictor", "OnnxRuntimePredictor", "engine_available", "Runner", "create_runner",
-           "resolve_engine", "AUTO_ORDER", "benchmark", "format_rows", "CeilingProbe", "measure_ceiling", "cpu_supports_bf16",
+           "resolve_engine", "AUTO_ORDER", "benchmark", "format_rows", "CeilingProbe", "DenseChain", "dense_shapes", "measure_ceiling", "ceiling_engines", "cpu_supports_bf16",
            "ENGINES", "ENGINE_CHOICES", "PRECISIONS"]

@@ -14,13 +14,13 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from .common import (DEVICES, ENGINE_CHOICES, PRECISIONS, check_choice, check_gpu, current_subnet, default_threads,
-                     input_size)
+from .common import (BF16_CPU_FLAGS, DEVICES, ENGINE_CHOICES, PRECISIONS, check_choice, check_gpu,
+                     cpu_supports_bf16, current_subnet, default_threads, input_size)
 from .engines import OnnxRuntimePredictor, OpenVINOPredictor, engine_available
 from .export import cached_export, export
 from .predictor import ExportPredictor, Predictor
 
-__all__ = ["Runner", "create_runner", "resolve_engine", "AUTO_ORDER"]
+__all__ = ["Runner", "create_runner", "resolve_engine", "unsupported", "AUTO_ORDER", "PREDICTORS"]
 
 
 class Runner:
@@ -86,7 +86,28 @@ def _eager_fn(model: nn.Layer, precision: str, device: str, threads: Optional[in
 # The engines ``engine='auto'`` tries, fastest first, per (device, precision), as measured by
 # benchmarks/peers.py on lvvit_s (see its results in README's benchmark section).
 AUTO_ORDER = {("cpu", "fp32"): ("openvino", "onnxruntime", "inference"), ("cpu", "bf16"): ("openvino", "inference")}
-_PREDICTORS = {"inference": Predictor, "openvino": OpenVINOPredictor, "onnxruntime": OnnxRuntimePredictor}
+PREDICTORS = {"inference": Predictor, "openvino": OpenVINOPredictor, "onnxruntime": OnnxRuntimePredictor}
+
+
+def unsupported(engine: str, precision: str, device: str = "cpu") -> Optional[str]:
+    """Why ``engine`` cannot run ``precision`` on ``device`` here, or None when it can: fp16 is
+    GPU-only, bf16 on CPU needs avx512_bf16/amx_bf16 (eager and ONNX Runtime: fp32 only on CPU),
+    GPUs need a CUDA build, and the extras must be installed."""
+    if device == "gpu" and not paddle.is_compiled_with_cuda():
+        return f"this Paddle {paddle.__version__} is a CPU-only build"
+    if engine in ("openvino", "onnxruntime"):
+        if device != "cpu":
+            return f"{engine} runs on CPU here"
+        if not engine_available(engine):
+            return f"not installed (pip install 'ppim[{engine}]')"
+    if device == "cpu":
+        if precision == "fp16":
+            return "fp16 needs a GPU (CPUs run bf16)"
+        if precision == "bf16" and engine in ("eager", "onnxruntime"):
+            return f"{engine} runs fp32 only on CPU"
+        if precision == "bf16" and not cpu_supports_bf16():
+            return f"this CPU has no bfloat16 instructions ({' / '.join(BF16_CPU_FLAGS)})"
+    return None
 
 
 def resolve_engine(engine: str, device: str = "cpu", precision: str = "fp32") -> str:
@@ -96,7 +117,7 @@ def resolve_engine(engine: str, device: str = "cpu", precision: str = "fp32") ->
     if engine != "auto":
         return engine
     for candidate in AUTO_ORDER.get((device, precision), ("inference",)):
-        if engine_available(candidate):
+        if engine_available(candidate) and not unsupported(candidate, precision, device):
             return candidate
     return "inference"
 
@@ -132,7 +153,7 @@ def create_runner(model: nn.Layer, engine: str = "eager", precision: str = "fp32
         else:
             keep = tempfile.TemporaryDirectory(prefix="ppim-export-")
             model_dir = export(model, Path(keep.name) / "model")
-        predictor = _PREDICTORS[engine](model_dir, device=device, precision=precision, threads=threads)
+        predictor = PREDICTORS[engine](model_dir, device=device, precision=precision, threads=threads)
     except BaseException:
         if keep is not None:
             keep.cleanup()
