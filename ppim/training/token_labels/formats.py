@@ -24,8 +24,9 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ...convert.torch_reader import CheckpointError, load_torch_checkpoint
-from ...hub import write_atomic, write_json
+from ...weights.errors import CheckpointError
+from ...weights.torch_reader import load_torch_checkpoint
+from ...fileio import write_atomic, write_json
 
 __all__ = ["TokenLabelError", "LabelShape", "label_key", "check_shape", "check_key", "check_label", "read_official_label",
            "write_official_label", "OfficialLabels", "PackedLabels", "PackedLabelWriter",
