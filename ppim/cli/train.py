@@ -16,6 +16,7 @@ under paddle.distributed.launch the global batch is -b times the number of proce
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 
 from .common import ArgumentParser, add_model_arguments, command, model_kwargs
@@ -93,7 +94,46 @@ def build_parser() -> ArgumentParser:
     aug.add_argument("--hflip", type=float, default=d["hflip"], help="horizontal flip chance (default 0.5)")
     aug.add_argument("--train-interpolation", default=d["train_interpolation"],
                      help="resize filter of the random crop: random, bilinear, bicubic (default random)")
+    tl = p.add_argument_group("token labeling and SuperViT")
+    tl.add_argument("--token-label", action="store_true",
+                    help="train the aux head on every token (TokenLabelCrossEntropy with MixToken; LV-ViT models)")
+    tl.add_argument("--token-label-data", metavar="DIR",
+                    help="token labels of the train images: official <class>/<stem>.pt files or packed "
+                         "(tools/make_token_labels.py)")
+    tl.add_argument("--token-label-size", type=int, default=d["token_label_size"],
+                    help="token grid the labels are aligned to (14 for LV-ViT at 224; default 1: cls only)")
+    tl.add_argument("--dense-weight", type=float, default=d["dense_weight"], help="weight of the token loss")
+    tl.add_argument("--cls-weight", type=float, default=d["cls_weight"], help="weight of the cls loss")
+    tl.add_argument("--ground-truth", action="store_true",
+                    help="lean the cls target towards the ground truth where the labels disagree with it")
+    tl.add_argument("--repeated-aug", action=argparse.BooleanOptionalAction, default=d["repeated_aug"],
+                    help="DeiT's repeated-augmentation sampler (default: on for super_deit_s)")
     return p
+
+
+def _given(parser: ArgumentParser, argv) -> set:
+    """The destinations the command line sets explicitly."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
+def apply_recipe(args: argparse.Namespace, given: set) -> None:
+    """super_deit_s trains with SuperViT's DeiT recipe unless flags say otherwise: Mixup 0.8, CutMix 1.0,
+    smoothing 0.1, drop-path 0.1, EMA on with decay 0.99996, repeated augmentation, lr 5e-4 x global batch / 512."""
+    if args.model != "super_deit_s":
+        return
+    from ..training.token_labels.plugin import DEIT_RECIPE
+
+    for name, value in DEIT_RECIPE.items():
+        if name != "lr_per_512" and name not in given:
+            setattr(args, name, value)
+    if "lr" not in given:
+        from ..evaluate import dist_info
+
+        world = dist_info()[1]
+        args.lr = DEIT_RECIPE["lr_per_512"] * args.batch_size * world / 512
 
 
 def config_from_args(args: argparse.Namespace):
@@ -109,7 +149,9 @@ def config_from_args(args: argparse.Namespace):
 
 @command
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    apply_recipe(args, _given(parser, argv))
     from ..training.run import train
 
     result = train(config_from_args(args))

@@ -80,6 +80,14 @@ class TrainConfig:
     val: bool = True
     visualdl: bool = False
     progress: bool = True
+    # token labeling and SuperViT (TokenLabeling's main.py flags; see token_labels.plugin)
+    token_label: bool = False
+    token_label_data: Optional[str] = None  # official .pt folder or packed labels
+    token_label_size: int = 1  # side of the token grid the labels are aligned to (14 for 224 LV-ViT)
+    dense_weight: float = 1.0
+    cls_weight: float = 1.0
+    ground_truth: bool = False
+    repeated_aug: bool = False  # DeiT's repeated-augmentation sampler
 
 
 def _device(name: Optional[str]) -> str:
@@ -209,6 +217,11 @@ def build_trainer(config: TrainConfig, *, step: Optional[Callable] = None,
                                  momentum=config.momentum, clip_grad=config.clip_grad, lr_scheduler=scheduler)
     ema = ModelEma(model, decay=config.model_ema_decay) if config.model_ema else None
     criterion, mixup = _build_criterion(config, num_classes)
+    from .token_labels.plugin import plan_training
+
+    plan = plan_training(config, model, train_set, num_classes, criterion, mixup, world)
+    train_set, mixup = plan.train_set, plan.mixup
+    step, order = step or plan.step, order or plan.order
     scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 16) if amp == "float16" else None
 
     wrapped = model
