@@ -235,6 +235,10 @@ def test_records_and_checkpoint_contents(tmp_path):
     assert {"model", "model_ema", "optimizer", "scheduler", "rng", "epoch", "args", "best", "metrics"} <= set(checkpoint)
     assert checkpoint["args"]["model"] == "lvvit_s" and checkpoint["epoch"] == 2
     assert checkpoint["model_name"] == "lvvit_s" and checkpoint["num_classes"] == 2
+    import paddle
+
+    loaded = paddle.load(str(tmp_path / "run" / "last.pdparams"))  # paddle.load reads it too
+    np.testing.assert_array_equal(loaded["model"]["head.weight"].numpy(), checkpoint["model"]["head.weight"])
     table = rows(tmp_path / "run")
     assert list(table[0]) == ["epoch", "train_loss", "lr", "top1", "top5", "ema_top1", "ema_top5",
                               "images_per_sec", "seconds"]
