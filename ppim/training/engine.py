@@ -97,6 +97,7 @@ class Trainer:
         self.epoch = 0  # the next epoch to train
         self.best: Optional[Dict[str, Any]] = None  # {"epoch", "metric", "weights"}
         self.global_step = 0
+        self._is_best = False  # the epoch just finished has the best metric so far
 
     # ------------------------------------------------------------------------------------------
     # one epoch
@@ -214,7 +215,7 @@ class Trainer:
             return
         state = self.state(row)
         save_checkpoint(self.output / "last.pdparams", state)
-        if getattr(self, "_is_best", False):
+        if self._is_best:
             save_checkpoint(self.output / "best.pdparams", state)
 
     # ------------------------------------------------------------------------------------------
@@ -223,15 +224,15 @@ class Trainer:
 
     def state(self, row: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Everything an exact resume needs, as a checkpoint dict (see checkpoint.save_checkpoint).
-        "eval_weights" names the weights its metric was measured on (what eval --checkpoint loads)."""
-        best = self.best or {}
+        "eval_weights" names the weights eval --checkpoint loads: the EMA's when there is one (best is
+        chosen by their top-1 then), else the model's."""
         return {
             **self.identity,
             "epoch": self.epoch,
             "global_step": self.global_step,
             "model": self.module.state_dict(),
             "model_ema": self.ema.state_dict() if self.ema is not None else None,
-            "eval_weights": best.get("weights", "model") if getattr(self, "_is_best", False) else "model",
+            "eval_weights": "model_ema" if self.ema is not None else "model",
             "optimizer": optimizer_state(self.optimizer, self.module),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
