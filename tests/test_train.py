@@ -39,7 +39,11 @@ def rows(output):
 
 
 def run(command, cwd, env=None, timeout=300):
-    env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+    # Without the launcher variables an in-process test may have left behind (they would make
+    # paddle.distributed.launch join another job's layout).
+    inherited = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("PADDLE_", "FLAGS_selected_", "POD_", "TRAINER")) and k != "CUDA_VISIBLE_DEVICES"}
+    env = dict(inherited, PYTHONWARNINGS="ignore", **(env or {}))
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
