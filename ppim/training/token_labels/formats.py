@@ -25,6 +25,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ...convert.torch_reader import CheckpointError, load_torch_checkpoint
+from ...errors import InputError
 from ...hub import write_atomic, write_json
 
 __all__ = ["TokenLabelError", "LabelShape", "label_key", "check_shape", "check_key", "check_label", "read_official_label",
@@ -41,7 +42,7 @@ _MAX_SIDE = 512         # score-map side (official: 18; 14 for a 224 LV-ViT teac
 LabelShape = Tuple[int, int, int, int]
 
 
-class TokenLabelError(ValueError):
+class TokenLabelError(InputError):
     """A token-label file or folder is missing, malformed or inconsistent."""
 
 

@@ -82,7 +82,7 @@ def plan_training(config, model, train_set, num_classes: int, criterion, mixup, 
                 train_set = TokenLabelDataset(train_set, labels, TokenLabelTransforms(train_set.transforms),
                                               num_classes)
             except TokenLabelError as error:
-                raise InputError(f"--token-label-data: {error}") from None
+                raise TokenLabelError(f"--token-label-data: {error}") from None
             shape = train_set.shape
         targets = TokenLabelTargets(num_classes, shape, config.token_label_size, config.smoothing)
         criterion = TokenLabelCrossEntropy(config.dense_weight, config.cls_weight, mixup is not None,
