@@ -8,10 +8,10 @@ ROOT = Path(__file__).parent
 
 
 def version() -> str:
-    for line in (ROOT / "ppim" / "__init__.py").read_text().splitlines():
+    for line in (ROOT / "ppim" / "version.py").read_text().splitlines():
         if line.startswith("__version__"):
             return line.split("=", 1)[1].strip().strip("\"'")
-    raise RuntimeError("ppim/__init__.py has no __version__")
+    raise RuntimeError("ppim/version.py has no __version__")
 
 
 setup(

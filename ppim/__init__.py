@@ -11,7 +11,7 @@ with warnings.catch_warnings():  # Paddle's note about compiling C++ extensions,
 from .models import __all__ as _model_all
 from .registry import available, create_model, get_model_cfg, list_models
 from .transforms import create_transforms
-from . import convert, data, deploy, evaluate, flops, hub  # noqa: E402  (ppim.flops.count, ...)
+from .version import __version__
+from . import convert, data, deploy, evaluate, flops, weights  # noqa: E402  (ppim.flops.count, ...)
 
-__version__ = "2.0.0"
 __all__ = ["available", "create_model", "create_transforms", "get_model_cfg", "list_models", *_model_all]

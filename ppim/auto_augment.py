@@ -71,6 +71,8 @@ def solarize_add(image, add, fill=None, resample=None, thresh=128):
 
 
 def posterize(image, bits, fill=None, resample=None):
+    if bits <= 0:  # keeping 0 bits zeroes every channel (what PIL did before Pillow 11 refused bits=0)
+        return ImageOps.posterize(image, 1).point(lambda value: 0)
     return image if bits >= 8 else ImageOps.posterize(image, bits)
 
 

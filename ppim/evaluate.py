@@ -23,9 +23,10 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import SAMPLE_DIR, EvalLoader, ImageDataset, open_dataset, shard_indices
-from .hub import write_json
+from .fileio import write_json
 from .models.supervit import is_supernet, parse_subnet_spec, subnet_key
 from .registry import model_name
+from .weights import weights_info
 
 __all__ = ["Counts", "evaluate", "topk_correct", "parse_subnets", "subnet_table", "weights_info",
            "write_results", "format_summary", "dist_info"]
@@ -123,39 +124,6 @@ def subnet_table(entries: Sequence[Dict[str, Any]], value: str = "top1", patch_s
         values = [cell.get((size, r)) for r in ratios]
         lines.append(f"{row:<12}" + "".join(f"{v:8.2f}" if v is not None else f"{'-':>8}" for v in values))
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# Weights provenance
-# ----------------------------------------------------------------------------------------------
-
-
-def weights_info(pretrained: Any, cfg: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
-    """{"path", "sha256"} of the weights a model was built with: False -> None (random weights),
-    True -> the registered file in the cache, a path -> that file, a URL -> its cached copy."""
-    from .hub import _file_name_from_url, cached_file_path, sha256_file
-
-    if not pretrained:
-        return None
-    if pretrained is True:
-        if not cfg:
-            return {"path": None, "sha256": None}
-        path = cached_file_path(cfg["weights"]["file_name"])
-        url = cfg["weights"].get("url")
-    else:
-        source = os.fspath(pretrained)
-        url = source if source.startswith(("http://", "https://")) else None
-        if url:
-            name = _file_name_from_url(url)
-            path = cached_file_path(name) if name else None
-        else:
-            path = Path(source).resolve()
-    info: Dict[str, Any] = {"path": str(path) if path else None, "sha256": None}
-    if url:
-        info["url"] = url
-    if path and Path(path).is_file():
-        info["sha256"] = sha256_file(path)
-    return info
 
 
 # ----------------------------------------------------------------------------------------------
@@ -415,7 +383,7 @@ def _results(name, cfg, pretrained, data_desc, list_file, counts, skipped, secon
              engine, precision, device, batch_size, num_workers, world, transforms, super_model):
     import paddle
 
-    from . import __version__
+    from .version import __version__
 
     head = counts[headline]
     published = (cfg.get("weights") or {}) if pretrained is True else {}  # the registered weights

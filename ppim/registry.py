@@ -1,5 +1,7 @@
-"""Model registry: every constructor is registered with its pretrained cfg (timm's pattern), and
-``build_model`` is the one path from a name to a ready model (class_dim alias, weights, transforms)."""
+"""Model registry: every constructor is registered with its pretrained cfg (timm's pattern).
+
+A leaf: it imports nothing of ppim but the exception base class (ppim.builder, above it, turns a
+name into a ready model)."""
 from __future__ import annotations
 
 import copy
@@ -73,6 +75,11 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> List[str]:
     return sorted(names)
 
 
+def is_model(name: str) -> bool:
+    """True if ``name`` is a registered model."""
+    return name in _MODELS
+
+
 def get_model_cfg(name: str) -> Dict[str, Any]:
     """A copy of the registered cfg of ``name`` (see make_cfg for the fields)."""
     return copy.deepcopy(_CFGS[_lookup(name)])
@@ -110,31 +117,3 @@ def cfg_for_img_size(cfg: Dict[str, Any], img_size: int) -> Dict[str, Any]:
     cfg["resize"] = int(img_size * cfg["resize"] / cfg["crop"])
     cfg["crop"] = img_size
     return cfg
-
-
-def build_model(model_cls: Callable[..., Any], name: str, pretrained: Any = False,
-                return_transforms: bool = False, **kwargs: Any) -> Any:
-    """Instantiate ``model_cls`` for the registered ``name``: ``class_dim`` is accepted as an alias of
-    num_classes (ppim 1.x), ``pretrained`` is False, True (the registered weights) or a path/URL,
-    and ``return_transforms`` adds the eval transforms of the cfg."""
-    if "class_dim" in kwargs:
-        class_dim = kwargs.pop("class_dim")
-        if "num_classes" in kwargs and kwargs["num_classes"] != class_dim:
-            raise ValueError(f"class_dim={class_dim} and num_classes={kwargs['num_classes']} disagree; "
-                             "pass only num_classes")
-        kwargs["num_classes"] = class_dim
-    cfg = get_model_cfg(name)
-    kwargs.setdefault("num_classes", cfg["num_classes"])
-    kwargs.setdefault("img_size", cfg["crop"])
-    model = model_cls(**kwargs)
-    model.pretrained_cfg = cfg_for_img_size(cfg, kwargs["img_size"])
-    model.pretrained_cfg["num_classes"] = kwargs["num_classes"]
-    if pretrained:
-        from .hub import load_pretrained
-
-        load_pretrained(model, cfg, pretrained)
-    if return_transforms:
-        from .transforms import create_transforms
-
-        return model, create_transforms(model.pretrained_cfg)
-    return model

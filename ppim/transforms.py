@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .auto_augment import RandAugment, rand_augment_transform
+from .registry import get_model_cfg
 
 _PIL_FILTERS = {
     "nearest": Image.NEAREST,
@@ -344,8 +345,6 @@ _TRAIN_KEYS = ("img_size", "mean", "std", *TRAIN_DEFAULTS)
 
 def _resolve_cfg(source: Any) -> Dict[str, Any]:
     if isinstance(source, str):
-        from .registry import get_model_cfg
-
         return get_model_cfg(source)
     if isinstance(source, dict):
         return source

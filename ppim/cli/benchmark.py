@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ceiling-size", type=int, default=2048, help="matmul size of the ceiling (default 2048)")
     parser.add_argument("--json", help="write the rows and the environment to this JSON file")
     args = parser.parse_args(argv)
-    from ..hub import write_json
+    from ..fileio import write_json
     from ..deploy import benchmark, format_rows
     from ..models.supervit import parse_subnet_spec
 

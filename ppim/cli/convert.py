@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-strict", dest="strict", action="store_false",
                         help="write the keys that fit even if some are missing, unexpected or mis-shaped")
     args = parser.parse_args(argv)
-    from ..convert import convert_file
+    from ..weights import convert_file
 
     refuse_same_file(args.source, args.output)
     writable_file(args.output, "output")

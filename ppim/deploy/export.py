@@ -21,7 +21,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..hub import write_json
+from ..fileio import write_json
 from ..layers import Attention
 from ..registry import cfg_for_img_size, model_name
 from .common import INPUT_NAME, MANIFEST, PARAMS_FILE, PROGRAM_FILES, current_subnet, input_size
@@ -223,7 +223,7 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
             cfg = dict(getattr(model, "pretrained_cfg", None) or {})
             if cfg.get("crop") and int(cfg["crop"]) != size:
                 cfg = cfg_for_img_size(cfg, size)
-            from .. import __version__ as ppim_version  # (ppim/__init__ imports this module)
+            from ..version import __version__ as ppim_version
 
             manifest = {
                 "format": "ppim-inference",

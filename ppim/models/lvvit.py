@@ -10,7 +10,8 @@ import paddle
 import paddle.nn as nn
 
 from ..layers import Block, Box, ConvPatchEmbed, dense_logits, init_vit_weights, random_box, swap_box, token_parameter
-from ..registry import build_model, make_cfg, model_name, register_model
+from ..builder import build_model
+from ..registry import make_cfg, model_name, register_model
 
 __all__ = ["LVViT", "lvvit_t", "lvvit_s", "lvvit_s_384", "lvvit_m", "lvvit_m_384", "lvvit_m_448",
            "lvvit_l_448", "lvvit_l_512"]

@@ -19,7 +19,8 @@ import paddle.nn.functional as F
 
 from ..layers import (Block, Box, ConvPatchEmbed, PatchEmbed, dense_logits, init_vit_weights, random_box,
                       swap_box, token_parameter)
-from ..registry import build_model, make_cfg, register_model
+from ..builder import build_model
+from ..registry import make_cfg, register_model
 
 __all__ = ["SuperViT", "is_supernet", "parse_subnet_spec", "scale_box", "subnet_key", "super_deit_s",
            "super_lvvit_s"]

@@ -3,7 +3,7 @@ EMA, optimizer, schedule, loss scaler, epoch, RNG states, arguments, metrics).
 
 The file is a pickle of dicts, lists, plain values and numpy arrays (what paddle.save writes for a
 state dict): ``paddle.load`` reads it, and ppim reads it without running pickled code
-(``ppim.hub.read_pickle``), so ``tools/eval.py --checkpoint best.pdparams`` and ``--pretrained``
+(``ppim.weights.pdparams.read_pickle``), so ``tools/eval.py --checkpoint best.pdparams`` and ``--pretrained``
 take it like a weights file. It is written to a temporary file in the same folder, flushed to disk
 and renamed over the old one: a run killed while writing leaves the previous checkpoint intact.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -21,7 +20,10 @@ import numpy as np
 import paddle
 
 from ..errors import InputError
-from ..hub import TRAIN_CHECKPOINT_FORMAT, InvalidWeightsError, read_pickle
+from ..fileio import atomic_path
+from ..weights.checkpoint import TRAIN_CHECKPOINT_FORMAT
+from ..weights.errors import InvalidWeightsError
+from ..weights.pdparams import read_pickle
 
 #: Fault injection for tests: seconds to sleep once half of a checkpoint is written.
 PAUSE_ENV = "PPIM_TEST_CHECKPOINT_PAUSE"
@@ -56,40 +58,27 @@ class _PausingWriter:
         self.file, self.at, self.seconds, self.written = file, at, seconds, 0
 
     def write(self, data) -> int:
-        before = self.written
+        data = memoryview(data)
+        split = self.at - self.written
         self.written += len(data)
-        if before < self.at <= self.written:
+        if 0 <= split < len(data):
+            self.file.write(data[:split])
             self.file.flush()
             time.sleep(self.seconds)
-        return self.file.write(data)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+            data = data[split:]
+        self.file.write(data)
+        return len(data)
 
 
 def save_checkpoint(path: "str | os.PathLike[str]", checkpoint: Dict[str, Any]) -> Path:
     """Write ``checkpoint`` (see Trainer.state) to ``path`` atomically; returns the path."""
     path = Path(path)
-    payload = to_plain({"format": TRAIN_CHECKPOINT_FORMAT, "version": 1, **checkpoint})
-    data = pickle.dumps(payload, protocol=4)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
-            (_PausingWriter(file, len(data) // 2, pause) if pause > 0 else file).write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would ignore the user's umask
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    data = pickle.dumps(to_plain({"format": TRAIN_CHECKPOINT_FORMAT, "version": 1, **checkpoint}), protocol=4)
+    pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        (_PausingWriter(file, len(data) // 2, pause) if pause > 0 else file).write(data)
+        file.flush()
+        os.fsync(file.fileno())
     return path
 
 

@@ -233,6 +233,13 @@ class Trainer:
         """Refuse a checkpoint of another model, class count or input size, naming both."""
         differ = [f"{key} {checkpoint.get(key)!r} (this run: {value!r})" for key, value in self.identity.items()
                   if checkpoint.get(key) != value]
+        mine = {key: list(value.shape) for key, value in self.module.state_dict().items()}
+        theirs = {key: list(np.shape(value)) for key, value in (checkpoint.get("model") or {}).items()}
+        if not differ and mine != theirs:
+            keys = sorted(set(mine) ^ set(theirs)) + sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])
+            differ = [f"its weights differ in {len(keys)} entries ("
+                      + ", ".join(f"{k} {theirs.get(k, 'absent')} vs {mine.get(k, 'absent')}" for k in keys[:4])
+                      + (" ..." if len(keys) > 4 else "") + "; another --model-kwargs / --img-size?)"]
         if differ:
             raise ResumeError(f"--resume {source} is a checkpoint of another model: {'; '.join(differ)}. "
                                   f"Resume with the arguments it was trained with, or start from its weights "

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..hub import write_atomic
+from ..fileio import write_atomic
 
 #: summary.csv columns, in order (empty when not measured that epoch).
 COLUMNS = ("epoch", "train_loss", "lr", "top1", "top5", "ema_top1", "ema_top5", "images_per_sec", "seconds")
