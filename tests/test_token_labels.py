@@ -170,7 +170,7 @@ def test_token_label_cross_entropy_matches_official_semantics(dense_weight, cls_
     expected, _ = reference_token_label_ce(t_cls, t_aux, box, torch.tensor(target), dense_weight,
                                            cls_weight, ground_truth)
     expected.backward()
-    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+    np.testing.assert_allclose(float(loss), float(expected.detach()), rtol=1e-5)
     np.testing.assert_allclose(p_cls.grad.numpy(), t_cls.grad.numpy(), rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(p_aux.grad.numpy(), t_aux.grad.numpy(), rtol=1e-4, atol=1e-7)
 
