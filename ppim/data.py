@@ -8,6 +8,7 @@ import multiprocessing.context
 import os
 import random
 import signal
+import stat
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -47,15 +48,22 @@ def imagenet_wnids() -> List[str]:
 
 def read_val_list(list_file: Path, root: Path) -> List[Tuple[Path, int]]:
     """Lines "relative/path label" -> [(root / path, label)] (PaddleClas list format)."""
+    data = Path(list_file).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        number = data.count(b"\n", 0, error.start) + 1
+        raise InputError(f"{list_file}:{number}: not UTF-8 text (byte {data[error.start]:#04x}); save the list "
+                         f"as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
     samples = []
-    for number, line in enumerate(Path(list_file).read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             path, label = line.rsplit(maxsplit=1)
             samples.append((Path(root) / path, int(label)))
         except ValueError:
-            raise ValueError(f"{list_file}:{number}: expected 'relative/path label', got {line!r}") from None
+            raise InputError(f"{list_file}:{number}: expected 'relative/path label', got {line[:200]!r}") from None
     return samples
 
 
@@ -73,16 +81,20 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class BadImageError(PpimError, RuntimeError):
-    """An image file that cannot be read or decoded; ``path`` names it, ``reason`` says why."""
+    """An image file that cannot be read or decoded; ``path`` names it, ``reason`` says why and
+    ``hint`` what to do (by default: skip_bad / --skip-bad)."""
 
-    def __init__(self, path: str, reason: str):
-        super().__init__(path, reason)
+    SKIP_HINT = ("pass skip_bad=True / --skip-bad to skip unreadable images; they are then excluded and "
+                 "reported")
+
+    def __init__(self, path: str, reason: str, hint: Optional[str] = None):
+        super().__init__(path, reason, hint)
         self.path = str(path)
         self.reason = reason
+        self.hint = self.SKIP_HINT if hint is None else hint
 
     def __str__(self) -> str:
-        return (f"cannot read image {self.path}: {self.reason} (pass skip_bad=True / --skip-bad to "
-                f"skip unreadable images; they are then excluded and reported)")
+        return f"cannot read image {self.path}: {self.reason} ({self.hint})"
 
 
 def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
@@ -117,14 +129,44 @@ def to_rgb(image: Image.Image) -> Image.Image:
         raise
 
 
-def load_image(path: "str | os.PathLike[str]") -> Image.Image:
-    """Open and fully decode an image file as RGB; any failure raises BadImageError naming it."""
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _open_regular(path: "str | os.PathLike[str]"):
+    """``path`` opened for reading if it is a regular file (after links). Opened non-blocking and
+    checked on the open descriptor, so a FIFO or device named like an image is never waited on."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
-        with Image.open(path) as image:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise BadImageError(str(path), f"it is {_file_kind(mode)}, not an image file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def load_image(path: "str | os.PathLike[str]") -> Image.Image:
+    """Open and fully decode an image file as RGB; any failure raises BadImageError naming it.
+    Only regular files are read: a FIFO, socket or device is refused without waiting on it."""
+    try:
+        with _open_regular(path) as file, Image.open(file) as image:
             image.load()
             return to_rgb(image)
-    except (KeyboardInterrupt, SystemExit, MemoryError):
+    except (KeyboardInterrupt, SystemExit, MemoryError, BadImageError):
         raise
+    except OSError as error:
+        if error.filename is not None and error.strerror:  # from the file system, not from the decoder
+            raise BadImageError(str(path), error.strerror) from None
+        raise BadImageError(str(path), f"{type(error).__name__}: {error}") from None
     except BaseException as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
         raise BadImageError(str(path), f"{type(error).__name__}: {error}") from None
 
@@ -159,14 +201,53 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")  # dot files, including macOS "._x.jpg" resource forks
 
 
-def find_images(folder: "str | os.PathLike[str]",
-                extensions: Sequence[str] = IMG_EXTENSIONS) -> List[str]:
-    """Image files under ``folder`` (recursively, following links; hidden entries skipped), sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        found.extend(os.path.join(dirpath, f) for f in filenames
-                     if not _is_hidden(f) and f.lower().endswith(tuple(extensions)))
+def _file_id(path: "str | os.PathLike[str]") -> Tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def find_images(folder: "str | os.PathLike[str]", extensions: Sequence[str] = IMG_EXTENSIONS,
+                exclude: Sequence[Tuple[int, int]] = ()) -> List[str]:
+    """Image files under ``folder``, sorted: recursively, following links, hidden entries skipped.
+
+    Each folder and each file is taken once, however many links lead to it (identified by device
+    and inode), so link loops end and no image is counted twice; folders whose (st_dev, st_ino) is
+    in ``exclude`` are not entered (the dataset root and the other class folders). A FIFO, socket
+    or device named like an image raises InputError (it is never opened); a broken link is
+    listed, for the loader to report as unreadable."""
+    extensions = tuple(e.lower() for e in extensions)
+    found: List[str] = []
+    seen_dirs, seen_files = set(exclude), set()
+    pending = [os.fspath(folder)]
+    while pending:
+        directory = pending.pop()
+        key = _file_id(directory)
+        if key in seen_dirs:
+            continue
+        seen_dirs.add(key)
+        with os.scandir(directory) as entries:
+            names = sorted(entry.name for entry in entries if not _is_hidden(entry.name))
+        subfolders = []
+        for name in names:
+            path = os.path.join(directory, name)
+            is_image = name.lower().endswith(extensions)
+            try:
+                info = os.stat(path)
+            except OSError:  # a broken link or a link loop
+                if is_image:
+                    found.append(path)
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                subfolders.append(path)
+            elif not is_image or (info.st_dev, info.st_ino) in seen_files:
+                continue
+            elif stat.S_ISREG(info.st_mode):
+                seen_files.add((info.st_dev, info.st_ino))
+                found.append(path)
+            else:
+                raise InputError(f"{path} is {_file_kind(info.st_mode)}, not an image file: remove it from "
+                                 f"the data folder")
+        pending.extend(reversed(subfolders))  # depth first in name order: a folder's own files win
     return sorted(found)
 
 
@@ -192,10 +273,14 @@ class ImageFolderDataset(ImageDataset):
         else:
             unknown = [name for name in self.classes if name not in class_to_idx]
             if unknown:
-                raise ValueError(f"{self.root}: class folders without a label: {', '.join(unknown[:10])}")
+                raise InputError(f"{self.root}: class folders without a label: {', '.join(unknown[:10])}")
         self.class_to_idx = dict(class_to_idx)
+        # A link inside one class folder to the root or to another class folder is not followed:
+        # those images belong to their own class (or to none).
+        folders = {name: _file_id(self.root / name) for name in self.classes}
+        others = {_file_id(self.root), *folders.values()}
         samples = [(path, self.class_to_idx[name]) for name in self.classes
-                   for path in find_images(self.root / name, extensions)]
+                   for path in find_images(self.root / name, extensions, others - {folders[name]})]
         if not samples:
             raise FileNotFoundError(f"{self.root}: no images ({', '.join(extensions)}) in its "
                                     f"{len(self.classes)} class folders")
@@ -223,7 +308,7 @@ class ImageListDataset(ImageDataset):
         self.list_file = Path(list_file)
         samples = read_val_list(self.list_file, self.root)
         if not samples:
-            raise ValueError(f"{self.list_file} lists no images")
+            raise InputError(f"{self.list_file} lists no images")
         super().__init__(samples, transforms)
 
 
@@ -255,7 +340,7 @@ def open_dataset(data: "str | os.PathLike[str] | None" = None,
         return ImageListDataset(data if data is not None else list_path.parent, list_path, transforms)
     root = Path(data)
     if root.is_file():
-        raise ValueError(f"{root} is a file: DATA is a folder (pass a list file with --val-list)")
+        raise InputError(f"{root} is a file: DATA is a folder (pass a list file with --val-list)")
     if (root / "val_list.txt").is_file():
         return ImageListDataset(root, root / "val_list.txt", transforms)
     if not root.is_dir():
@@ -469,6 +554,7 @@ class BatchLoader:
         executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                        initargs=(self.dataset, buffers, slot_shape))
         held = None
+        finished = False
         try:
             def submit() -> None:
                 for indices, counted, seeds in chunks:
@@ -493,8 +579,22 @@ class BatchLoader:
                 submit()
                 images = slots[slot][:count]
                 yield Batch(images.copy() if self.copy else images, labels, counted, kept, bad)
+            finished = True
         finally:
+            if not finished:  # Ctrl-C, an error, or the caller stopped early: do not wait for reads
+                _terminate_workers(executor)
             executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _terminate_workers(executor: ProcessPoolExecutor) -> None:
+    """Stop a pool's worker processes now (SIGTERM): one blocked in a read would otherwise keep
+    shutdown waiting, and a process that exits without it would leave the workers orphaned."""
+    if hasattr(executor, "terminate_workers"):  # Python 3.14
+        executor.terminate_workers()
+        return
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
 
 
 #: The in-order loader evaluation uses (the name tools and tests know it by).

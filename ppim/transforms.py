@@ -24,10 +24,10 @@ import random
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from .auto_augment import RandAugment, rand_augment_transform
-from .registry import get_model_cfg
+from .registry import get_model_cfg, resize_for_crop_pct
 
 _PIL_FILTERS = {
     "nearest": Image.NEAREST,
@@ -234,6 +234,42 @@ class RandomFlip:
         return f"Random{'Vertical' if self.vertical else 'Horizontal'}Flip(p={self.p})"
 
 
+class ColorJitter:
+    """torchvision's ColorJitter without hue (timm's fallback when there is no auto-augment): brightness,
+    contrast and saturation factors drawn uniform in [max(0, 1 - j), 1 + j], applied in a random order
+    (PIL's ImageEnhance Brightness, Contrast, Color). Python ``random`` draws (torchvision: torch)."""
+
+    _ENHANCERS = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+
+    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4):
+        self.strengths = (float(brightness), float(contrast), float(saturation))
+
+    def sample(self, image_size: Optional[Tuple[int, int]] = None) -> List[Tuple[int, float]]:
+        """Draw the order, then the factors in brightness, contrast, saturation order (torchvision's
+        get_params): [(enhancer index, factor), ...] in the order to apply, enabled ones only."""
+        order = random.sample(range(3), 3)
+        factors = {index: random.uniform(max(0.0, 1 - strength), 1 + strength)
+                   for index, strength in enumerate(self.strengths) if strength > 0}
+        return [(index, factors[index]) for index in order if index in factors]
+
+    def apply(self, image: Image.Image, params: Sequence[Tuple[int, float]]) -> Image.Image:
+        for index, factor in params:
+            image = self._ENHANCERS[index](image).enhance(factor)
+        return image
+
+    @staticmethod
+    def apply_map(score_map: np.ndarray, params: Sequence[Tuple[int, float]], resample: int = Image.NEAREST,
+                  fill: float = 0.0) -> np.ndarray:
+        """Colour changes leave a label map as it is (RandAugment.apply_map's signature)."""
+        return score_map
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return self.apply(image, self.sample())
+
+    def __repr__(self) -> str:
+        return "ColorJitter(brightness={}, contrast={}, saturation={})".format(*self.strengths)
+
+
 class RandomErasing:
     """timm's RandomErasing on a normalized (C, H, W) or (B, C, H, W) float array, in place: with
     probability ``probability`` erase ``min_count``-``max_count`` boxes, each of area
@@ -302,7 +338,8 @@ class TrainTransforms(Transforms):
     its coordinates) can reuse them through their ``sample`` / ``apply`` / ``apply_map`` methods."""
 
     def __init__(self, crop: RandomResizedCrop, flips: Sequence[RandomFlip] = (),
-                 augment: Optional[RandAugment] = None, mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 augment: Optional[Union[RandAugment, ColorJitter]] = None,
+                 mean: Sequence[float] = (0.485, 0.456, 0.406),
                  std: Sequence[float] = (0.229, 0.224, 0.225), erasing: Optional[RandomErasing] = None):
         self.crop = crop
         self.flips = list(flips)
@@ -337,7 +374,7 @@ class TrainTransforms(Transforms):
 # The official TokenLabeling / SuperViT training arguments (timm's train.py flags).
 TRAIN_DEFAULTS: Dict[str, Any] = dict(
     scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation="random", hflip=0.5, vflip=0.0,
-    auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, re_mode="pixel", re_count=1,
+    auto_augment="rand-m9-mstd0.5-inc1", color_jitter=0.4, re_prob=0.25, re_mode="pixel", re_count=1,
 )
 _EVAL_KEYS = ("img_size", "crop_pct", "resize", "interpolation", "mean", "std")
 _TRAIN_KEYS = ("img_size", "mean", "std", *TRAIN_DEFAULTS)
@@ -365,9 +402,10 @@ def create_transforms(name_or_cfg_or_model: Any, is_training: bool = False, **ov
 
     Train: timm's recipe (module docstring) at the cfg's crop size. Overrides: ``img_size``, ``scale``,
     ``ratio``, ``interpolation`` ('random' or a filter name; also RandAugment's when not random),
-    ``hflip``, ``vflip`` (probabilities), ``auto_augment`` (a 'rand-...' string or None), ``re_prob``,
-    ``re_mode`` ('const' | 'rand' | 'pixel'), ``re_count``, ``mean``, ``std``. With auto_augment None
-    there is no colour augmentation (timm's ColorJitter fallback is not implemented)."""
+    ``hflip``, ``vflip`` (probabilities), ``auto_augment`` (a 'rand-...' string or None),
+    ``color_jitter`` (a strength or (brightness, contrast, saturation); used only when auto_augment is
+    None, as timm; None for no colour change), ``re_prob``, ``re_mode`` ('const' | 'rand' | 'pixel'),
+    ``re_count``, ``mean``, ``std``."""
     cfg = _resolve_cfg(name_or_cfg_or_model)
     allowed = _TRAIN_KEYS if is_training else _EVAL_KEYS
     unknown = sorted(set(overrides) - set(allowed))
@@ -381,7 +419,7 @@ def create_transforms(name_or_cfg_or_model: Any, is_training: bool = False, **ov
         if "resize" in overrides:
             resize = int(overrides["resize"])
         elif "crop_pct" in overrides:
-            resize = int(math.floor(img_size / float(overrides["crop_pct"])))
+            resize = resize_for_crop_pct(img_size, float(overrides["crop_pct"]))
         else:  # the cfg's crop_pct, in integers so 224 -> 248 stays exact
             resize = img_size * int(cfg["resize"]) // int(cfg["crop"])
         return EvalTransforms(resize, img_size, overrides.get("interpolation", cfg["interpolation"]), mean, std)
@@ -391,6 +429,7 @@ def create_transforms(name_or_cfg_or_model: Any, is_training: bool = False, **ov
 
 def train_transforms(img_size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation: str = "random",
                      hflip: float = 0.5, vflip: float = 0.0, auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1",
+                     color_jitter: Union[None, float, Sequence[float]] = 0.4,
                      mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
                      re_prob: float = 0.25, re_mode: str = "pixel", re_count: int = 1) -> TrainTransforms:
     """timm 0.4.x's transforms_imagenet_train (see create_transforms for the arguments)."""
@@ -402,6 +441,12 @@ def train_transforms(img_size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), int
         if interpolation != "random":
             hparams["interpolation"] = _pil_filter(interpolation)
         augment = rand_augment_transform(auto_augment, hparams)
+    elif color_jitter is not None:
+        strengths = (float(color_jitter),) * 3 if isinstance(color_jitter, (int, float)) else tuple(color_jitter)
+        if len(strengths) != 3:
+            raise ValueError(f"color_jitter takes one strength or (brightness, contrast, saturation), got "
+                             f"{color_jitter}")
+        augment = ColorJitter(*strengths)
     erasing = RandomErasing(re_prob, mode=re_mode, max_count=re_count) if re_prob > 0 else None
     return TrainTransforms(RandomResizedCrop(img_size, scale, ratio, interpolation), flips, augment, mean, std,
                            erasing)

@@ -30,7 +30,7 @@ def seed_all(seed):
 
 def plain(**overrides):
     """Train transforms with only the steps a test names switched on, mean 0 / std 1 (pixels / 255)."""
-    kwargs = dict(auto_augment=None, hflip=0.0, re_prob=0.0, mean=(0, 0, 0), std=(1, 1, 1))
+    kwargs = dict(auto_augment=None, color_jitter=None, hflip=0.0, re_prob=0.0, mean=(0, 0, 0), std=(1, 1, 1))
     kwargs.update(overrides)
     return create_transforms("lvvit_s", is_training=True, **kwargs)
 
@@ -190,11 +190,34 @@ def test_overrides_reach_every_step():
     assert fixed.augment.ops[0].resample == Image.BILINEAR and fixed.augment.num_layers == 3
     assert (fixed.erasing.probability, fixed.erasing.mode, fixed.erasing.max_count) == (0.5, "rand", 3)
     assert fixed.augment.ops[0].hparams["translate_const"] == 43
-    assert create_transforms("lvvit_s", is_training=True, auto_augment=None, re_prob=0).augment is None
+    assert create_transforms("lvvit_s", is_training=True, auto_augment=None, color_jitter=None).augment is None
     with pytest.raises(TypeError, match="crop_pct"):
         create_transforms("lvvit_s", is_training=True, crop_pct=0.9)
     with pytest.raises(ValueError, match="rand"):
         create_transforms("lvvit_s", is_training=True, auto_augment="v0")
+
+
+def test_colour_jitter_without_auto_augment_follows_torchvision():
+    image = photo(40, 30)
+    transforms = create_transforms("lvvit_s", is_training=True, auto_augment=None, color_jitter=(0.4, 0.2, 0.0))
+    jitter = transforms.augment
+    assert repr(jitter) == "ColorJitter(brightness=0.4, contrast=0.2, saturation=0.0)"
+    enhancers = {0: ImageEnhance.Brightness, 1: ImageEnhance.Contrast}
+    for seed in range(10):
+        rng = random.Random(seed)
+        order = rng.sample(range(3), 3)  # torchvision: the order, then the factors b, c, s
+        factors = {0: rng.uniform(0.6, 1.4), 1: rng.uniform(0.8, 1.2)}  # saturation 0: not drawn
+        expected = image
+        for index in order:
+            if index in factors:
+                expected = enhancers[index](expected).enhance(factors[index])
+        random.seed(seed)
+        np.testing.assert_array_equal(np.asarray(jitter(image)), np.asarray(expected))
+    score_map = np.ones((2, 5, 5), dtype=np.float32)
+    assert jitter.apply_map(score_map, jitter.sample(), Image.NEAREST, 0.0) is score_map
+    assert create_transforms("lvvit_s", is_training=True).augment.__class__.__name__ == "RandAugment"
+    with pytest.raises(ValueError, match="color_jitter"):
+        create_transforms("lvvit_s", is_training=True, auto_augment=None, color_jitter=(0.1, 0.2))
 
 
 def test_flip_moves_a_label_map_like_the_image():
@@ -222,15 +245,16 @@ def reference_rand_augment_draws(seed, names, size, magnitude=9, std=0.5, num_la
             continue
         level = min(10.0, max(0.0, rng.gauss(magnitude, std)))
         sign = lambda v: -v if rng.random() > 0.5 else v  # noqa: E731
-        args = {
-            "AutoContrast": (), "Equalize": (), "Invert": (),
-            "Rotate": (sign(level / 10 * 30),), "PosterizeIncreasing": (4 - int(level / 10 * 4),),
-            "SolarizeIncreasing": (256 - int(level / 10 * 256),), "SolarizeAdd": (int(level / 10 * 110),),
-            "ShearX": (sign(level / 10 * 0.3),), "ShearY": (sign(level / 10 * 0.3),),
-            "TranslateXRel": (sign(level / 10 * 0.45),), "TranslateYRel": (sign(level / 10 * 0.45),),
-        }.get(name)
-        if args is None:  # the *Increasing enhancements
-            args = (1.0 + sign(level / 10 * 0.9),)
+        rules = {  # level -> arguments, evaluated only for the drawn op (the sign is a draw)
+            "AutoContrast": lambda: (), "Equalize": lambda: (), "Invert": lambda: (),
+            "Rotate": lambda: (sign(level / 10 * 30),), "PosterizeIncreasing": lambda: (4 - int(level / 10 * 4),),
+            "SolarizeIncreasing": lambda: (256 - int(level / 10 * 256),),
+            "SolarizeAdd": lambda: (int(level / 10 * 110),),
+            "ShearX": lambda: (sign(level / 10 * 0.3),), "ShearY": lambda: (sign(level / 10 * 0.3),),
+            "TranslateXRel": lambda: (sign(level / 10 * 0.45),), "TranslateYRel": lambda: (sign(level / 10 * 0.45),),
+        }
+        # the *Increasing enhancements
+        args = rules.get(name, lambda: (1.0 + sign(level / 10 * 0.9),))()
         resample = rng.choice((Image.BILINEAR, Image.BICUBIC)) if name in GEOMETRIC else None
         drawn.append(OpParams(name, args, resample, size))
     return drawn
@@ -240,8 +264,8 @@ def test_rand_augment_draws_follow_timm():
     augment = rand_augment_transform("rand-m9-mstd0.5-inc1", {"translate_const": 100, "img_mean": (124, 116, 104)})
     seen = set()
     for seed in range(60):
-        random.seed(seed)
         expected = reference_rand_augment_draws(seed, RAND_INCREASING_TRANSFORMS, (96, 80))
+        seed_all(seed)
         assert augment.sample((96, 80)) == expected
         seen.update(p.name for p in expected)
     assert len(seen) >= 12  # the draws really cover the op list
@@ -285,8 +309,8 @@ def test_geometric_ops_sample_like_pil_by_hand(name, arg):
 def test_rotate_like_pil_by_hand():
     square = photo(40, 40)
     rotate = op("Rotate")
-    np.testing.assert_array_equal(np.asarray(rotate.apply(square, OpParams("Rotate", (90.0,), Image.NEAREST, (40, 40)))),
-                                  np.rot90(np.asarray(square)))
+    quarter_turn = OpParams("Rotate", (90.0,), Image.NEAREST, (40, 40))
+    np.testing.assert_array_equal(np.asarray(rotate.apply(square, quarter_turn)), np.rot90(np.asarray(square)))
     image = photo(50, 40)
     degrees = 23.0
     out = np.asarray(rotate.apply(image, OpParams("Rotate", (degrees,), Image.NEAREST, image.size)))
