@@ -94,7 +94,7 @@ def test_token_label_flags_refuse_what_cannot_work(data, tmp_path, capsys):
                            "--token-label"]) == 2
     assert "has none; use an LV-ViT model" in capsys.readouterr().err
     assert train_cli.main([*base, "--model", "lvvit_s", "--model-kwargs", json.dumps(TINY), "--token-label",
-                           "--token-label-data", str(tmp_path / "nowhere")]) == 2
+                           "--token-label-data", str(tmp_path / "nowhere"), "--token-label-size", "4"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --token-label-data") and "no such token-label folder" in err
     assert err.count("\n") == 1
@@ -102,6 +102,9 @@ def test_token_label_flags_refuse_what_cannot_work(data, tmp_path, capsys):
     for path in sorted((data / "train").glob("*/*"))[1:]:
         write_official_label(labels / path.parent.name / f"{path.name.split('.')[0]}.pt",
                              np.zeros((2, 3, 4, 4), np.float16))
+    assert train_cli.main([*base, "--model", "lvvit_s", "--model-kwargs", json.dumps(TINY), "--token-label",
+                           "--token-label-data", str(labels)]) == 2
+    assert "pass --token-label-size 4" in capsys.readouterr().err
     assert train_cli.main([*base, "--model", "lvvit_s", "--model-kwargs", json.dumps(TINY), "--token-label",
                            "--token-label-data", str(labels), "--token-label-size", "4"]) == 2
     err = capsys.readouterr().err
