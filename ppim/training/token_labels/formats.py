@@ -258,6 +258,12 @@ class PackedLabels:
     def __contains__(self, key: str) -> bool:
         return key in self._index
 
+    def __getstate__(self) -> dict:
+        return {"root": self.root}  # spawned loader workers map the files again instead of copying them
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["root"])
+
     def keys(self) -> List[str]:
         return sorted(self._index)
 
