@@ -1,39 +1,70 @@
-"""Picking the model weights out of a checkpoint container (no I/O)."""
+"""Picking the model (or EMA) weights out of any known checkpoint container (no I/O).
+
+Containers seen in the wild, all handled by :func:`select_state_dict`:
+
+* a bare state dict ``{name: array}`` (paddle.save(model.state_dict()), torch.save(model.state_dict()));
+* timm's train.py: ``{"state_dict", "state_dict_ema", "optimizer", "epoch", "arch", "args", ...}``;
+* DeiT / SuperViT / TokenLabeling main.py: ``{"model", "model_ema", "optimizer", "lr_scheduler", "epoch", ...}``;
+* ppim's training loop: ``{"model", "ema", "optimizer", "epoch", ...}``.
+
+Keys may carry DataParallel's ``module.`` prefix, which is stripped.
+"""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, NamedTuple, Optional
 
 import numpy as np
 
 from .errors import CheckpointError
+from .unpickler import short_repr
 
-__all__ = ["STATE_KEYS", "EMA_STATE_KEYS", "select_state_dict"]
+__all__ = ["STATE_KEYS", "EMA_STATE_KEYS", "Selected", "select_state_dict"]
 
-# Where training scripts keep the weights: timm's train.py, then DeiT's main.py.
 STATE_KEYS = ("state_dict", "model")
-EMA_STATE_KEYS = ("state_dict_ema", "model_ema")
+EMA_STATE_KEYS = ("state_dict_ema", "model_ema", "ema")
+
+
+class Selected(NamedTuple):
+    """The weights picked out of a checkpoint and where they were: ``entry`` is the container key
+    ("model", "state_dict_ema", ...), or "" for a bare state dict; ``ema`` tells EMA weights."""
+
+    state: Dict[str, np.ndarray]
+    entry: str
+    ema: bool
 
 
 def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, np.ndarray) for v in obj.values())
 
 
-def select_state_dict(checkpoint: Any, ema: bool = False, source: str = "checkpoint") -> Dict[str, np.ndarray]:
-    """The model weights inside a checkpoint: a bare state dict, or the 'state_dict'/'model' entry
-    (with ``ema``: 'state_dict_ema'/'model_ema'); a leading 'module.' (DataParallel) is stripped."""
-    keys = EMA_STATE_KEYS if ema else STATE_KEYS
-    if isinstance(checkpoint, dict):
-        for key in keys:
-            if _is_state_dict(checkpoint.get(key)):
-                checkpoint = checkpoint[key]
-                break
-        else:
-            if ema or not _is_state_dict(checkpoint):
-                kind = "EMA weights" if ema else "weights"
-                raise CheckpointError(
-                    f"{source} has no {kind}: looked for {' / '.join(repr(k) for k in keys)}"
-                    f"{'' if ema else ' or a bare state dict'}; its top-level keys are "
-                    f"{sorted(map(str, checkpoint))[:20]}" + ("" if ema else ". Pass --ema for EMA weights."))
-    else:
-        raise CheckpointError(f"{source} holds a {type(checkpoint).__name__}, not a dict of weights")
-    return {key[len("module."):] if key.startswith("module.") else key: value for key, value in checkpoint.items()}
+def select_state_dict(checkpoint: Any, ema: Optional[bool] = False, source: str = "checkpoint") -> Selected:
+    """The model weights inside a checkpoint container (see the module docstring).
+
+    ``ema``: False takes the model weights, True the EMA weights (an error if there are none), None
+    the EMA weights when the file has them, else the model weights (for weights whose published
+    accuracy is the EMA's, e.g. super_lvvit_s).
+    """
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{source} holds {short_repr(checkpoint)}, not a dict of weights")
+    found = None
+    if ema is not False:
+        found = next((key for key in EMA_STATE_KEYS if _is_state_dict(checkpoint.get(key))), None)
+    if found is None and ema is not True:
+        found = next((key for key in STATE_KEYS if _is_state_dict(checkpoint.get(key))), None)
+        if found is None and _is_state_dict(checkpoint):
+            found = ""
+    if found is None:
+        kind = "EMA weights" if ema is True else "weights"
+        keys = EMA_STATE_KEYS if ema is True else STATE_KEYS
+        hint = "" if ema is True else " (ema=True / --ema takes EMA weights)"
+        raise CheckpointError(
+            f"{source} has no {kind}: looked for {' / '.join(repr(k) for k in keys)}"
+            f"{'' if ema is True else ' or a bare state dict'}; its top-level keys are "
+            f"{sorted(str(k)[:40] for k in list(checkpoint)[:20])}{hint}")
+    state = checkpoint[found] if found else checkpoint
+    bad = next((key for key in state if not isinstance(key, str)), None)
+    if bad is not None:
+        raise CheckpointError(f"{source}: the weights{f' in {found!r}' if found else ''} have a key of type "
+                              f"{type(bad).__name__}, not a parameter name")
+    state = {key[len("module."):] if key.startswith("module.") else key: value for key, value in state.items()}
+    return Selected(state, found, found in EMA_STATE_KEYS)
