@@ -13,9 +13,9 @@ import email.message
 import email.utils
 import hashlib
 import html
-import html.parser
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -147,29 +147,37 @@ def _get(url: str, timeout: float, cookies=None) -> requests.Response:
     return response
 
 
-class _DriveFormParser(html.parser.HTMLParser):
-    """Collects, in one linear pass, what Google Drive's "can't scan this file for viruses" page
-    carries: the download form's action and hidden fields, or a link with a confirm token."""
+_ATTRIBUTE = re.compile(r"""([A-Za-z_:][-\w:.]*)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""")
 
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.action: Optional[str] = None
-        self.fields: "dict[str, str]" = {}
-        self.link: Optional[str] = None
-        self._in_form = False
 
-    def handle_starttag(self, tag: str, attrs) -> None:
-        attrs = {k: v or "" for k, v in attrs}
-        if tag == "form" and attrs.get("id") == "download-form":
-            self.action, self._in_form = attrs.get("action"), True
-        elif tag == "input" and self._in_form and attrs.get("type") == "hidden" and attrs.get("name"):
-            self.fields[attrs["name"]] = attrs.get("value", "")
-        elif tag == "a" and self.link is None and "confirm=" in attrs.get("href", ""):
-            self.link = attrs["href"]
+def _page_tags(page: str) -> Iterator["tuple[str, dict[str, str]]"]:
+    """(tag name, attributes) of the start tags of a web page, in one linear pass: the text between
+    each '<' and the next '>' (html.parser and backtracking regexes over the whole page take
+    minutes on a page of unclosed tags)."""
+    for piece in page.split("<")[1:]:
+        body = piece.partition(">")[0]
+        name, _, rest = body.partition(" ")
+        if not name or not name[0].isalpha():
+            continue
+        attrs = {m.group(1).lower(): html.unescape(m.group(2) or m.group(3) or m.group(4) or "")
+                 for m in _ATTRIBUTE.finditer(rest[:4096])}
+        yield name.lower().rstrip("/"), attrs
 
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "form":
-            self._in_form = False
+
+def _drive_confirmation(page: str) -> "tuple[Optional[str], dict[str, str], Optional[str]]":
+    """What Google Drive's "can't scan this file for viruses" page carries: the download form's
+    action and hidden fields, or a link with a confirm token."""
+    action, fields, link, in_form = None, {}, None, False
+    for name, attrs in _page_tags(page):
+        if name == "form":
+            in_form = attrs.get("id") == "download-form"
+            if in_form:
+                action = attrs.get("action")
+        elif name == "input" and in_form and attrs.get("type") == "hidden" and attrs.get("name"):
+            fields[attrs["name"]] = attrs.get("value", "")
+        elif name == "a" and link is None and "confirm=" in attrs.get("href", ""):
+            link = attrs["href"]
+    return action, fields, link
 
 
 def _looks_like_html(head: bytes) -> bool:
@@ -197,12 +205,11 @@ def _confirmation_url(response: requests.Response, deadline: float) -> Optional[
     for name, value in response.cookies.items():
         if name.startswith("download_warning"):
             return _with_query(response.url, {"confirm": value})
-    parser = _DriveFormParser()
-    parser.feed(_read_page(response, deadline))
-    if parser.action:
-        return _with_query(urljoin(response.url, parser.action), parser.fields)
-    if parser.link:
-        return urljoin(response.url, parser.link)
+    action, fields, link = _drive_confirmation(_read_page(response, deadline))
+    if action:
+        return _with_query(urljoin(response.url, action), fields)
+    if link:
+        return urljoin(response.url, link)
     raise WeightsDownloadError(
         f"{response.url} answered with a web page instead of the file (for Google Drive: the file "
         "is not shared publicly or its download quota is exceeded). Download it in a browser and "

@@ -47,38 +47,38 @@ class _PdparamsUnpickler(AllowlistUnpickler):
 _PLAIN = (int, float, str, bool, type(None), bytes)
 
 
-def _plain_values(obj: Any, path: str, where: str = "") -> Any:
-    """``obj`` with paddle's (name, array) tensor records unwrapped, checked to hold only dicts with
-    string keys, lists, tuples, arrays and plain values (iterative; the structure is already bounded)."""
-    def unwrap(value: Any) -> Any:
+def _plain_values(obj: Any, path: str) -> Any:
+    """``obj`` with paddle's (name, array) tensor records unwrapped and tuples as lists, checked to
+    hold only dicts with string keys, lists, arrays and plain values. Recursive: check_structure has
+    bounded the depth; a container shared by several parents is converted once (a "billion laughs"
+    file stays as small as it is on disk)."""
+    done: "dict[int, Any]" = {}
+
+    def convert(value: Any, at: str) -> Any:
         if (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str)
                 and isinstance(value[1], np.ndarray)):
             return value[1]
-        return value
-
-    root = [unwrap(obj)]
-    stack = [(root, 0, where)]
-    while stack:
-        parent, key, at = stack.pop()
-        value = parent[key]
-        if isinstance(value, np.ndarray) or isinstance(value, _PLAIN):
-            continue
+        if isinstance(value, (np.ndarray,) + _PLAIN):
+            return value
+        if id(value) in done:
+            return done[id(value)]
         if isinstance(value, dict):
             bad = next((k for k in value if not isinstance(k, str)), None)
             if bad is not None:
                 raise InvalidWeightsError(f"{path}: {at or 'the top level'} has a key {short_repr(bad)} that is "
                                           "not a string; a paddle.save state dict never does")
-            copy = {k: unwrap(v) for k, v in value.items() if k not in _PDPARAMS_META_KEYS}
-            parent[key] = copy
-            stack.extend((copy, k, f"{at}.{k}" if at else k) for k in copy)
+            done[id(value)] = copy = {}
+            copy.update((k, convert(v, f"{at}.{k}" if at else k)) for k, v in value.items()
+                        if k not in _PDPARAMS_META_KEYS)
         elif isinstance(value, (list, tuple)):
-            copy = [unwrap(v) for v in value]  # tuples become lists: nothing needs them immutable
-            parent[key] = copy
-            stack.extend((copy, i, f"{at}[{i}]") for i in range(len(copy)))
+            done[id(value)] = copy = []
+            copy.extend(convert(v, f"{at}[{i}]") for i, v in enumerate(value))
         else:
             raise InvalidWeightsError(f"{path}: entry {at or 'top level'!r} is a {type(value).__name__}, "
                                       "which a paddle.save file never holds")
-    return root[0]
+        return copy
+
+    return convert(obj, "")
 
 
 def load_pdparams(path: "str | os.PathLike[str]", max_bytes: int = DEFAULT_MAX_BYTES) -> Any:

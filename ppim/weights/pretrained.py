@@ -116,7 +116,7 @@ def load_pretrained(model, cfg: dict, pretrained: "bool | str | os.PathLike[str]
             try:
                 path, sha256, checked = _fetch(model, url, file_name, ema, progress)
             except WeightsDownloadError as e:
-                if "drive.google.com" not in url:
+                if "drive.google.com" not in f"{url} {weights.get('source_url') or ''}":
                     raise
                 raise WeightsDownloadError(f"{e} {_manual_download_hint(model, weights, path)}",
                                            url=e.url, path=path, status=e.status) from e
