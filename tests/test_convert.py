@@ -122,7 +122,7 @@ def test_local_checkpoint_is_converted_once_and_cached(tmp_path, reference):
     torch.save(state, source)
     tiny(pretrained=str(source))
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    cached = list((weights.weights_dir() / "converted").glob(f"lvvit_s-{digest[:32]}-model.pdparams"))
+    cached = list((weights.weights_dir() / "converted").glob(f"lvvit_s-{digest[:32]}-auto.pdparams"))
     assert len(cached) == 1  # keyed by the source's content
     stamp = cached[0].stat().st_mtime_ns
     assert_parity(tiny(pretrained=str(source)), reference)
@@ -139,7 +139,7 @@ def test_release_url_is_downloaded_converted_and_cached(tmp_path, reference, mon
         model = ppim.lvvit_t(pretrained=True, skip_lam=2.0, **TINY)
         assert server.count() == 1
         assert_parity(model, reference)
-        assert len(list((weights.weights_dir() / "converted").glob("lvvit_t-*-model.pdparams"))) == 1
+        assert len(list((weights.weights_dir() / "converted").glob("lvvit_t-*-auto.pdparams"))) == 1
         assert_parity(ppim.lvvit_t(pretrained=True, skip_lam=2.0, **TINY), reference)
         assert server.count() == 1  # the cached file and its conversion serve from now on
 

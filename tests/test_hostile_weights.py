@@ -214,7 +214,7 @@ def test_training_checkpoint_gives_model_or_ema_weights(tmp_path):
     selected = weights.read_weights(path, ema=False)
     assert selected.entry == "model" and not selected.ema
     np.testing.assert_array_equal(selected.state["pos_embed"], plain["pos_embed"])
-    selected = weights.read_weights(path, ema=None)
+    selected = weights.read_weights(path, ema=None, prefer_ema=True)
     assert selected.entry == "ema" and selected.ema
     np.testing.assert_array_equal(selected.state["pos_embed"], ema["pos_embed"])
     loaded = tiny(pretrained=str(path))  # lvvit_s prefers the model weights

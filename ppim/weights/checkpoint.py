@@ -5,7 +5,9 @@ Containers seen in the wild, all handled by :func:`select_state_dict`:
 * a bare state dict ``{name: array}`` (paddle.save(model.state_dict()), torch.save(model.state_dict()));
 * timm's train.py: ``{"state_dict", "state_dict_ema", "optimizer", "epoch", "arch", "args", ...}``;
 * DeiT / SuperViT / TokenLabeling main.py: ``{"model", "model_ema", "optimizer", "lr_scheduler", "epoch", ...}``;
-* ppim's training loop: ``{"model", "ema", "optimizer", "epoch", ...}``.
+* ppim's training loop (ppim.training.checkpoint): ``{"format": TRAIN_CHECKPOINT_FORMAT, "model",
+  "model_ema", "eval_weights", "optimizer", "epoch", ...}``, whose "eval_weights" names the weights
+  its metric was measured on.
 
 Keys may carry DataParallel's ``module.`` prefix, which is stripped.
 """
@@ -18,10 +20,13 @@ import numpy as np
 from .errors import CheckpointError
 from .unpickler import short_repr
 
-__all__ = ["STATE_KEYS", "EMA_STATE_KEYS", "Selected", "select_state_dict"]
+__all__ = ["STATE_KEYS", "EMA_STATE_KEYS", "TRAIN_CHECKPOINT_FORMAT", "Selected", "select_state_dict"]
 
 STATE_KEYS = ("state_dict", "model")
 EMA_STATE_KEYS = ("state_dict_ema", "model_ema", "ema")
+
+#: The "format" entry of ppim's training checkpoints (written by ppim.training.checkpoint).
+TRAIN_CHECKPOINT_FORMAT = "ppim-train-checkpoint"
 
 
 class Selected(NamedTuple):
@@ -32,20 +37,31 @@ class Selected(NamedTuple):
     entry: str
     ema: bool
 
+#: The "format" entry of ppim's training checkpoints (written by ppim.training.checkpoint).
+TRAIN_CHECKPOINT_FORMAT = "ppim-train-checkpoint"
+
 
 def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, np.ndarray) for v in obj.values())
 
 
-def select_state_dict(checkpoint: Any, ema: Optional[bool] = False, source: str = "checkpoint") -> Selected:
+def select_state_dict(checkpoint: Any, ema: Optional[bool] = False, source: str = "checkpoint",
+                      prefer_ema: bool = False) -> Selected:
     """The model weights inside a checkpoint container (see the module docstring).
 
-    ``ema``: False takes the model weights, True the EMA weights (an error if there are none), None
-    the EMA weights when the file has them, else the model weights (for weights whose published
-    accuracy is the EMA's, e.g. super_lvvit_s).
+    ``ema``: False takes the model weights, True the EMA weights (an error if there are none). None
+    decides from the file and the model: a ppim training checkpoint's "eval_weights" (so
+    ``--checkpoint best.pdparams`` reproduces the run's best top-1), else with ``prefer_ema`` the EMA
+    weights when the file has them (weights whose published accuracy is the EMA's, e.g.
+    super_lvvit_s), else the model weights.
     """
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{source} holds {short_repr(checkpoint)}, not a dict of weights")
+    if ema is None:
+        if checkpoint.get("format") == TRAIN_CHECKPOINT_FORMAT and checkpoint.get("eval_weights"):
+            ema = checkpoint["eval_weights"] in EMA_STATE_KEYS
+        elif not prefer_ema:
+            ema = False
     found = None
     if ema is not False:
         found = next((key for key in EMA_STATE_KEYS if _is_state_dict(checkpoint.get(key))), None)

@@ -53,9 +53,8 @@ def convert_file(source: "str | os.PathLike[str]", output: "str | os.PathLike[st
         raise CheckpointError(f"the output {output} is the source checkpoint itself; write to another file")
     if detect_format(source) != PYTORCH:
         raise CheckpointError(f"{source} is not a PyTorch checkpoint (it is a .pdparams file already?)")
-    if ema is None and not (getattr(model, "pretrained_cfg", None) or {}).get("weights", {}).get("prefer_ema"):
-        ema = False
-    selected = read_weights(source, model, ema=ema, max_bytes=state_budget(model))
+    prefer_ema = bool((getattr(model, "pretrained_cfg", None) or {}).get("weights", {}).get("prefer_ema"))
+    selected = read_weights(source, model, ema=ema, prefer_ema=prefer_ema, max_bytes=state_budget(model))
     state = selected.state
     report = check_state(model, state)
     if strict and not report.ok:

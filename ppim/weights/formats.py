@@ -8,7 +8,7 @@ from typing import Optional
 from ..convert.mapping import to_paddle_layout
 from .checkpoint import Selected, select_state_dict
 from .errors import InvalidWeightsError
-from .pdparams import load_pdparams
+from .pdparams import read_pickle
 from .torch_reader import load_torch_checkpoint
 from .unpickler import DEFAULT_MAX_BYTES
 
@@ -40,15 +40,15 @@ def detect_format(path: "str | os.PathLike[str]") -> str:
 
 
 def read_weights(path: "str | os.PathLike[str]", model=None, *, ema: Optional[bool] = False,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> Selected:
-    """A weights file -> the model (or EMA, see :func:`select_state_dict`) weights in Paddle's layout,
-    unchecked, with the container entry they came from. PyTorch checkpoints are converted for
+                 prefer_ema: bool = False, max_bytes: int = DEFAULT_MAX_BYTES) -> Selected:
+    """A weights file -> the model or EMA weights (``ema``, ``prefer_ema``: see
+    :func:`select_state_dict`) in Paddle's layout, unchecked, with the container entry they came from. PyTorch checkpoints are converted for
     ``model`` (its layers tell which weights to transpose). ``max_bytes`` bounds what the file may
     make us allocate."""
     source = str(path)
     if detect_format(path) == PYTORCH:
         if model is None:
             raise ValueError(f"converting the PyTorch checkpoint {path} needs the target model")
-        selected = select_state_dict(load_torch_checkpoint(path, max_bytes), ema, source)
+        selected = select_state_dict(load_torch_checkpoint(path, max_bytes), ema, source, prefer_ema)
         return selected._replace(state=to_paddle_layout(selected.state, model))
-    return select_state_dict(load_pdparams(path, max_bytes), ema, source)
+    return select_state_dict(read_pickle(path, max_bytes), ema, source, prefer_ema)

@@ -13,7 +13,7 @@ from .cache import sha256_file, write_sidecar
 from .errors import InvalidWeightsError
 from .unpickler import DEFAULT_MAX_BYTES, AllowlistUnpickler, check_structure, latin1_encode, numpy_dtype, short_repr
 
-__all__ = ["load_pdparams", "read_pdparams", "save_pdparams"]
+__all__ = ["read_pickle", "read_pdparams", "save_pdparams"]
 
 _PDPARAMS_META_KEYS = ("StructuredToParameterName@@", "UnpackBigParamInfor@@")
 
@@ -81,11 +81,12 @@ def _plain_values(obj: Any, path: str) -> Any:
     return convert(obj, "")
 
 
-def load_pdparams(path: "str | os.PathLike[str]", max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
-    """A paddle.save file -> its structure (dicts with string keys, lists, numpy arrays, numbers,
-    strings), without running pickled code and within the bounds of :mod:`.unpickler`: a state
-    dict, or a training checkpoint such as ``{"model": ..., "ema": ..., "optimizer": ..., "epoch": 3}``.
-    The file may hold at most ``max_bytes``."""
+def read_pickle(path: "str | os.PathLike[str]", max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
+    """A paddle.save / pickle file -> its structure (dicts with string keys, lists, numpy arrays,
+    numbers, strings; tuples come back as lists, paddle's (name, array) records as arrays), without
+    running pickled code and within the bounds of :mod:`.unpickler`: a state dict, or a training
+    checkpoint such as ``{"model": ..., "model_ema": ..., "optimizer": ..., "epoch": 3}``. The file
+    may hold at most ``max_bytes``."""
     try:
         size = os.path.getsize(path)
         if size > max_bytes:
@@ -107,7 +108,7 @@ def load_pdparams(path: "str | os.PathLike[str]", max_bytes: int = DEFAULT_MAX_B
 
 def read_pdparams(path: "str | os.PathLike[str]", max_bytes: int = DEFAULT_MAX_BYTES) -> "dict[str, np.ndarray]":
     """A .pdparams file (paddle.save of a state dict) -> {name: array}, without running pickled code."""
-    state = load_pdparams(path, max_bytes)
+    state = read_pickle(path, max_bytes)
     if not isinstance(state, dict):
         raise InvalidWeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
     arrays = {}

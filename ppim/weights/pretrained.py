@@ -48,15 +48,12 @@ def state_budget(model) -> int:
     return min(DEFAULT_MAX_BYTES, BUDGET_FACTOR * 4 * numel + BUDGET_SLACK)
 
 
-def _ema_mode(ema: Optional[bool]) -> str:
-    return {True: "ema", False: "model", None: "auto"}[ema]
+def _converted_path(model, source_sha256: str, ema: Optional[bool], prefer_ema: bool) -> Path:
+    mode = {True: "ema", False: "model", None: "auto-ema" if prefer_ema else "auto"}[ema]
+    return weights_dir() / "converted" / f"{model_name(model)}-{source_sha256[:32]}-{mode}.pdparams"
 
 
-def _converted_path(model, source_sha256: str, ema: Optional[bool]) -> Path:
-    return weights_dir() / "converted" / f"{model_name(model)}-{source_sha256[:32]}-{_ema_mode(ema)}.pdparams"
-
-
-def _read_and_fit(model, path: Path, ema: Optional[bool], sha256: Optional[str] = None
+def _read_and_fit(model, path: Path, ema: Optional[bool], prefer_ema: bool, sha256: Optional[str] = None
                   ) -> Tuple[Dict[str, np.ndarray], Selected]:
     """Read ``path`` (any format), check it against ``model`` and adapt it. A PyTorch checkpoint is
     converted once: its Paddle layout (unadapted, so it serves any head or input size) is cached
@@ -65,14 +62,14 @@ def _read_and_fit(model, path: Path, ema: Optional[bool], sha256: Optional[str] 
     budget = state_budget(model)
     converted = None
     if detect_format(path) == PYTORCH:
-        converted = _converted_path(model, sha256 or sha256_file(path), ema)
+        converted = _converted_path(model, sha256 or sha256_file(path), ema, prefer_ema)
         try:
             if use_cached(converted):
-                selected = read_weights(converted, model, ema=ema, max_bytes=budget)
+                selected = read_weights(converted, model, ema=ema, prefer_ema=prefer_ema, max_bytes=budget)
                 return adapt_state(model, selected.state, path), selected
         except CorruptWeightsError as e:
             _logger.warning("%s; converting %s again", e, path)
-    selected = read_weights(path, model, ema=ema, max_bytes=budget)
+    selected = read_weights(path, model, ema=ema, prefer_ema=prefer_ema, max_bytes=budget)
     adapted = adapt_state(model, selected.state, path)
     if converted is not None:
         try:
@@ -99,11 +96,11 @@ def load_pretrained(model, cfg: dict, pretrained: "bool | str | os.PathLike[str]
     ``pretrained``: True (the weights registered in ``cfg``), or a local file or URL (.pdparams, a
     PyTorch checkpoint, or a training checkpoint of either). ``ema``: True/False picks the EMA or
     the model weights of a checkpoint that holds both; None follows the cfg (``weights["prefer_ema"]``:
-    EMA when the file has it, as for super_lvvit_s, whose published accuracy is the EMA's).
+    EMA when the file has it, as for super_lvvit_s, whose published accuracy is the EMA's) and a
+    ppim training checkpoint's own "eval_weights".
     """
     weights = cfg.get("weights") or {}
-    if ema is None and not weights.get("prefer_ema"):
-        ema = False
+    prefer_ema = bool(weights.get("prefer_ema"))
     checked = None
     if pretrained is True:
         url, file_name = weights.get("url"), weights.get("file_name")
@@ -114,7 +111,7 @@ def load_pretrained(model, cfg: dict, pretrained: "bool | str | os.PathLike[str]
         source = url or str(path)
         if url:
             try:
-                path, sha256, checked = _fetch(model, url, file_name, ema, progress)
+                path, sha256, checked = _fetch(model, url, file_name, ema, prefer_ema, progress)
             except WeightsDownloadError as e:
                 if "drive.google.com" not in f"{url} {weights.get('source_url') or ''}":
                     raise
@@ -128,14 +125,14 @@ def load_pretrained(model, cfg: dict, pretrained: "bool | str | os.PathLike[str]
     else:
         source = os.fspath(pretrained)
         if is_url(source):
-            path, sha256, checked = _fetch(model, source, None, ema, progress)
+            path, sha256, checked = _fetch(model, source, None, ema, prefer_ema, progress)
         elif not os.path.isfile(source):
             raise FileNotFoundError(f"pretrained={source!r}: no such file (pass True for the "
                                     f"registered weights, or a path or URL of a weights file)")
         else:
             path = Path(source)
             sha256 = verify_sidecar(path)  # a file ppim wrote (convert_file) is checked against its sidecar
-    state, selected = checked or _read_and_fit(model, path, ema, sha256)
+    state, selected = checked or _read_and_fit(model, path, ema, prefer_ema, sha256)
     set_weights(model, state)
     info = {"source": source, "path": str(Path(path).resolve()), "sha256": sha256,
             "format": detect_format(path), "entry": selected.entry or None, "ema": selected.ema}
@@ -148,14 +145,14 @@ def load_pretrained(model, cfg: dict, pretrained: "bool | str | os.PathLike[str]
     return info
 
 
-def _fetch(model, url: str, file_name: Optional[str], ema: Optional[bool], progress: bool
+def _fetch(model, url: str, file_name: Optional[str], ema: Optional[bool], prefer_ema: bool, progress: bool
            ) -> Tuple[Path, str, Optional[Tuple[Dict[str, np.ndarray], Selected]]]:
     """Download ``url`` into the cache (or find it there): (path, sha256, the checked state if it
     was just downloaded). A downloaded file is read and checked against the model before it is kept,
     so nothing that does not fit enters the cache, and that read is not repeated."""
     checked = []
     path = download_to_cache(url, file_name, progress=progress,
-                             validate=lambda tmp: checked.append(_read_and_fit(model, tmp, ema)))
+                             validate=lambda tmp: checked.append(_read_and_fit(model, tmp, ema, prefer_ema)))
     return path, verify_sidecar(path), (checked[0] if checked else None)
 
 
