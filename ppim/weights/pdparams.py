@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..fileio import atomic_path
+from ..fileio import atomic_path, remove_stale_parts
 from .cache import sha256_file, write_sidecar
 from .errors import InvalidWeightsError
 from .unpickler import DEFAULT_MAX_BYTES, AllowlistUnpickler, check_structure, latin1_encode, numpy_dtype, short_repr
@@ -127,6 +127,7 @@ def save_pdparams(state: "dict[str, np.ndarray]", path: "str | os.PathLike[str]"
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(path)  # of writers killed before their rename
     with atomic_path(path) as tmp:
         paddle.save(dict(state), str(tmp))
         sha256 = sha256_file(tmp)
