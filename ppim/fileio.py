@@ -5,15 +5,18 @@ Used for weights, conversions, results and export manifests alike. Imports nothi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator, Union
 
 import numpy as np
 
-__all__ = ["PART_SUFFIX", "atomic_path", "remove_quietly", "write_atomic", "write_json"]
+__all__ = ["PART_SUFFIX", "atomic_path", "remove_quietly", "remove_stale_parts", "write_atomic", "write_json"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -29,6 +32,37 @@ def _umask() -> int:
     return mask
 
 
+def _owner_tag() -> str:
+    """``<pid>-<host hash>``: who writes a temp file, so a later process can tell a dead writer's."""
+    return f"{os.getpid()}-{hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def remove_stale_parts(path: PathLike) -> "list[Path]":
+    """Remove the temp files :func:`atomic_path` left for ``path`` when its writer was killed: those
+    of processes on this host that no longer run. Returns what was removed."""
+    path = Path(path)
+    host = _owner_tag().split("-", 1)[1]
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)-([0-9a-f]{8})\..*" + re.escape(PART_SUFFIX) + "$")
+    removed = []
+    with contextlib.suppress(OSError):
+        for candidate in path.parent.iterdir():
+            match = pattern.match(candidate.name)
+            if match and match.group(2) == host and not _pid_alive(int(match.group(1))):
+                remove_quietly(candidate)
+                removed.append(candidate)
+    return removed
+
+
 def remove_quietly(path: PathLike) -> None:
     """Remove a file if it exists."""
     with contextlib.suppress(FileNotFoundError):
@@ -41,7 +75,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     with the permissions a plain ``open(path, "w")`` would give (0666 minus the user's umask, where
     mkstemp alone gives 0600), on failure removed. Readers see the old file or the whole new one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner_tag()}.", suffix=PART_SUFFIX)
     os.close(fd)
     try:
         yield Path(tmp)
