@@ -282,3 +282,26 @@ def test_ctrl_c_stops_eval_and_its_workers(tmp_path):
     while any(map(_alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(map(_alive, workers)), "orphaned data-loader workers"
+
+
+def test_evaluate_checks_the_results_file_before_the_run(tmp_path):
+    """The library call too (a notebook loses the run as well): nothing is run."""
+    from ppim.evaluate import evaluate
+    from ppim.transforms import create_transforms
+
+    calls = []
+
+    def runner(images):
+        calls.append(len(images))
+        return np.zeros((len(images), 1000), dtype=np.float32)
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    transforms = create_transforms(ppim.get_model_cfg("lvvit_s"))
+    with pytest.raises(NotADirectoryError) as info:
+        evaluate(runner, transforms=transforms, name="zeros", num_workers=0, progress=False,
+                 results_file=blocker / "r.json")
+    assert info.value.filename == str(blocker / "r.json") and calls == []
+    results = evaluate(runner, transforms=transforms, name="zeros", num_workers=0, progress=False, verbose=False,
+                       results_file=tmp_path / "out" / "r.json")
+    assert calls and json.loads((tmp_path / "out" / "r.json").read_text())["num_images"] == results["num_images"]
