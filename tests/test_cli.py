@@ -139,6 +139,7 @@ def test_refuse_same_file_and_writable_file(tmp_path):
 # ---- every tool, as a subprocess -------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_predict_expected_errors(tmp_path, tiny_checkpoint):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
