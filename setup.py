@@ -78,7 +78,8 @@ setup(
     install_requires=["numpy", "pillow", "tqdm", "requests"],
     extras_require={
         # torch only writes reference checkpoints and models in the tests; ppim never imports it.
-        "test": ["pytest", "pytest-timeout", "torch==2.13.0", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest", "pytest-timeout", "torch==2.13.0", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+        "plot": ["matplotlib"],  # ppim.visualize / ppim-visualize
     },
     cmdclass={"build_py": BuildPyWithStartup, **({"editable_wheel": EditableWheelWithStartup} if editable_wheel else {})},
     entry_points={

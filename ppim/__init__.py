@@ -12,9 +12,10 @@ with warnings.catch_warnings():  # Paddle's note about compiling C++ extensions,
     warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
     from .models import *  # noqa: F401,F403  (registers the constructors)
 from .models import __all__ as _model_all
-from .registry import available, create_model, get_model_cfg, list_models
+from .registry import available, create_model, get_model_cfg, is_model, list_models, list_pretrained
 from .transforms import create_transforms
 from .version import __version__
 from . import convert, data, deploy, evaluate, flops, weights  # noqa: E402  (ppim.flops.count, ...)
 
-__all__ = ["available", "create_model", "create_transforms", "get_model_cfg", "list_models", *_model_all]
+__all__ = ["available", "create_model", "create_transforms", "get_model_cfg", "is_model", "list_models",
+           "list_pretrained", *_model_all]

@@ -6,6 +6,7 @@ import collections
 import multiprocessing
 import multiprocessing.context
 import os
+import random
 import signal
 import stat
 import sys
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError, PpimError
+from .transforms import as_numpy
 
 ASSETS = Path(__file__).parent / "assets"
 SAMPLE_DIR = ASSETS / "sample"
@@ -184,7 +186,8 @@ class ImageDataset:
     def __getitem__(self, index: int):
         path, label = self.samples[index]
         image = load_image(path)
-        return (self.transforms(image) if self.transforms is not None else image), label
+        # The numpy path of ppim's transforms: worker processes must not create Paddle tensors.
+        return (as_numpy(self.transforms)(image) if self.transforms is not None else image), label
 
     @property
     def labels(self) -> List[int]:
@@ -356,8 +359,8 @@ def open_dataset(data: "str | os.PathLike[str] | None" = None,
 
 
 class Batch(NamedTuple):
-    """One batch. ``images`` float32 (b, 3, S, S) and ``labels`` int64 (b,) hold the images that
-    were read; ``counted`` (b,) is False for the padding of a distributed shard (run, not counted);
+    """One batch. ``images`` float32 (b, 3, S, S) and ``labels`` int64 (b,) (or float32 (b, L) from a
+    dataset whose labels are arrays, e.g. token labels) hold the images that were read; ``counted`` (b,) is False for the padding of a distributed shard (run, not counted);
     ``bad`` lists (index, path, reason) of skipped unreadable images that count (skip_bad=True)."""
     images: np.ndarray
     labels: np.ndarray
@@ -380,34 +383,55 @@ def shard_indices(num_samples: int, rank: int, world_size: int) -> Tuple[List[in
     return indices + pad, [True] * len(indices) + [False] * len(pad)
 
 
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """The random seed of one training sample: a function of the run's seed, the epoch and the
+    sample's position in the epoch's global order only, so augmentations do not depend on the
+    number of workers, the batch size or the number of processes."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
+
+
 def _read_samples(dataset, indices: Sequence[int], counted: Sequence[bool], skip_bad: bool,
-                  out: Optional[np.ndarray]):
+                  out: Optional[np.ndarray], seeds: Optional[Sequence[int]] = None):
     """Read ``indices`` into ``out`` (a preallocated (B, ...) float32 buffer) or a new array.
+    ``seeds``: per sample, seed Python's and numpy's global RNGs (which random transforms draw
+    from) before reading it; the caller's RNG states are restored afterwards.
     Returns (images or number written, labels, counted, indices, bad)."""
     arrays, labels, kept_counted, kept, bad = [], [], [], [], []
-    for index, count in zip(indices, counted):
-        try:
-            array, label = dataset[index]
-        except BadImageError as error:
-            if not skip_bad:
-                raise
-            if count:
-                bad.append((int(index), error.path, error.reason))
-            continue
-        array = np.asarray(array, dtype=np.float32)
-        if out is not None:
-            if array.shape != out.shape[1:]:
-                path = dataset.samples[index][0] if hasattr(dataset, "samples") else f"item {index}"
-                raise ValueError(f"{path}: transforms gave shape {array.shape}, but {tuple(out.shape[1:])} "
-                                 f"before; batching needs fixed-size transforms (resize + center crop)")
-            out[len(labels)] = array
-        else:
-            arrays.append(array)
-        labels.append(int(label))
-        kept_counted.append(bool(count))
-        kept.append(int(index))
+    saved = (random.getstate(), np.random.get_state()) if seeds is not None else None
+    try:
+        for position, (index, count) in enumerate(zip(indices, counted)):
+            if seeds is not None:
+                random.seed(seeds[position])
+                np.random.seed(seeds[position])
+            try:
+                array, label = dataset[index]
+            except BadImageError as error:
+                if not skip_bad:
+                    raise
+                if count:
+                    bad.append((int(index), error.path, error.reason))
+                continue
+            array = np.asarray(array, dtype=np.float32)
+            if out is not None:
+                if array.shape != out.shape[1:]:
+                    path = dataset.samples[index][0] if hasattr(dataset, "samples") else f"item {index}"
+                    raise ValueError(f"{path}: transforms gave shape {array.shape}, but {tuple(out.shape[1:])} "
+                                     f"before; batching needs fixed-size transforms (resize + center crop)")
+                out[len(labels)] = array
+            else:
+                arrays.append(array)
+            labels.append(label if isinstance(label, np.ndarray) else int(label))
+            kept_counted.append(bool(count))
+            kept.append(int(index))
+    finally:
+        if saved is not None:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
     images = len(labels) if out is not None else (np.stack(arrays) if arrays else None)
-    return (images, np.asarray(labels, dtype=np.int64), np.asarray(kept_counted, dtype=bool),
+    # a dataset's label is a class id, or a fixed-size float array (token labeling packs its maps)
+    labels = np.stack(labels).astype(np.float32) if labels and isinstance(labels[0], np.ndarray) \
+        else np.asarray(labels, dtype=np.int64)
+    return (images, labels, np.asarray(kept_counted, dtype=bool),
             np.asarray(kept, dtype=np.int64), bad)
 
 
@@ -421,8 +445,9 @@ def _init_worker(dataset, buffers, shape) -> None:
     _WORKER["slots"] = [np.frombuffer(buffer, dtype=np.float32).reshape(shape) for buffer in buffers]
 
 
-def _worker_read(slot: int, indices: Sequence[int], counted: Sequence[bool], skip_bad: bool):
-    return _read_samples(_WORKER["dataset"], indices, counted, skip_bad, _WORKER["slots"][slot])
+def _worker_read(slot: int, indices: Sequence[int], counted: Sequence[bool], skip_bad: bool,
+                 seeds: Optional[Sequence[int]]):
+    return _read_samples(_WORKER["dataset"], indices, counted, skip_bad, _WORKER["slots"][slot], seeds)
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -443,7 +468,7 @@ def default_workers() -> int:
     return max(1, min(4, cpus))
 
 
-class EvalLoader:
+class BatchLoader:
     """Batches of a dataset in order: float32 images (B, 3, S, S) and int64 labels (see Batch).
 
     ``num_workers`` > 0 (default: default_workers()) decodes and transforms in that many worker
@@ -480,18 +505,18 @@ class EvalLoader:
         """Images this loader counts (padding excluded), before any are skipped."""
         return sum(self.counted)
 
-    def _chunks(self):
+    def _chunks(self) -> Iterator[Tuple[List[int], List[bool], Optional[List[int]]]]:
+        """(indices, counted, per-sample seeds or None) of each batch, in order."""
         for start in range(0, len(self.indices), self.batch_size):
-            yield self.indices[start:start + self.batch_size], self.counted[start:start + self.batch_size]
+            yield self.indices[start:start + self.batch_size], self.counted[start:start + self.batch_size], None
 
     def _probe_shape(self) -> Optional[Tuple[int, ...]]:
         """The shape of one transformed image (read here); None if every image is unreadable."""
         for index in self.indices:
-            try:
-                return tuple(np.asarray(self.dataset[index][0]).shape)
-            except BadImageError:
-                if not self.skip_bad:
-                    raise
+            # Seeded (and the RNG states restored): probing must not move this process's random state.
+            images = _read_samples(self.dataset, [index], [True], self.skip_bad, None, seeds=[0])[0]
+            if images is not None:
+                return tuple(images.shape[1:])
         return None
 
     def __iter__(self) -> Iterator[Batch]:
@@ -503,9 +528,9 @@ class EvalLoader:
 
     def _iter_here(self) -> Iterator[Batch]:
         buffer = None  # with copy=False, batches after the first reuse one buffer
-        for indices, counted in self._chunks():
+        for indices, counted, seeds in self._chunks():
             images, labels, counted, kept, bad = _read_samples(self.dataset, indices, counted,
-                                                               self.skip_bad, buffer)
+                                                               self.skip_bad, buffer, seeds)
             if buffer is not None:
                 images = buffer[:images]
             elif images is None:
@@ -532,9 +557,10 @@ class EvalLoader:
         finished = False
         try:
             def submit() -> None:
-                for indices, counted in chunks:
+                for indices, counted, seeds in chunks:
                     slot = free.pop()
-                    pending.append((slot, executor.submit(_worker_read, slot, indices, counted, self.skip_bad)))
+                    pending.append((slot, executor.submit(_worker_read, slot, indices, counted, self.skip_bad,
+                                                          seeds)))
                     return
 
             for _ in range(in_flight):
@@ -569,3 +595,63 @@ def _terminate_workers(executor: ProcessPoolExecutor) -> None:
     for process in list((getattr(executor, "_processes", None) or {}).values()):
         if process.is_alive():
             process.terminate()
+
+
+#: The in-order loader evaluation uses (the name tools and tests know it by).
+EvalLoader = BatchLoader
+
+
+class TrainLoader(BatchLoader):
+    """Training batches: a new order each epoch (``set_epoch``), this process's shard of it, full
+    batches only (``drop_last``), and random transforms seeded per sample (``sample_seed``) in the
+    worker processes, so a run is reproducible whatever ``num_workers``.
+
+    The epoch's order is ``order(epoch)`` when given (a sampler hook: e.g. repeated augmentation;
+    a list of dataset indices, repeats allowed), else a permutation seeded by (seed, epoch), or
+    ``range(len(dataset))`` with ``shuffle=False``. Under data parallelism rank r of W takes
+    positions r, r + W, ... of the order, padded by wrapping around to a multiple of W (as
+    paddle.io.DistributedBatchSampler), so step k of W ranks with batch b sees exactly the samples
+    of step k of one process with batch W * b."""
+
+    def __init__(self, dataset, batch_size: int = 64, num_workers: Optional[int] = None, *,
+                 shuffle: bool = True, drop_last: bool = True, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, order: Optional[Callable[[int], Sequence[int]]] = None,
+                 skip_bad: bool = False, prefetch: int = 2):
+        super().__init__(dataset, batch_size, num_workers, skip_bad=skip_bad, prefetch=prefetch)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        if len(dataset) == 0:
+            raise ValueError("no samples to train on")
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, int(seed)
+        self.rank, self.world_size, self.order = rank, world_size, order
+        self.set_epoch(0)
+
+    def epoch_order(self, epoch: int) -> List[int]:
+        """The dataset indices of ``epoch``, in order, over all processes."""
+        if self.order is not None:
+            return [int(i) for i in self.order(epoch)]
+        if not self.shuffle:
+            return list(range(len(self.dataset)))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset)).tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select ``epoch``'s order and this rank's shard of it (call before iterating)."""
+        order = self.epoch_order(epoch)
+        if not order:
+            raise ValueError(f"the sampler gave no samples for epoch {epoch}")
+        total = -(-len(order) // self.world_size) * self.world_size
+        self.positions = list(range(self.rank, total, self.world_size))
+        self.indices = [order[p % len(order)] for p in self.positions]
+        self.counted = [True] * len(self.indices)
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.indices) // self.batch_size
+        return super().__len__()
+
+    def _chunks(self) -> Iterator[Tuple[List[int], List[bool], Optional[List[int]]]]:
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            stop = start + self.batch_size
+            seeds = [sample_seed(self.seed, self.epoch, p) for p in self.positions[start:stop]]
+            yield self.indices[start:stop], self.counted[start:stop], seeds

@@ -7,7 +7,8 @@ from __future__ import annotations
 import copy
 import difflib
 import fnmatch
-from typing import Any, Callable, Dict, List
+import math
+from typing import Any, Callable, Dict, List, Sequence, Union
 
 from .errors import PpimError
 
@@ -18,6 +19,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+Patterns = Union[str, Sequence[str]]
+
+
 class UnknownModelError(PpimError, KeyError):
     """Raised for a name that is not registered; the message lists the closest names."""
 
@@ -25,14 +29,34 @@ class UnknownModelError(PpimError, KeyError):
         return str(self.args[0])
 
 
+def resize_for_crop_pct(crop: int, crop_pct: float) -> int:
+    """The shorter-side resize before a ``crop`` centre crop at ``crop_pct`` (timm: floor(crop / pct))."""
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
+    return int(math.floor(crop / crop_pct))
+
+
+def crop_pct_of(crop: int, resize: int) -> float:
+    """The shortest decimal crop_pct that ``resize_for_crop_pct`` turns back into ``resize``
+    (248 -> 0.9 and 256 -> 0.875 at 224), as timm's cfgs write it."""
+    for digits in range(1, 7):
+        pct = round(crop / resize, digits)
+        if 0 < pct <= 1 and resize_for_crop_pct(crop, pct) == resize:
+            return pct
+    return crop / resize
+
+
 def make_cfg(name: str, img_size: int, resize: int, weights: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
-    """A model's cfg: eval transforms (resize shorter side, center crop, bicubic, ImageNet stats),
-    classes, and its weights' metadata (url, file_name, format, source_url, published metrics)."""
+    """A model's cfg: eval transforms (resize shorter side, center crop, bicubic, ImageNet stats;
+    crop_pct = crop / resize as timm writes it), classes, and its weights' metadata (url, file_name,
+    format, source_url, published metrics). ``extra``: architecture, model_class, paper, and
+    official_crop_pct where the official eval crops differently from these transforms."""
     return {
         "name": name,
         "input_size": (3, img_size, img_size),
         "resize": resize,
         "crop": img_size,
+        "crop_pct": crop_pct_of(img_size, resize),
         "interpolation": "bicubic",
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
@@ -66,13 +90,24 @@ def _lookup(name: str) -> str:
         f"Unknown model {name!r}.{hint} ppim.list_models() lists all {len(_MODELS)} models.")
 
 
-def list_models(pattern: str = "*", pretrained: bool = False) -> List[str]:
-    """Sorted registered names matching the shell-style ``pattern``; with ``pretrained=True`` only
-    those with published weights (a Paddle file or an official PyTorch source)."""
-    names = [n for n in _MODELS if fnmatch.fnmatch(n, pattern)]
+def _matches(name: str, patterns: Patterns) -> bool:
+    patterns = [patterns] if isinstance(patterns, str) else patterns
+    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
+
+def list_models(pattern: Patterns = "*", pretrained: bool = False, exclude_filters: Patterns = ()) -> List[str]:
+    """Sorted registered names matching the shell-style ``pattern`` (or any of a list of them, as
+    timm), minus those matching ``exclude_filters``; with ``pretrained=True`` only those with
+    published weights (a Paddle file or an official PyTorch source)."""
+    names = [n for n in _MODELS if _matches(n, pattern) and not _matches(n, exclude_filters)]
     if pretrained:
         names = [n for n in names if _CFGS[n]["weights"].get("url") or _CFGS[n]["weights"].get("source_url")]
     return sorted(names)
+
+
+def list_pretrained(pattern: Patterns = "*", exclude_filters: Patterns = ()) -> List[str]:
+    """``list_models(pattern, pretrained=True, exclude_filters)``: the names with published weights."""
+    return list_models(pattern, pretrained=True, exclude_filters=exclude_filters)
 
 
 def is_model(name: str) -> bool:
@@ -116,4 +151,5 @@ def cfg_for_img_size(cfg: Dict[str, Any], img_size: int) -> Dict[str, Any]:
     cfg["input_size"] = (3, img_size, img_size)
     cfg["resize"] = int(img_size * cfg["resize"] / cfg["crop"])
     cfg["crop"] = img_size
+    cfg["crop_pct"] = crop_pct_of(img_size, cfg["resize"])
     return cfg

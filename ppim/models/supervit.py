@@ -17,10 +17,10 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..layers import (Block, Box, ConvPatchEmbed, PatchEmbed, dense_logits, init_vit_weights, random_box,
-                      swap_box, token_parameter)
 from ..builder import build_model
+from ..layers import Block, Box, ConvPatchEmbed, PatchEmbed, init_vit_weights, random_box, swap_box, token_parameter
 from ..registry import make_cfg, register_model
+from .base import TokenViT, check_images
 
 __all__ = ["SuperViT", "is_supernet", "parse_subnet_spec", "scale_box", "subnet_key", "super_deit_s",
            "super_lvvit_s"]
@@ -69,7 +69,7 @@ def scale_box(box: Box, grid: int, full_grid: int = 14) -> Box:
     return tuple(int(v // scale) for v in box)  # type: ignore[return-value]
 
 
-class SuperViT(nn.Layer):
+class SuperViT(TokenViT):
     """SuperViT over a DeiT (``stem="deit"``) or LV-ViT (``stem="lvvit"``) backbone.
 
     ``model(x, *, img_size=None, keep_ratio=None)`` -> logits (B, C), in train and eval mode alike
@@ -77,7 +77,9 @@ class SuperViT(nn.Layer):
     current sub-network (``set_subnet``, default (img_size, 1.0)). x (B, 3, H, W) is resized to
     (img_size, img_size) (bilinear, align_corners=True) when its size differs, so 224 crops feed every
     sub-network. Logits: head(cls), plus ``aux_weight`` * max over the kept patch tokens of aux_head when
-    there is an aux head (LV-ViT, 0.25); no MixToken. ``num_classes=0``: the cls feature (B, D).
+    there is an aux head (LV-ViT, 0.25); no MixToken. ``num_classes=0``: the pooled feature (B, D) of
+    ``global_pool`` ("token": the cls token; "dense", LV-ViT only: cls + aux_weight * max over tokens).
+    ``model.kept_tokens(x)``: where the tokens a sub-network keeps sit on its token grid.
 
     ``model.forward_train(x, *, img_size, keep_ratio, bbox)``: the official training loops' output,
     see its docstring.
@@ -90,7 +92,7 @@ class SuperViT(nn.Layer):
                  aux_weight: Optional[float] = None, mix_token: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  img_sizes: Sequence[int] = IMG_SIZES, keep_ratios: Sequence[float] = KEEP_RATIOS,
-                 keep_blocks: Sequence[int] = KEEP_BLOCKS):
+                 keep_blocks: Sequence[int] = KEEP_BLOCKS, global_pool: str = "token"):
         super().__init__()
         if stem not in ("deit", "lvvit"):
             raise ValueError(f"stem must be 'deit' or 'lvvit', got {stem!r}")
@@ -100,10 +102,11 @@ class SuperViT(nn.Layer):
         self.img_sizes = tuple(int(s) for s in img_sizes)
         self.keep_ratios = tuple(float(r) for r in keep_ratios)
         self.keep_blocks = tuple(int(i) for i in keep_blocks)
-        self.num_classes = num_classes
+        self.in_chans = in_chans
         self.num_features = self.embed_dim = embed_dim
         self.aux_weight = aux_weight
         self.mix_token = mix_token and aux_weight is not None
+        self._set_global_pool(global_pool)
 
         if stem == "deit":
             self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
@@ -160,41 +163,44 @@ class SuperViT(nn.Layer):
         return self.check_subnet(self.img_size if img_size is None else img_size,
                                   self.keep_ratio if keep_ratio is None else keep_ratio)
 
-    # -- heads --------------------------------------------------------------------------------
-    def _set_heads(self, num_classes: int) -> None:
-        def linear() -> nn.Layer:
-            if num_classes <= 0:
-                return nn.Identity()
-            layer = nn.Linear(self.embed_dim, num_classes)
-            init_vit_weights(layer)
-            return layer
-
-        self.head = linear()
-        if self.aux_weight is not None:
-            self.aux_head = linear()
-
-    def get_classifier(self) -> nn.Layer:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """New, freshly initialised head (and aux_head) for ``num_classes`` (0: features only)."""
-        self.num_classes = num_classes
-        self._set_heads(num_classes)
-
     # -- forward ------------------------------------------------------------------------------
     def forward_stem(self, x: paddle.Tensor, img_size: int) -> paddle.Tensor:
         """Images (B, 3, H, W) -> stem feature map (B, D, img_size/16, img_size/16)."""
+        check_images(self, x)
         if x.shape[2] != img_size or x.shape[3] != img_size:
             x = F.interpolate(x, size=[img_size, img_size], mode="bilinear", align_corners=True)
         return self.patch_embed(x)
 
     def forward_tokens(self, x: paddle.Tensor, img_size: int, keep_ratio: float) -> paddle.Tensor:
         """Patch tokens (B, N, D) -> final-norm tokens (B, 1 + kept, D), cls first."""
+        return self.run_blocks(self._with_cls(x, img_size), keep_ratio)
+
+    def _with_cls(self, x: paddle.Tensor, img_size: int) -> paddle.Tensor:
         cls = self.cls_token.expand([x.shape[0], -1, -1])
-        x = self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed_list[self.img_sizes.index(img_size)])
-        for index, block in enumerate(self.blocks):
-            x = block(x, keep_ratio if index in self.keep_blocks else None)
-        return self.norm(x)
+        return self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed_list[self.img_sizes.index(img_size)])
+
+    def _embed(self, x: paddle.Tensor, img_size: Optional[int]) -> Tuple[paddle.Tensor, int]:
+        img_size = self._subnet(img_size, None)[0]
+        tokens = self.forward_stem(x, img_size).flatten(2).transpose([0, 2, 1])
+        return self._with_cls(tokens, img_size), img_size // self.patch_size
+
+    def _keep_ratios(self, keep_ratio: Optional[float]) -> List[Optional[float]]:
+        keep_ratio = self._subnet(None, keep_ratio)[1]
+        return [keep_ratio if index in self.keep_blocks else None for index in range(len(self.blocks))]
+
+    def kept_tokens(self, x: paddle.Tensor, *, img_size: Optional[int] = None,
+                    keep_ratio: Optional[float] = None) -> List[paddle.Tensor]:
+        """Where the patch tokens kept after each keep block sit: one int64 tensor (B, n) per block in
+        ``keep_blocks``, positions on the row-major (img_size/16)^2 token grid, in the model's kept
+        order (most attended first). keep_ratio 1 keeps every token (positions 0..N-1)."""
+        img_size, keep_ratio = self._subnet(img_size, keep_ratio)
+        kept = []
+        for index, _, positions, grid in self._walk(x, max(self.keep_blocks), img_size, keep_ratio):
+            if index in self.keep_blocks:
+                if positions is None:
+                    positions = paddle.arange(grid * grid, dtype="int64").expand([x.shape[0], grid * grid])
+                kept.append(positions)
+        return kept
 
     def forward_features(self, x: paddle.Tensor, *, img_size: Optional[int] = None,
                          keep_ratio: Optional[float] = None) -> paddle.Tensor:
@@ -209,13 +215,7 @@ class SuperViT(nn.Layer):
 
     def forward(self, x: paddle.Tensor, *, img_size: Optional[int] = None,
                 keep_ratio: Optional[float] = None) -> paddle.Tensor:
-        x = self.forward_features(x, img_size=img_size, keep_ratio=keep_ratio)
-        if self.num_classes <= 0:
-            return x[:, 0]
-        cls_logits = self.head(x[:, 0])
-        if self.aux_weight is None:
-            return cls_logits
-        return dense_logits(cls_logits, self.aux_head(x[:, 1:]), self.aux_weight)
+        return self.forward_head(self.forward_features(x, img_size=img_size, keep_ratio=keep_ratio))
 
     def forward_train(self, x: paddle.Tensor, *, img_size: Optional[int] = None,
                       keep_ratio: Optional[float] = None, bbox: Optional[Box] = None
@@ -260,11 +260,11 @@ def _subnet_top1(table: Sequence[Sequence[float]]) -> dict:
     return {subnet_key((s, r)): top1 for s, row in zip(IMG_SIZES, table) for r, top1 in zip(KEEP_RATIOS, row)}
 
 
-def _weights(file_id: str, file_name: str, params_m: float, table: Sequence[Sequence[float]]) -> dict:
+def _weights(file_id: str, file_name: str, params_m: float, flops_g: float, table: Sequence[Sequence[float]]) -> dict:
     subnet_top1 = _subnet_top1(table)
     return {"url": _DRIVE + file_id, "file_name": file_name, "format": "pth",
             "source_url": f"https://drive.google.com/file/d/{file_id}/view", "sha256": None,
-            "top1": subnet_top1["224x1.0"], "top5": None, "params_m": params_m, "flops_g": None,
+            "top1": subnet_top1["224x1.0"], "top5": None, "params_m": params_m, "flops_g": flops_g,
             "subnet_top1": subnet_top1}
 
 
@@ -281,7 +281,7 @@ def _supervit(name: str, pretrained, return_transforms: bool, **kwargs):
 
 
 @register_model(make_cfg("super_deit_s", 224, 256, _weights(
-    "1y2-zU5UvHqGCmWEB41VLbnf7B27BatBL", "super_deit_s.pth", 22.17,
+    "1y2-zU5UvHqGCmWEB41VLbnf7B27BatBL", "super_deit_s.pth", 22.17, 4.6,
     [[73.75, 75.28, 75.79], [77.32, 78.31, 78.53], [78.91, 79.62, 79.87], [79.95, 80.50, 80.62]]),
     architecture="supervit", model_class="SuperViT", paper=_PAPER))
 def super_deit_s(pretrained=False, return_transforms=False, **kwargs):
@@ -290,7 +290,7 @@ def super_deit_s(pretrained=False, return_transforms=False, **kwargs):
 
 
 @register_model(make_cfg("super_lvvit_s", 224, 248, _weights(
-    "1xjKrelbFQchaaulMm0bLUftD0h10hRJa", "super_lvvit_s.pth", 26.27,
+    "1xjKrelbFQchaaulMm0bLUftD0h10hRJa", "super_lvvit_s.pth", 26.27, 6.6,
     [[76.64, 79.82, 80.71], [79.81, 81.73, 82.24], [81.12, 82.59, 82.94], [82.11, 83.15, 83.47]]),
     architecture="supervit", model_class="SuperViT", paper=_PAPER))
 def super_lvvit_s(pretrained=False, return_transforms=False, **kwargs):
