@@ -225,6 +225,16 @@ def test_benchmark_usage_errors(tmp_path):
     assert proc.stdout == ""
 
 
+def test_train_visualize_and_token_labels_expected_errors(tmp_path):
+    missing = tmp_path / "missing"
+    assert_one_error_line(tool("train", missing, *TINY_ARGS, "--output", tmp_path / "out"), "missing")
+    assert_one_error_line(tool("visualize", missing / "x.jpg", *TINY_ARGS, "--output", tmp_path / "vis"),
+                          "x.jpg", "No such file")
+    proc = tool("make_token_labels", missing, "--teacher", "lvvit_ss", "--output", tmp_path / "labels")
+    assert_one_error_line(proc, "lvvit_ss")
+    assert not (tmp_path / "vis").exists() and not (tmp_path / "labels").exists()
+
+
 def test_eval_with_a_fifo_named_like_an_image(tmp_path):
     write_jpeg(tmp_path / "val" / "cat" / "a.jpg")
     fifo = tmp_path / "val" / "cat" / "x.JPEG"
