@@ -21,6 +21,11 @@ SCRIPTS = {"ppim-eval": "ppim.cli.eval:main", "ppim-train": "ppim.cli.train:main
 TINY = {"img_size": 64, "embed_dim": 32, "depth": 1, "num_heads": 2, "stem_dim": 8}
 
 
+def clean_env():
+    """This environment without PYTHONPATH (the installed ppim must be the one found) or PPIM_DEBUG."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PPIM_DEBUG")}
+
+
 def _installed_here(bin_dir: Path) -> bool:
     """This checkout is pip-installed in the running environment, scripts included."""
     from importlib import metadata
@@ -47,25 +52,23 @@ def installed(tmp_path_factory):
     # numpy, pip, setuptools), after the new venv's own site-packages.
     parents = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
     Path(site, "parent-env.pth").write_text("\n".join(parents) + "\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                           "--no-build-isolation", "-e", str(ROOT)], cwd=venv, env=env, capture_output=True,
-                          text=True, timeout=600)
+                           "--no-build-isolation", "-e", str(ROOT)], cwd=venv, env=clean_env(),
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return python, venv / "bin"
 
 
 def run(installed, script, *args, cwd=None):
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PPIM_DEBUG")}
-    return subprocess.run([str(installed[1] / script), *map(str, args)], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([str(installed[1] / script), *map(str, args)], env=clean_env(), cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_entry_points_are_registered_with_their_modules(installed):
     code = ("import json; from importlib import metadata; "
             "print(json.dumps({e.name: e.value for e in metadata.distribution('ppim').entry_points "
             "if e.group == 'console_scripts'}))")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = clean_env()
     proc = subprocess.run([str(installed[0]), "-c", code], env=env, capture_output=True, text=True, check=True)
     assert json.loads(proc.stdout) == SCRIPTS
     for name in SCRIPTS:
@@ -84,7 +87,7 @@ def resolved(installed):
             "    except Exception as e:\n"
             "        out[name] = f'{type(e).__name__}: {e}'\n"
             "print(json.dumps(out))")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = clean_env()
     proc = subprocess.run([str(installed[0]), "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.splitlines()[-1])
@@ -121,7 +124,7 @@ def test_install_adds_the_zlib_startup_line(installed):
     from ppim._zlib import STARTUP_LINE, STARTUP_PTH
 
     code = "import sys; print('zlib' in sys.modules)"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = clean_env()
     proc = subprocess.run([str(installed[0]), "-c", code], env=env, capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "True"  # loaded at start-up, before any import of the program
     site = subprocess.run([str(installed[0]), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
