@@ -343,7 +343,7 @@ def export_key(model: nn.Layer, img_size: Optional[int] = None, optimize: bool =
     """What identifies an export: the model's class and name, every parameter and buffer (names,
     shapes, dtypes, values), the sub-network, the input size, the rewrites (``optimize``,
     EXPORT_REVISION), and the Paddle and ppim versions. 32 hex digits (BLAKE2b)."""
-    from .. import __version__ as ppim_version
+    from ..version import __version__ as ppim_version
 
     digest = hashlib.blake2b(digest_size=16)
     meta = {"model": model_name(model), "class": type(model).__name__, "subnet": current_subnet(model),
