@@ -83,7 +83,8 @@ setup(
         "test": ["pytest", "pytest-timeout", "torch==2.13.0", "nbclient", "nbformat", "ipykernel", "matplotlib"],
         "plot": ["matplotlib"],  # ppim.visualize / ppim-visualize
     },
-    cmdclass={"build_py": BuildPyWithStartup, **({"editable_wheel": EditableWheelWithStartup} if editable_wheel else {})},
+    cmdclass={"build_py": BuildPyWithStartup,
+              **({"editable_wheel": EditableWheelWithStartup} if editable_wheel else {})},
     entry_points={
         "console_scripts": [
             "ppim-eval=ppim.cli.eval:main",
