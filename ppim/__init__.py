@@ -1,7 +1,10 @@
 """ppim: a PaddlePaddle image-model zoo (LV-ViT, SuperViT)."""
-# Python's zlib must be loaded before Paddle: otherwise Paddle 2.6 crashes in jit.save (in zlib's
-# inflateReset2) on some Python builds.
+# zlib before Paddle: Paddle 2.6 otherwise binds libz to its own copy and crashes (see ppim/_zlib.py).
 import zlib  # noqa: F401  (isort: skip)
+
+from ._zlib import check_zlib_order
+
+check_zlib_order()
 
 import warnings
 

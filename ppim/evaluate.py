@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import SAMPLE_DIR, EvalLoader, ImageDataset, open_dataset, shard_indices
+from .errors import InputError
 from .fileio import write_json
 from .models.supervit import is_supernet, parse_subnet_spec, subnet_key
 from .registry import model_name
@@ -54,7 +55,7 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1,
     num_classes = logits.shape[1]
     if labels.min() < 0 or labels.max() >= num_classes:
         bad = int(labels[(labels < 0) | (labels >= num_classes)][0])
-        raise ValueError(f"label {bad} is outside the model's {num_classes} classes: do the dataset's "
+        raise InputError(f"label {bad} is outside the model's {num_classes} classes: do the dataset's "
                          f"labels match the model (class folders / list file vs num_classes)?")
     if not np.issubdtype(logits.dtype, np.floating):
         logits = logits.astype(np.float64)
@@ -100,12 +101,15 @@ def parse_subnets(spec: Union[str, Sequence[Subnet], None], model: Any) -> Optio
         return None
     if not is_supernet(model):
         name = model_name(model)
-        raise ValueError(f"--subnets needs a super model (super_deit_s, super_lvvit_s); {name} has no sub-networks")
-    if isinstance(spec, str):
-        spec = parse_subnet_spec(spec) or model.subnets
-    subnets = [model.check_subnet(*subnet) for subnet in spec]  # a helpful ValueError for one it cannot run
+        raise InputError(f"--subnets needs a super model (super_deit_s, super_lvvit_s); {name} has no sub-networks")
+    try:
+        if isinstance(spec, str):
+            spec = parse_subnet_spec(spec) or model.subnets
+        subnets = [model.check_subnet(*subnet) for subnet in spec]  # a helpful message for one it cannot run
+    except ValueError as error:
+        raise InputError(str(error)) from None
     if not subnets:
-        raise ValueError(f"no sub-networks in {spec!r}")
+        raise InputError(f"no sub-networks in {spec!r}")
     return list(dict.fromkeys(subnets))  # duplicates once, order kept
 
 
@@ -216,8 +220,9 @@ def _run(runners: List[Tuple[Optional[Subnet], Runner]], loader: EvalLoader, hea
     bar = tqdm(total=loader.num_images, desc=desc, unit="img", disable=not progress, dynamic_ncols=True,
                file=sys.stderr)
     start = time.perf_counter()
+    batches = iter(loader)
     try:
-        for batch in loader:
+        for batch in batches:
             skipped.extend(batch.bad)
             if len(batch.labels):
                 for k, (_, runner) in enumerate(runners):  # each bound to its sub-network
@@ -251,6 +256,7 @@ def _run(runners: List[Tuple[Optional[Subnet], Runner]], loader: EvalLoader, hea
                 counts[k].forward_seconds = time.perf_counter() - tick
                 counts[k].timed_images = len(last.labels)
     finally:
+        batches.close()  # stops the loader's workers now, also on Ctrl-C or an error
         bar.close()
     return counts, skipped, seconds
 
@@ -321,7 +327,7 @@ def evaluate(model: Any, data: Any = None, *, val_list: Optional[str] = None, ba
     if selection is None:
         selection = list(range(len(dataset)))
     if not selection:
-        raise ValueError(f"{data_desc}: no images")
+        raise InputError(f"{data_desc}: no images")
     positions, counted = shard_indices(len(selection), rank, world)
     indices = [selection[i] for i in positions]
     loader = EvalLoader(dataset, indices=indices, counted=counted, copy=False, **loader_opts)

@@ -17,7 +17,8 @@ writable before anything runs.
 from __future__ import annotations
 
 from ..errors import InputError
-from .common import ArgumentParser, add_model_arguments, command, create_model, weights_of, writable_file
+from .common import (ArgumentParser, add_model_arguments, command, create_model, model_kwargs, weights_of,
+                     writable_file)
 
 
 def build_parser() -> ArgumentParser:
@@ -81,6 +82,7 @@ def default_device() -> str:
 @command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from ..data import open_dataset
     from ..evaluate import dist_info, evaluate
     from ..registry import get_model_cfg
     from ..transforms import create_transforms
@@ -93,14 +95,17 @@ def main(argv=None) -> int:
         extra["img_size"] = args.img_size
     if args.num_classes is not None:
         extra["num_classes"] = args.num_classes
-    pct = None if args.crop_pct is None else crop_pct(args.crop_pct, get_model_cfg(args.model))
+    # The data first: a wrong folder or list file is reported before weights are fetched.
+    cfg = get_model_cfg(args.model)
+    pct = None if args.crop_pct is None else crop_pct(args.crop_pct, cfg)
+    num_classes = {**cfg, **model_kwargs(args), **extra}["num_classes"]
+    dataset = open_dataset(args.data, args.val_list, num_classes=num_classes)
     model = create_model(args, warn=rank == 0, **extra)
-    pretrained = weights_of(args)
     transforms = None if pct is None else create_transforms(model, crop_pct=pct)
-    evaluate(model, args.data, transforms=transforms, val_list=args.val_list, batch_size=args.batch_size, num_workers=args.workers,
+    evaluate(model, dataset, transforms=transforms, batch_size=args.batch_size, num_workers=args.workers,
              engine=args.engine, precision=args.precision, device=args.device or default_device(),
              threads=args.threads, workdir=args.workdir, subnets=args.subnets, skip_bad=args.skip_bad,
-             distributed=world > 1, progress=not args.no_progress, pretrained=pretrained,
+             distributed=world > 1, progress=not args.no_progress, pretrained=weights_of(args),
              results_file=args.results_file)
     return 0
 

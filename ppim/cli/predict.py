@@ -11,6 +11,15 @@ from __future__ import annotations
 from .common import ArgumentParser, add_model_arguments, command, create_model
 
 
+def _read(path: str):
+    from ..data import BadImageError, load_image
+
+    try:
+        return load_image(path)
+    except BadImageError as error:  # its default hint names --skip-bad, which predict has not
+        raise BadImageError(error.path, error.reason, hint="check the path, or leave the file out") from None
+
+
 @command
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="ppim-predict", description=__doc__)
@@ -23,7 +32,7 @@ def main(argv=None) -> int:
                         help="inference engine: bf16 on CPUs with avx512_bf16/amx_bf16, fp16 on GPU")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     args = parser.parse_args(argv)
-    from ..data import imagenet_class_names, load_image, sample_images
+    from ..data import imagenet_class_names, sample_images
     from ..deploy import classify, create_runner
 
     if args.images:
@@ -31,7 +40,7 @@ def main(argv=None) -> int:
     else:
         sample = sample_images()
         paths, labels = [str(path) for path, _ in sample], [label for _, label in sample]
-    images = [load_image(path) for path in paths]  # a bad file is reported before the model is built
+    images = [_read(path) for path in paths]  # a bad file is reported before the model is built
     model = create_model(args)
     names = imagenet_class_names()
     runner = create_runner(model, engine=args.engine, precision=args.precision, device=args.device)

@@ -1,21 +1,25 @@
-"""Running models outside training: export for Paddle Inference (with its graph rewrites), the
-predictor, one runner interface over the engines, top-k classification and the benchmark.
+"""Running models outside training: export for Paddle Inference (with its graph rewrites) and its
+cache, the predictors (Paddle Inference; OpenVINO and ONNX Runtime as optional extras), one runner
+interface over the engines, top-k classification and the benchmark.
 
     export(model, "out/lvvit_s")                     # ppim.deploy.export
     predictor = Predictor("out/lvvit_s", precision="bf16")
-    run = create_runner(model, engine="inference")   # the same, export included
+    run = create_runner(model, engine="auto")        # export (cached) + the fastest installed engine
     classify(model, ["cat.jpg"])                     # top-5 (class id, name, probability)
     rows = benchmark("lvvit_s", batch_sizes=(16,))
 
-Modules: common (names, checks), export, predictor (Paddle Inference), runner, classify, benchmark;
-each imports only the ones listed before it.
+Modules: common (names, checks), export (+ cache), predictor (Paddle Inference), engines
+(OpenVINO, ONNX Runtime), runner, classify, benchmark; each imports only the ones before it.
 """
-from .benchmark import CeilingProbe, benchmark, format_rows, measure_ceiling
+from .benchmark import CeilingProbe, DenseChain, benchmark, ceiling_engines, dense_shapes, format_rows, measure_ceiling
 from .classify import classify
-from .common import ENGINES, PRECISIONS, cpu_supports_bf16
-from .export import export, load_manifest
+from .common import ENGINE_CHOICES, ENGINES, PRECISIONS, cpu_supports_bf16
+from .engines import OnnxRuntimePredictor, OpenVINOPredictor, engine_available
+from .export import cache_dir, cached_export, export, export_key, load_manifest
 from .predictor import Predictor
-from .runner import Runner, create_runner
+from .runner import AUTO_ORDER, Runner, create_runner, resolve_engine
 
-__all__ = ["classify", "export", "load_manifest", "Predictor", "Runner", "create_runner", "benchmark",
-           "format_rows", "CeilingProbe", "measure_ceiling", "cpu_supports_bf16", "ENGINES", "PRECISIONS"]
+__all__ = ["classify", "export", "load_manifest", "cached_export", "export_key", "cache_dir", "Predictor",
+           "OpenVINOPredictor", "OnnxRuntimePredictor", "engine_available", "Runner", "create_runner",
+           "resolve_engine", "AUTO_ORDER", "benchmark", "format_rows", "CeilingProbe", "DenseChain", "dense_shapes", "measure_ceiling", "ceiling_engines", "cpu_supports_bf16",
+           "ENGINES", "ENGINE_CHOICES", "PRECISIONS"]

@@ -21,12 +21,12 @@ from ..flops import count_macs
 from ..fileio import write_json
 from ..models.supervit import is_supernet
 from ..registry import create_model, model_name
-from .common import ENGINES, INPUT_NAME, MANIFEST, check_choice, check_gpu, current_subnet, default_threads, input_size
+from .common import ENGINES, INPUT_NAME, MANIFEST, check_choice, current_subnet, default_threads, input_size
 from .export import staged_dir, export
-from .predictor import Predictor
-from .runner import Runner, set_eager_threads, create_runner
+from .runner import PREDICTORS, Runner, create_runner, set_eager_threads, unsupported
 
-__all__ = ["benchmark", "format_rows", "CeilingProbe", "measure_ceiling"]
+__all__ = ["benchmark", "format_rows", "CeilingProbe", "DenseChain", "dense_shapes", "measure_ceiling",
+           "ceiling_engines"]
 
 
 def _model_gmacs(model: nn.Layer, img_size: Optional[int] = None, keep_ratio: Optional[float] = None) -> float:
@@ -36,19 +36,33 @@ def _model_gmacs(model: nn.Layer, img_size: Optional[int] = None, keep_ratio: Op
     return count_macs(model) / 1e9
 
 
-class _MatMul(nn.Layer):
-    """Two chained size x size Linear layers on x (size, size): the ceiling probe exported through the
-    inference engine. Linear, so the oneDNN passes make each the same fc GEMM the models' Linear
-    layers become (a bare matmul stays a slower matmul op on Paddle 2.6), and two of them because
-    Paddle 2.6 keeps an fc fed straight from the input in fp32 under bf16."""
+def dense_shapes(model: nn.Layer) -> Tuple[int, int, int]:
+    """(dim, hidden, tokens) of the model's dense layers: the embedding width, the MLP width and the
+    tokens per image at its current sub-network (the GEMMs are (batch * tokens, in) x (in, out))."""
+    block = model.blocks[0]
+    dim, hidden = int(block.mlp.fc1.weight.shape[0]), int(block.mlp.fc1.weight.shape[1])
+    side = current_subnet(model)[0] if is_supernet(model) else input_size(model, None)
+    patch = int(getattr(model, "patch_size", 16))
+    return dim, hidden, (side // patch) ** 2 + 1
 
-    def __init__(self, size: int):
+
+class DenseChain(nn.Layer):
+    """The model's dense GEMM shapes in a chain: ``repeats`` x (fc1 dim->hidden, fc2 hidden->dim,
+    proj dim->dim), then qkv dim->3*dim, each Linear followed by a ReLU (fused by every engine as a
+    post-op; it keeps consecutive layers from being folded into one). Input (rows, dim)."""
+
+    def __init__(self, dim: int, hidden: int, repeats: int = 4):
         super().__init__()
-        self.fc1 = nn.Linear(size, size)
-        self.fc2 = nn.Linear(size, size)
+        layers: List[nn.Layer] = []
+        for _ in range(repeats):
+            layers += [nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim), nn.ReLU(), nn.Linear(dim, dim),
+                       nn.ReLU()]
+        layers.append(nn.Linear(dim, 3 * dim))
+        self.layers = nn.Sequential(*layers)
+        self.macs_per_row = repeats * (2 * dim * hidden + dim * dim) + 3 * dim * dim
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.fc2(self.fc1(x))
+        return self.layers(x)
 
 
 def _time_calls(fn: Callable[[], Any], iters: int, warmup: int) -> List[float]:
@@ -63,61 +77,72 @@ def _time_calls(fn: Callable[[], Any], iters: int, warmup: int) -> List[float]:
 
 
 class CeilingProbe:
-    """size^3 GEMMs through ``engine``, ready to be timed again and again (``probe.measure()`` ->
-    GFLOP/s): paddle.matmul in eager mode for 'eager'; for 'inference' an exported model of two
-    chained Linear layers run by a Predictor with the same configuration (device, precision,
-    threads). The machine's ceiling for the models' GEMM-bound work, measured the way they run."""
+    """The model's dense GEMMs (DenseChain at ``rows`` = batch * tokens) through ``engine`` with
+    ``precision``, ready to be timed again and again (``probe.measure()`` -> GFLOP/s): the chain
+    itself under paddle.no_grad for 'eager'; for the other engines the chain exported and run by
+    that engine's predictor, configured as the model's is. The best of these rates over the
+    engines installed is the ceiling for the model's GEMM-bound work (benchmark)."""
 
     def __init__(self, engine: str = "inference", precision: str = "fp32", device: str = "cpu",
-                 threads: Optional[int] = None, size: int = 2048):
+                 threads: Optional[int] = None, dim: int = 384, hidden: int = 1152, rows: int = 3152):
         check_choice("engine", engine, ENGINES)
-        self.engine, self.precision, self.device, self.size = engine, precision, device, size
-        rng = np.random.default_rng(0)
+        reason = unsupported(engine, precision, device)
+        if reason:
+            raise ValueError(reason)
+        self.engine, self.precision, self.device = engine, precision, device
+        paddle.seed(0)
+        chain = DenseChain(dim, hidden)
+        chain.eval()
+        self.flops = 2.0 * chain.macs_per_row * rows
+        self._x = np.random.default_rng(0).standard_normal((rows, dim), dtype=np.float32)
         if engine == "eager":
-            if device == "gpu":
-                check_gpu("device='gpu'")
-            elif precision != "fp32":
-                raise ValueError(f"engine='eager' on CPU runs fp32 only (no eager {precision} CPU kernels)")
-            else:
-                set_eager_threads(threads)
+            set_eager_threads(threads)
             place = paddle.CUDAPlace(0) if device == "gpu" else paddle.CPUPlace()
-            dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
-            self._a = paddle.to_tensor(rng.standard_normal((size, size), dtype=np.float32), place=place).astype(dtype)
-            self._b = paddle.to_tensor(rng.standard_normal((size, size), dtype=np.float32), place=place).astype(dtype)
-            self.flops = 2.0 * size ** 3
-        else:
-            self._x = rng.standard_normal((size, size), dtype=np.float32)
-            with tempfile.TemporaryDirectory(prefix="ppim-ceiling-") as workdir:
-                model_dir = _export_probe(_MatMul(size), Path(workdir) / "matmul", size)
-                self._predictor = Predictor(model_dir, device=device, precision=precision, threads=threads)
-            self.flops = 4.0 * size ** 3  # two GEMMs
+            x = paddle.to_tensor(self._x, place=place)
 
-    def _step(self) -> None:
-        if self.engine == "eager":
-            out = paddle.matmul(self._a, self._b)
-            out.numpy() if self.device == "cpu" else paddle.device.cuda.synchronize()
+            def step() -> None:
+                with paddle.no_grad():
+                    chain(x).numpy()
+            self._step = step
         else:
-            self._predictor(self._x)
+            self._tmp = tempfile.TemporaryDirectory(prefix="ppim-ceiling-")
+            model_dir = _export_probe(chain, Path(self._tmp.name) / "chain", [rows, dim])
+            predictor = PREDICTORS[engine](model_dir, device=device, precision=precision, threads=threads)
+            self._step = functools.partial(predictor, self._x)
 
     def measure(self, iters: int = 5, warmup: int = 1) -> float:
         """GFLOP/s, from the median of ``iters`` timed runs."""
         return self.flops / statistics.median(_time_calls(self._step, iters, warmup)) / 1e9
 
 
-def measure_ceiling(engine: str = "inference", precision: str = "fp32", device: str = "cpu",
-                    threads: Optional[int] = None, size: int = 2048, iters: int = 5, warmup: int = 2) -> float:
-    """GFLOP/s of size^3 GEMMs through ``engine`` (see CeilingProbe)."""
-    return CeilingProbe(engine, precision, device, threads, size).measure(iters, warmup)
+def measure_ceiling(model: nn.Layer, batch_size: int = 16, engines: Optional[Sequence[str]] = None,
+                    precision: str = "fp32", device: str = "cpu", threads: Optional[int] = None,
+                    iters: int = 5, warmup: int = 2) -> Dict[str, float]:
+    """GFLOP/s of the model's dense GEMMs at ``batch_size`` per engine (default: Paddle Inference
+    and the installed extras; see CeilingProbe); engines that cannot run ``precision`` are left out."""
+    dim, hidden, tokens = dense_shapes(model)
+    rates = {}
+    for engine in engines or ceiling_engines(precision, device):
+        if not unsupported(engine, precision, device):
+            probe = CeilingProbe(engine, precision, device, threads, dim, hidden, batch_size * tokens)
+            rates[engine] = probe.measure(iters, warmup)
+    return rates
 
 
-def _export_probe(probe: nn.Layer, output_dir: Path, size: int) -> Path:
-    """Export the matmul probe (input x: (size, size)) with a minimal ppim.json."""
+def ceiling_engines(precision: str = "fp32", device: str = "cpu") -> List[str]:
+    """The engines whose GEMM rate makes up the ceiling: Paddle Inference and the installed extras
+    that run ``precision``."""
+    return [engine for engine in ("inference", "openvino", "onnxruntime") if not unsupported(engine, precision, device)]
+
+
+def _export_probe(probe: nn.Layer, output_dir: Path, shape: List[int]) -> Path:
+    """Export a probe layer (input x of ``shape``) with a minimal ppim.json."""
     with staged_dir(output_dir) as tmp:
         probe.eval()
         paddle.jit.save(probe, str(tmp / "model"),
-                        input_spec=[paddle.static.InputSpec([size, size], "float32", name=INPUT_NAME)])
-        manifest = {"format": "ppim-inference", "model": "matmul", "input_name": INPUT_NAME,
-                    "input_shape": [size, size], "optimized": False}
+                        input_spec=[paddle.static.InputSpec(shape, "float32", name=INPUT_NAME)])
+        manifest = {"format": "ppim-inference", "model": type(probe).__name__, "input_name": INPUT_NAME,
+                    "input_shape": list(shape), "optimized": False}
         write_json(tmp / MANIFEST, manifest)
     return output_dir
 
@@ -132,10 +157,10 @@ def _subnet_list(model: nn.Layer, subnets: Optional[Iterable[Tuple[int, float]]]
     return [(int(s), float(r)) for s, r in chosen]
 
 
-def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ENGINES, precisions: Sequence[str] = ("fp32",),
+def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "inference"), precisions: Sequence[str] = ("fp32",),
               batch_sizes: Sequence[int] = (1, 16), iters: int = 10, warmup: int = 2, threads: Optional[int] = None,
               device: str = "cpu", gmacs: Optional[float] = None,
-              subnets: Optional[Iterable[Tuple[int, float]]] = None, ceiling: bool = True, ceiling_size: int = 2048,
+              subnets: Optional[Iterable[Tuple[int, float]]] = None, ceiling: bool = True,
               model_kwargs: Optional[Dict[str, Any]] = None, log: Optional[Callable[[str], None]] = None
               ) -> List[Dict[str, Any]]:
     """Throughput of ``model`` (a name, built with random weights, or a model) per engine, precision,
@@ -144,13 +169,15 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ENGINES, pre
     Each row: model, engine, precision, device, threads, batch_size, img_size (input side), subnet
     (super models: img_size and keep_ratio), images_per_sec (median over ``iters`` timed calls after
     ``warmup``), ms_per_batch, gmacs (per image), gflops_per_sec achieved (2 * MACs * images/s),
-    ceiling_gflops_per_sec (``ceiling_size``^3 GEMMs through the same engine and precision, timed
-    right after each point: see CeilingProbe), ceiling_share, ceiling_images_per_sec, and for super
+    ceiling_gflops_per_sec (the best rate of the model's own dense GEMMs at that batch over Paddle
+    Inference and the installed extras, same precision, timed right after each point: see
+    CeilingProbe) with ceiling_engine, ceiling_share, ceiling_images_per_sec, and for super
     models speedup (images/s over that of (224, 1.0)) and flops_ratio (MACs of (224, 1.0) over the
     sub-network's). cpu_per_wall (process CPU time over wall time while the model ran) shows how
     many cores it really had: about ``threads`` on an idle machine, less when other processes
-    compete. A combination that cannot run here (bf16 without CPU support, fp16 on CPU, GPU on a
-    CPU build) gets a row with ``error`` and no timings. ``gmacs`` overrides ppim.flops' count
+    compete. A combination an engine cannot run here (bf16 without CPU support, fp16 on CPU, GPU on
+    a CPU build, an extra not installed) gets a row with ``skipped`` (the reason) and no timings; one
+    that fails gets ``error``. ``gmacs`` overrides ppim.flops' count
     (non-super models)."""
     log = log or (lambda message: None)
     if isinstance(model, str):
@@ -159,7 +186,7 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ENGINES, pre
     model.eval()
     size = input_size(model, None)
     threads_used = threads or (default_threads() if device == "cpu" else None)
-    probes: Dict[Tuple[str, str], Any] = {}
+    probes: Dict[tuple, Any] = {}
     ceiling_iters = max(3, min(iters, 5))
     rows: List[Dict[str, Any]] = []
     original = current_subnet(model)
@@ -175,27 +202,28 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ENGINES, pre
                 macs = float(gmacs)
             else:
                 macs = _model_gmacs(model, *(subnet or (None, None)))
+            shapes = dense_shapes(model)
             for engine in engines:
                 for precision in precisions:
-                    key = (engine, precision)
-                    if ceiling and key not in probes:
-                        try:
-                            probes[key] = CeilingProbe(engine, precision, device, threads, ceiling_size)
-                        except Exception as exc:  # noqa: BLE001 - reported in the rows
-                            probes[key] = exc
                     base = {"model": name, "engine": engine, "precision": precision, "device": device,
                             "threads": threads_used, "img_size": size,
                             "subnet": None if subnet is None else {"img_size": subnet[0], "keep_ratio": subnet[1]},
                             "gmacs": macs, "paddle_version": paddle.__version__}
+                    reason = unsupported(engine, precision, device)
+                    if reason:
+                        rows.extend({**base, "batch_size": b, "skipped": reason} for b in batch_sizes)
+                        log(f"{name} {engine}/{precision}: skipped: {reason}")
+                        continue
                     try:
-                        if engine == "inference":  # one export per sub-network serves every precision
+                        if engine == "eager":
+                            runner = create_runner(model, engine, precision, device, threads)
+                        else:  # one export per sub-network serves every engine and precision
                             if exported is None:
                                 exported = export(model, Path(workdir.name) / "model")
-                            predictor = Predictor(exported, device=device, precision=precision, threads=threads)
+                            predictor = PREDICTORS[engine](exported, device=device, precision=precision,
+                                                           threads=threads)
                             runner = Runner(predictor, engine, precision, device, size, subnet, predictor.threads,
                                             predictor, exported)
-                        else:
-                            runner = create_runner(model, engine, precision, device, threads)
                     except Exception as exc:  # noqa: BLE001 - reported in the rows
                         for batch_size in batch_sizes:
                             rows.append({**base, "batch_size": batch_size, "error": f"{type(exc).__name__}: {exc}"})
@@ -208,17 +236,18 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ENGINES, pre
                         cpu_per_wall = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
                         # The ceiling is timed right after the model, so both see the same machine
                         # (other processes come and go on shared machines).
-                        probe = probes.get(key)
-                        peak = probe.measure(ceiling_iters) if isinstance(probe, CeilingProbe) else probe
+                        peak = (_ceiling(probes, precision, device, threads, shapes, batch_size, ceiling_iters)
+                                if ceiling else None)
                         seconds = statistics.median(times)
                         ips = batch_size / seconds
                         row = {**base, "batch_size": batch_size, "images_per_sec": ips,
                                "images_per_sec_mean": batch_size * len(times) / sum(times),
                                "ms_per_batch": seconds * 1e3, "gflops_per_sec": ips * 2 * macs,
                                "cpu_per_wall": cpu_per_wall}
-                        if isinstance(peak, float):
-                            row.update(ceiling_gflops_per_sec=peak, ceiling_share=row["gflops_per_sec"] / peak,
-                                       ceiling_images_per_sec=peak / (2 * macs))
+                        if isinstance(peak, tuple):
+                            row.update(ceiling_gflops_per_sec=peak[1], ceiling_engine=peak[0],
+                                       ceiling_share=row["gflops_per_sec"] / peak[1],
+                                       ceiling_images_per_sec=peak[1] / (2 * macs))
                         elif isinstance(peak, Exception):
                             row["ceiling_error"] = f"{type(peak).__name__}: {peak}"
                         rows.append(row)
@@ -230,6 +259,28 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ENGINES, pre
             model.set_subnet(*original)
     _add_speedups(rows)
     return rows
+
+
+def _ceiling(probes: Dict[tuple, Any], precision: str, device: str, threads: Optional[int],
+             shapes: Tuple[int, int, int], batch_size: int, iters: int) -> Union[Tuple[str, float], Exception]:
+    """(engine, GFLOP/s): the best dense-GEMM rate over the ceiling engines, probes made once."""
+    dim, hidden, tokens = shapes
+    best: Union[Tuple[str, float], Exception] = RuntimeError(f"no engine runs {precision} GEMMs here")
+    for engine in ceiling_engines(precision, device):
+        key = (engine, precision, batch_size * tokens, dim, hidden)
+        if key not in probes:
+            try:
+                probes[key] = CeilingProbe(engine, precision, device, threads, dim, hidden, batch_size * tokens)
+            except Exception as exc:  # noqa: BLE001 - reported in the rows
+                probes[key] = exc
+        probe = probes[key]
+        if isinstance(probe, CeilingProbe):
+            rate = probe.measure(iters)
+            if not isinstance(best, tuple) or rate > best[1]:
+                best = (engine, rate)
+        elif not isinstance(best, tuple):
+            best = probe
+    return best
 
 
 def _add_speedups(rows: List[Dict[str, Any]]) -> None:
@@ -262,6 +313,8 @@ def format_rows(rows: List[Dict[str, Any]], header: bool = True) -> str:
         sub = row.get("subnet")
         cells = [row["engine"], row["precision"], row["batch_size"],
                  f"{sub['img_size']}x{sub['keep_ratio']:g}" if sub else "-"]
+        if "skipped" in row:
+            continue
         if "error" in row:
             lines.append(" ".join(fmt.format(c) for (_, fmt), c in zip(columns, cells)) + "  " + row["error"])
             continue
@@ -274,4 +327,6 @@ def format_rows(rows: List[Dict[str, Any]], header: bool = True) -> str:
                   f"{row['ceiling_share']:.0%}" if row.get("ceiling_share") is not None else "-",
                   num("speedup", ".2f"), num("flops_ratio", ".2f"), num("cpu_per_wall", ".1f")]
         lines.append(" ".join(fmt.format(c) for (_, fmt), c in zip(columns, cells)))
+    skipped = sorted({f"{row['engine']}/{row['precision']}: {row['skipped']}" for row in rows if "skipped" in row})
+    lines += [f"skipped {line}" for line in skipped]
     return "\n".join(lines)

@@ -14,7 +14,8 @@ import paddle.nn as nn
 from ..models.supervit import is_supernet
 from ..registry import model_name
 
-ENGINES = ("eager", "inference")
+ENGINES = ("eager", "inference", "openvino", "onnxruntime")  # the last two: optional extras
+ENGINE_CHOICES = ENGINES + ("auto",)  # auto: the fastest installed (runner.resolve_engine)
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("cpu", "gpu")
 MANIFEST = "ppim.json"

@@ -8,13 +8,16 @@ found and loaded the same way.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
@@ -22,11 +25,15 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..fileio import write_json
+from ..weights.cache import ppim_home
 from ..layers import Attention
 from ..registry import cfg_for_img_size, model_name
 from .common import INPUT_NAME, MANIFEST, PARAMS_FILE, PROGRAM_FILES, current_subnet, input_size
 
-__all__ = ["export", "load_manifest"]
+__all__ = ["export", "load_manifest", "cached_export", "export_key", "cache_dir"]
+
+# Bumped whenever the rewrites below change the exported graph, so cached exports are remade.
+EXPORT_REVISION = 2
 
 
 class _DeployAttention(nn.Layer):
@@ -151,38 +158,107 @@ def program_file(model_dir: Path) -> Path:
                             f"export one with ppim.deploy.export or tools/export.py")
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move the finished directory ``new`` to ``target``, replacing a previous export there."""
-    if not target.exists():
-        os.rename(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.rmdir(old)
-    os.rename(target, old)
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` by a rename from a unique temporary name beside it, created with
+    the user's umask (readers see the old file or the whole new one)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
     try:
-        os.rename(new, target)
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     except BaseException:
-        os.rename(old, target)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
         raise
-    shutil.rmtree(old, ignore_errors=True)
+
+
+def add_file(model_dir: Path, name: str, data: bytes) -> Path:
+    """Add a file ppim made (e.g. the ONNX conversion) to an export: written atomically, then listed
+    in the manifest's files, so a later export over this one removes it."""
+    write_file(model_dir / name, data)
+    manifest = load_manifest(model_dir)
+    files = set(_ppim_files(model_dir)) | {name}
+    manifest["files"] = sorted(files)
+    write_file(model_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    return model_dir / name
+
+
+def _ppim_files(model_dir: Path) -> List[str]:
+    """Names of the files ppim wrote into an export directory, from its manifest (exports made
+    before the manifest listed them: the program, the params and the manifest)."""
+    manifest = load_manifest(model_dir)
+    if "files" in manifest:
+        return [str(name) for name in manifest["files"]]
+    return [name for name in (manifest.get("program_file"), manifest.get("params_file"), MANIFEST) if name]
+
+
+def _publish(staged: Path, target: Path) -> None:
+    """Move the finished export ``staged`` to ``target``.
+
+    A missing or empty ``target`` is replaced by one rename: the export appears whole. Over a previous
+    export, each new file replaces its namesake atomically (the manifest last, so a reader never sees
+    a manifest naming files not there yet), then the files the previous export listed and this one
+    does not write are removed; files ppim did not write stay. Everything gets the user's umask
+    (mkdtemp makes 0700 directories and mkstemp 0600 files)."""
+    mask = _umask()
+    for path in staged.iterdir():
+        os.chmod(path, 0o666 & ~mask)
+    os.chmod(staged, 0o777 & ~mask)
+    try:
+        os.rename(staged, target)  # atomic; replaces an empty directory
+        return
+    except OSError:
+        if not (target / MANIFEST).is_file():
+            raise
+    previous = set(_ppim_files(target))
+    names = sorted((p.name for p in staged.iterdir()), key=lambda name: name == MANIFEST)
+    for name in names:
+        os.replace(staged / name, target / name)
+    for name in previous - set(names):
+        if os.path.basename(name) == name:  # a name the manifest lists, never a path elsewhere
+            with contextlib.suppress(FileNotFoundError):
+                (target / name).unlink()
 
 
 @contextlib.contextmanager
 def staged_dir(output_dir: Path) -> Iterator[Path]:
-    """A temporary directory beside ``output_dir`` that replaces it when the block succeeds and is
-    removed when it fails: readers see the old directory or the whole new one."""
+    """A fresh directory beside ``output_dir`` for the block to fill, then published into it (see
+    _publish); removed when the block fails, so nothing half-written is ever seen."""
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
     try:
         yield tmp
-        _replace_dir(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _publish(tmp, output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after a rename; what is left after a failure
+
+
+def check_output_dir(output_dir: Path, sources: Sequence[Union[str, os.PathLike]] = ()) -> Path:
+    """``output_dir`` as an absolute path if an export may be written there: absent, an empty
+    directory or a previous ppim export, and none of ``sources`` (the files the model came from)."""
+    output_dir = Path(output_dir).absolute()
+    for source in sources:
+        if source and os.path.exists(source) and (
+                output_dir == Path(source).absolute() or (output_dir.exists() and output_dir.samefile(source))):
+            raise ValueError(f"the export output {output_dir} is the model's own input {source}: choose "
+                             f"another output directory")
+    if output_dir.exists() and not (output_dir.is_dir() and (
+            (output_dir / MANIFEST).is_file() or not any(output_dir.iterdir()))):
+        raise FileExistsError(f"{output_dir} exists and is not a ppim export; choose another output directory")
+    return output_dir
 
 
 def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optional[int] = None,
-           batch_size: Optional[int] = None, optimize: bool = True) -> Path:
+           batch_size: Optional[int] = None, optimize: bool = True,
+           sources: Sequence[Union[str, os.PathLike]] = (), cache_key: Optional[str] = None) -> Path:
     """Save ``model`` (in eval mode) for Paddle Inference and return the directory.
 
     ``output_dir`` receives the program (``model.json`` on Paddle 3.x, ``model.pdmodel`` on 2.x),
@@ -195,13 +271,13 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
     its input, the bilinear resize as two GEMMs (_DeployResize; Paddle 3.x's oneDNN predictor cannot
     run F.interpolate). With ``optimize=False`` the model's own graph is saved as it is.
 
-    The directory appears whole or not at all: everything is written to a temporary directory
-    beside it, then renamed; a previous export there is replaced, any other non-empty directory is
-    left alone (FileExistsError)."""
-    output_dir = Path(output_dir).absolute()
-    if output_dir.exists() and not (output_dir.is_dir() and (
-            (output_dir / MANIFEST).is_file() or not any(output_dir.iterdir()))):
-        raise FileExistsError(f"{output_dir} exists and is not a ppim export; choose another output directory")
+    Everything is written to a fresh directory beside ``output_dir`` first, then published (see
+    _publish): a new directory appears whole; over a previous export its files are replaced one by
+    one, atomically, and the user's other files there are kept. Any other non-empty directory or a
+    file is left alone (FileExistsError), and ``sources`` (e.g. the checkpoint the model was loaded
+    from) may not be the output (ValueError). ``cache_key`` is recorded in the manifest (see
+    cached_export)."""
+    output_dir = check_output_dir(output_dir, sources)
     size = input_size(model, img_size)
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive int or None (any batch), got {batch_size!r}")
@@ -242,6 +318,9 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
                 "deploy_attention": bool(deploy_attention),
                 "paddle_version": paddle.__version__,
                 "ppim_version": ppim_version,
+                "export_revision": EXPORT_REVISION,
+                "cache_key": cache_key,
+                "files": sorted([p.name for p in tmp.iterdir()] + [MANIFEST]),
             }
             write_json(tmp / MANIFEST, manifest)
     finally:
@@ -255,3 +334,49 @@ def load_manifest(model_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
     path = Path(model_dir) / MANIFEST
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
+
+
+# ------------------------------------------------------------------------------------------------
+# the export cache
+# ------------------------------------------------------------------------------------------------
+def export_key(model: nn.Layer, img_size: Optional[int] = None, optimize: bool = True) -> str:
+    """What identifies an export: the model's class and name, every parameter and buffer (names,
+    shapes, dtypes, values), the sub-network, the input size, the rewrites (``optimize``,
+    EXPORT_REVISION), and the Paddle and ppim versions. 32 hex digits (BLAKE2b)."""
+    from .. import __version__ as ppim_version
+
+    digest = hashlib.blake2b(digest_size=16)
+    meta = {"model": model_name(model), "class": type(model).__name__, "subnet": current_subnet(model),
+            "input_size": input_size(model, img_size), "optimize": bool(optimize), "revision": EXPORT_REVISION,
+            "paddle": paddle.__version__, "ppim": ppim_version}
+    digest.update(json.dumps(meta, sort_keys=True).encode("utf-8"))
+    for name, value in model.state_dict().items():
+        array = np.ascontiguousarray(value.numpy())
+        digest.update(f"{name}:{array.dtype}:{array.shape};".encode("utf-8"))
+        digest.update(array.view(np.uint8).reshape(-1))
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where cached exports live: ``$PPIM_HOME/exports``."""
+    return ppim_home() / "exports"
+
+
+def cached_export(model: nn.Layer, img_size: Optional[int] = None, optimize: bool = True,
+                  root: Optional[Union[str, os.PathLike]] = None) -> Path:
+    """The export of ``model`` from the cache (``root``, default ``$PPIM_HOME/exports``), made once.
+
+    Keyed by export_key (weights, sub-network, input size, rewrites, Paddle and ppim versions) in a
+    directory of its own, ``<model>-<key>``, published whole by one rename, so concurrent processes
+    and readers never see a partial export. The export is the same for every precision (bf16 is
+    chosen when the predictor is built)."""
+    key = export_key(model, img_size, optimize)
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name(model))
+    path = Path(root or cache_dir()) / f"{safe_name}-{key}"
+    if load_manifest(path).get("cache_key") == key:
+        try:
+            program_file(path)
+            return path
+        except FileNotFoundError:
+            pass  # damaged by hand: export again
+    return export(model, path, img_size, optimize=optimize, cache_key=key)

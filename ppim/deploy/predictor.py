@@ -19,7 +19,7 @@ from .common import (BF16_CPU_FLAGS, DEVICES, INPUT_NAME, PARAMS_FILE, PRECISION
                      default_threads, native_stdout_silenced, onednn_compiled, cpu_supports_bf16)
 from .export import program_file, load_manifest
 
-__all__ = ["Predictor"]
+__all__ = ["ExportPredictor", "Predictor"]
 
 
 def _tensorrt_version() -> Tuple[int, ...]:
@@ -39,7 +39,41 @@ def _call_first(obj: Any, names: Sequence[str], *args: Any) -> None:
     raise RuntimeError(f"this Paddle {paddle.__version__} has none of Config.{'/'.join(names)}")
 
 
-class Predictor:
+class ExportPredictor:
+    """What every predictor over an export directory shares: the manifest, the input shape and its
+    check, the model's cfg and eval transforms. Subclasses set up their engine and define
+    ``__call__(batch)``: float32 numpy (B, 3, S, S) -> float32 numpy logits (B, classes)."""
+
+    def __init__(self, model_dir: Union[str, os.PathLike]):
+        self.model_dir = Path(model_dir)
+        self.manifest = load_manifest(self.model_dir)
+        shape = self.manifest.get("input_shape") or [-1, 3, -1, -1]
+        self.input_shape = tuple(int(v) for v in shape)
+
+    @property
+    def cfg(self) -> Dict[str, Any]:
+        """The model's cfg (transforms, classes) recorded at export."""
+        return self.manifest.get("cfg", {})
+
+    @property
+    def transforms(self):
+        """The eval transforms of the exported model: PIL image or path -> (3, S, S) float32 paddle.Tensor
+        (``.to_numpy(image)``: the numpy array)."""
+        if not self.cfg:
+            raise ValueError(f"{self.model_dir} has no ppim.json cfg: build transforms with ppim.create_transforms")
+        return create_transforms(self.cfg)
+
+    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        expected = self.input_shape
+        if batch.ndim != len(expected) or any(e > 0 and e != a for e, a in zip(expected, batch.shape)):
+            want = "x".join("B" if e < 0 else str(e) for e in expected)
+            raise ValueError(f"{self.manifest.get('model', 'the model')} takes float32 batches {want}, "
+                             f"got shape {tuple(batch.shape)}")
+        return batch
+
+
+class Predictor(ExportPredictor):
     """A Paddle Inference predictor over an exported directory.
 
     ``Predictor(model_dir, device='cpu', precision='fp32', threads=None, tensorrt=False)``;
@@ -55,15 +89,13 @@ class Predictor:
     def __init__(self, model_dir: Union[str, os.PathLike], device: str = "cpu", precision: str = "fp32",
                  threads: Optional[int] = None, tensorrt: bool = False, max_batch_size: Optional[int] = None,
                  device_id: int = 0, memory_optim: bool = True):
-        self.model_dir = Path(model_dir)
+        super().__init__(model_dir)
         self.device = check_choice("device", device, DEVICES)
         self.precision = check_choice("precision", precision, PRECISIONS)
         self.tensorrt = bool(tensorrt)
-        self.manifest = load_manifest(self.model_dir)
         program = program_file(self.model_dir)
         params = self.model_dir / self.manifest.get("params_file", PARAMS_FILE)
-        shape = self.manifest.get("input_shape") or [-1, 3, -1, -1]
-        self.input_shape = tuple(int(v) for v in shape)
+        shape = self.input_shape
         self.max_batch_size = int(max_batch_size or (shape[0] if shape[0] > 0 else 64))
         self.threads = None
         self._tmp = None
@@ -164,27 +196,6 @@ class Predictor:
         return config
 
     # -- running -------------------------------------------------------------------------------
-    @property
-    def cfg(self) -> Dict[str, Any]:
-        """The model's cfg (transforms, classes) recorded at export."""
-        return self.manifest.get("cfg", {})
-
-    @property
-    def transforms(self):
-        """The eval transforms of the exported model (PIL image or path -> (3, S, S) float32)."""
-        if not self.cfg:
-            raise ValueError(f"{self.model_dir} has no ppim.json cfg: build transforms with ppim.create_transforms")
-        return create_transforms(self.cfg)
-
-    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        expected = self.input_shape
-        if batch.ndim != len(expected) or any(e > 0 and e != a for e, a in zip(expected, batch.shape)):
-            want = "x".join("B" if e < 0 else str(e) for e in expected)
-            raise ValueError(f"{self.manifest.get('model', 'the model')} takes float32 batches {want}, "
-                             f"got shape {tuple(batch.shape)}")
-        return batch
-
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = self._check_batch(batch)
         with self._lock:

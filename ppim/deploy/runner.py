@@ -14,12 +14,13 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from .common import (DEVICES, ENGINES, PRECISIONS, check_choice, check_gpu, current_subnet, default_threads,
-                     input_size)
-from .export import export
-from .predictor import Predictor
+from .common import (BF16_CPU_FLAGS, DEVICES, ENGINE_CHOICES, PRECISIONS, check_choice, check_gpu,
+                     cpu_supports_bf16, current_subnet, default_threads, input_size)
+from .engines import OnnxRuntimePredictor, OpenVINOPredictor, engine_available
+from .export import cached_export, export
+from .predictor import ExportPredictor, Predictor
 
-__all__ = ["Runner", "create_runner"]
+__all__ = ["Runner", "create_runner", "resolve_engine", "unsupported", "AUTO_ORDER", "PREDICTORS"]
 
 
 class Runner:
@@ -29,7 +30,7 @@ class Runner:
 
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], engine: str, precision: str, device: str,
                  img_size: int, subnet: Optional[Tuple[int, float]] = None, threads: Optional[int] = None,
-                 predictor: Optional[Predictor] = None, model_dir: Optional[Path] = None, keep: Any = None):
+                 predictor: Optional[ExportPredictor] = None, model_dir: Optional[Path] = None, keep: Any = None):
         self._fn = fn
         self.engine, self.precision, self.device = engine, precision, device
         self.img_size, self.subnet, self.threads = img_size, subnet, threads
@@ -82,17 +83,59 @@ def _eager_fn(model: nn.Layer, precision: str, device: str, threads: Optional[in
     return run
 
 
+# The engines ``engine='auto'`` tries, fastest first, per (device, precision), as measured by
+# benchmarks/peers.py on lvvit_s (see its results in README's benchmark section).
+AUTO_ORDER = {("cpu", "fp32"): ("openvino", "onnxruntime", "inference"), ("cpu", "bf16"): ("openvino", "inference")}
+PREDICTORS = {"inference": Predictor, "openvino": OpenVINOPredictor, "onnxruntime": OnnxRuntimePredictor}
+
+
+def unsupported(engine: str, precision: str, device: str = "cpu") -> Optional[str]:
+    """Why ``engine`` cannot run ``precision`` on ``device`` here, or None when it can: fp16 is
+    GPU-only, bf16 on CPU needs avx512_bf16/amx_bf16 (eager and ONNX Runtime: fp32 only on CPU),
+    GPUs need a CUDA build, and the extras must be installed."""
+    if device == "gpu" and not paddle.is_compiled_with_cuda():
+        return f"this Paddle {paddle.__version__} is a CPU-only build"
+    if engine in ("openvino", "onnxruntime"):
+        if device != "cpu":
+            return f"{engine} runs on CPU here"
+        if not engine_available(engine):
+            return f"not installed (pip install 'ppim[{engine}]')"
+    if device == "cpu":
+        if precision == "fp16":
+            return "fp16 needs a GPU (CPUs run bf16)"
+        if precision == "bf16" and engine in ("eager", "onnxruntime"):
+            return f"{engine} runs fp32 only on CPU"
+        if precision == "bf16" and not cpu_supports_bf16():
+            return f"this CPU has no bfloat16 instructions ({' / '.join(BF16_CPU_FLAGS)})"
+    return None
+
+
+def resolve_engine(engine: str, device: str = "cpu", precision: str = "fp32") -> str:
+    """``engine``, or for 'auto' the fastest installed engine for ``device`` and ``precision``
+    (AUTO_ORDER; Paddle Inference when none of the extras is installed)."""
+    check_choice("engine", engine, ENGINE_CHOICES)
+    if engine != "auto":
+        return engine
+    for candidate in AUTO_ORDER.get((device, precision), ("inference",)):
+        if engine_available(candidate) and not unsupported(candidate, precision, device):
+            return candidate
+    return "inference"
+
+
 def create_runner(model: nn.Layer, engine: str = "eager", precision: str = "fp32", device: str = "cpu",
-                  threads: Optional[int] = None, workdir: Optional[Union[str, os.PathLike]] = None
-                  ) -> Callable[[np.ndarray], np.ndarray]:
+                  threads: Optional[int] = None, workdir: Optional[Union[str, os.PathLike]] = None,
+                  cache: bool = True) -> Runner:
     """A callable mapping a float32 batch (B, 3, S, S) to logits (B, classes), numpy in and out.
 
     ``engine='eager'``: the model itself, eval mode, under paddle.no_grad: fp32 on CPU, with Paddle's
     process-wide CPU math threads set to ``threads`` (default all CPUs); fp16/bf16 by autocast on
-    GPU. ``engine='inference'``: the model exported to ``workdir`` (a temporary directory, removed
-    with the runner, when None) and run by a Predictor with ``precision``/``device``/``threads``.
-    Super models run the sub-network current when the runner is made, in both engines."""
-    check_choice("engine", engine, ENGINES)
+    GPU. The other engines run the model's export: 'inference' (Paddle Inference, Predictor),
+    'openvino' and 'onnxruntime' (optional extras, see ppim.deploy.engines), 'auto' the fastest
+    installed one (resolve_engine). The export is written to ``workdir`` when given, else taken from
+    the export cache (cached_export, ``$PPIM_HOME/exports``) with ``cache`` (default), else made in
+    a temporary directory removed with the runner. Super models run the sub-network current when
+    the runner is made, in every engine."""
+    engine = resolve_engine(engine, device, precision)
     check_choice("precision", precision, PRECISIONS)
     check_choice("device", device, DEVICES)
     size = input_size(model, None)
@@ -102,16 +145,18 @@ def create_runner(model: nn.Layer, engine: str = "eager", precision: str = "fp32
         return Runner(fn, engine, precision, device, size, subnet,
                       None if device == "gpu" else int(threads or default_threads()))
     keep = None
-    if workdir is None:
-        keep = tempfile.TemporaryDirectory(prefix="ppim-export-")
-        workdir = Path(keep.name) / "model"
     try:
-        model_dir = export(model, workdir)
-        predictor = Predictor(model_dir, device=device, precision=precision, threads=threads)
+        if workdir is not None:
+            model_dir = export(model, workdir)
+        elif cache:
+            model_dir = cached_export(model)
+        else:
+            keep = tempfile.TemporaryDirectory(prefix="ppim-export-")
+            model_dir = export(model, Path(keep.name) / "model")
+        predictor = PREDICTORS[engine](model_dir, device=device, precision=precision, threads=threads)
     except BaseException:
         if keep is not None:
             keep.cleanup()
         raise
     return Runner(predictor, engine, precision, device, size, subnet, predictor.threads, predictor, model_dir,
                   keep)
-

@@ -5,15 +5,17 @@ import collections
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..fileio import atomic_path
 from .cache import sha256_file, write_sidecar
+from .checkpoint import training_checkpoint_weights
 from .errors import InvalidWeightsError
 from .unpickler import AllowlistUnpickler, latin1_encode
 
-__all__ = ["read_pdparams", "save_pdparams"]
+__all__ = ["read_pdparams", "read_pickle", "save_pdparams"]
 
 _PDPARAMS_META_KEYS = ("StructuredToParameterName@@", "UnpackBigParamInfor@@")
 
@@ -35,13 +37,22 @@ class _PdparamsUnpickler(AllowlistUnpickler):
     }
 
 
-def read_pdparams(path: "str | os.PathLike[str]") -> "dict[str, np.ndarray]":
-    """A .pdparams file (paddle.save of a state dict) -> {name: array}, without running pickled code."""
+def read_pickle(path: "str | os.PathLike[str]") -> Any:
+    """A paddle.save / pickle file of dicts, lists, numbers, strings and numpy arrays, read without
+    running pickled code (anything else in it raises InvalidWeightsError)."""
     try:
         with open(path, "rb") as file:
-            state = _PdparamsUnpickler(file).load()
+            return _PdparamsUnpickler(file).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
         raise InvalidWeightsError(f"{path} is not a readable .pdparams file: {e}") from e
+
+
+def read_pdparams(path: "str | os.PathLike[str]") -> "dict[str, np.ndarray]":
+    """A .pdparams file (paddle.save of a state dict, or a ppim training checkpoint: the weights its
+    metric was measured on) -> {name: array}, without running pickled code."""
+    state = read_pickle(path)
+    weights = training_checkpoint_weights(state, str(path))
+    state = weights if weights is not None else state
     if not isinstance(state, dict):
         raise InvalidWeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
     arrays = {}

@@ -1,0 +1,156 @@
+"""OpenVINO and ONNX Runtime over ppim's export, behind the same predictor contract as Paddle
+Inference (float32 numpy (B, 3, S, S) -> float32 numpy logits (B, classes)), as FastDeploy does for
+Paddle models. Both read ``model.onnx``, converted once from the Paddle export by paddle2onnx and
+kept in the export directory. Optional extras: ``pip install 'ppim[openvino]'`` /
+``'ppim[onnxruntime]'``.
+
+    predictor = OpenVINOPredictor(cached_export(model), precision="bf16")
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+import paddle
+
+from .common import BF16_CPU_FLAGS, PARAMS_FILE, check_choice, cpu_supports_bf16, default_threads, native_stdout_silenced
+from .export import add_file, load_manifest, program_file
+from .predictor import ExportPredictor
+
+__all__ = ["ONNX_FILE", "EXTRA_ENGINES", "engine_available", "onnx_file", "OpenVINOPredictor",
+           "OnnxRuntimePredictor"]
+
+ONNX_FILE = "model.onnx"
+ONNX_OPSET = 17
+# engine -> the modules it needs (each installed by the extra of the engine's name)
+EXTRA_ENGINES = {"openvino": ("openvino", "paddle2onnx"), "onnxruntime": ("onnxruntime", "paddle2onnx")}
+
+
+def engine_available(engine: str) -> bool:
+    """True when the modules of an extra engine are importable (always True for Paddle's own)."""
+    return all(importlib.util.find_spec(module) is not None for module in EXTRA_ENGINES.get(engine, ()))
+
+
+def _require(module: str, engine: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"engine={engine!r} needs the {module} package, which is not installed: "
+                          f"pip install 'ppim[{engine}]'") from exc
+
+
+def onnx_file(model_dir: Union[str, os.PathLike], engine: str = "onnxruntime") -> Path:
+    """``model_dir/model.onnx``: the Paddle export converted by paddle2onnx (opset 17) the first time
+    it is asked for, then added to the export's files."""
+    model_dir = Path(model_dir)
+    path = model_dir / ONNX_FILE
+    if path.is_file():
+        return path
+    p2o = _require("paddle2onnx", engine)
+    program = program_file(model_dir)
+    params = model_dir / load_manifest(model_dir).get("params_file", PARAMS_FILE)
+    # Its own constant folding (polygraphy) would pip-install onnx_graphsurgeon from NVIDIA's index:
+    # off; ONNX Runtime and OpenVINO fold constants themselves.
+    quiet = logging.getLogger("paddle2onnx")
+    with native_stdout_silenced():
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            data = p2o.export(str(program), str(params), save_file=None, opset_version=ONNX_OPSET,
+                              enable_onnx_checker=True, optimize_tool="None")
+        except Exception as exc:  # noqa: BLE001 - paddle2onnx raises anything
+            raise RuntimeError(f"paddle2onnx could not convert {program}: {exc}") from exc
+        finally:
+            quiet.setLevel(level)
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        raise RuntimeError(f"paddle2onnx could not convert {program} (Paddle {paddle.__version__}); "
+                           f"use engine='inference'")
+    return add_file(model_dir, ONNX_FILE, bytes(data))
+
+
+def _cpu_only(engine: str, device: str) -> None:
+    if device != "cpu":
+        raise ValueError(f"engine={engine!r} runs on CPU here; use engine='inference' for device={device!r}")
+
+
+class OpenVINOPredictor(ExportPredictor):
+    """OpenVINO's CPU plugin over the ONNX form of an export.
+
+    ``precision``: 'fp32' (INFERENCE_PRECISION_HINT f32: on CPUs with bfloat16 OpenVINO would
+    otherwise run bf16 silently) or 'bf16' (needs avx512_bf16/amx_bf16). ``hint``: OpenVINO's
+    PERFORMANCE_HINT, 'LATENCY' (one call uses every thread; the default, as calls here are
+    synchronous) or 'THROUGHPUT'. One compiled model per batch size, static shapes, compiled at
+    the first call with that size."""
+
+    def __init__(self, model_dir: Union[str, os.PathLike], precision: str = "fp32", threads: Optional[int] = None,
+                 device: str = "cpu", hint: str = "LATENCY"):
+        super().__init__(model_dir)
+        _cpu_only("openvino", device)
+        self.device, self.precision = device, check_choice("precision", precision, ("fp32", "bf16"))
+        if precision == "bf16" and not cpu_supports_bf16():
+            raise RuntimeError(f"precision='bf16' needs a CPU with {' / '.join(BF16_CPU_FLAGS)}; use 'fp32'")
+        self.threads = int(threads or default_threads())
+        self.hint = check_choice("hint", hint.upper(), ("LATENCY", "THROUGHPUT"))
+        ov = _require("openvino", "openvino")
+        self._core = ov.Core()
+        self._model = self._core.read_model(str(onnx_file(self.model_dir, "openvino")))
+        self._config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+                        "PERFORMANCE_HINT": self.hint, "INFERENCE_NUM_THREADS": self.threads}
+        self._requests: Dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def compiled(self, shape: tuple) -> Any:
+        """The model compiled for inputs of ``shape`` (cached)."""
+        if shape not in self._requests:
+            model = self._model.clone()
+            model.reshape({model.inputs[0].get_any_name(): list(shape)})
+            self._requests[shape] = self._core.compile_model(model, "CPU", self._config).create_infer_request()
+        return self._requests[shape]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = self._check_batch(batch)
+        with self._lock:
+            request = self.compiled(batch.shape)
+            request.infer([batch])
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+    def __repr__(self) -> str:
+        return f"OpenVINOPredictor({str(self.model_dir)!r}, precision={self.precision!r}, threads={self.threads})"
+
+
+class OnnxRuntimePredictor(ExportPredictor):
+    """ONNX Runtime's CPU execution provider over the ONNX form of an export: all graph
+    optimisations, ``threads`` intra-op threads; fp32 only (its CPU provider has no bf16 kernels
+    for these models)."""
+
+    def __init__(self, model_dir: Union[str, os.PathLike], precision: str = "fp32", threads: Optional[int] = None,
+                 device: str = "cpu"):
+        super().__init__(model_dir)
+        _cpu_only("onnxruntime", device)
+        if precision != "fp32":
+            raise ValueError(f"engine='onnxruntime' runs fp32 on CPU; use engine='openvino' or 'inference' "
+                             f"for {precision}")
+        self.device, self.precision = device, precision
+        self.threads = int(threads or default_threads())
+        ort = _require("onnxruntime", "onnxruntime")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(str(onnx_file(self.model_dir, "onnxruntime")), options,
+                                             providers=["CPUExecutionProvider"])
+        self._input_name = self._session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = self._check_batch(batch)
+        return np.asarray(self._session.run(None, {self._input_name: batch})[0], dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntimePredictor({str(self.model_dir)!r}, threads={self.threads})"

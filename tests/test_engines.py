@@ -1,0 +1,103 @@
+"""OpenVINO and ONNX Runtime behind the runner (optional extras: parity when installed, a clear
+error naming the extra when not) and engine='auto'."""
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+import ppim
+from ppim.deploy import AUTO_ORDER, cpu_supports_bf16, create_runner, export, load_manifest, resolve_engine
+from ppim.deploy import engines as engines_module
+
+
+def tiny():
+    paddle.seed(0)
+    model = ppim.create_model("lvvit_s", img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8,
+                              num_classes=10)
+    model.eval()
+    return model
+
+
+def images(n, size, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 3, size, size), dtype=np.float32)
+
+
+def eager(model, batch, **kwargs):
+    with paddle.no_grad():
+        return model(paddle.to_tensor(batch), **kwargs).numpy()
+
+
+def rel_error(got, expected):
+    return float(np.abs(got - expected).max() / np.abs(expected).max())
+
+
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_extra_engine_matches_eager(engine, tmp_path):
+    pytest.importorskip(engine)
+    pytest.importorskip("paddle2onnx")
+    model = tiny()
+    runner = create_runner(model, engine=engine, workdir=tmp_path / "model")
+    assert runner.engine == engine and (tmp_path / "model" / "model.onnx").is_file()
+    assert "model.onnx" in load_manifest(tmp_path / "model")["files"]  # a re-export removes it
+    for n in (3, 1):
+        batch = images(n, 64, seed=n)
+        logits = runner(batch)
+        assert logits.shape == (n, 10) and logits.dtype == np.float32
+        assert rel_error(logits, eager(model, batch)) < 1e-4
+    with pytest.raises(ValueError, match="64x64"):
+        runner(images(1, 32))
+
+
+def test_openvino_super_subnetwork_and_bf16(tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("paddle2onnx")
+    paddle.seed(0)
+    model = ppim.create_model("super_lvvit_s", embed_dim=48, depth=10, num_heads=3, num_classes=10, stem_dim=8)
+    model.eval()
+    model.set_subnet(160, 0.7)
+    batch = images(2, 224, seed=1)
+    expected = eager(model, batch)
+    assert rel_error(create_runner(model, engine="openvino", workdir=tmp_path / "s")(batch), expected) < 1e-4
+    if cpu_supports_bf16():  # bf16 keeps 8 mantissa bits: the top class may move, logits stay close
+        got = create_runner(model, engine="openvino", precision="bf16", workdir=tmp_path / "s")(batch)
+        assert rel_error(got, expected) < 0.1
+
+
+def test_missing_extra_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(ImportError, match=r"pip install 'ppim\[onnxruntime\]'"):
+        create_runner(tiny(), engine="onnxruntime")
+    with pytest.raises(ImportError, match=r"pip install 'ppim\[openvino\]'"):
+        create_runner(tiny(), engine="openvino")
+    with pytest.raises(ValueError, match="fp32"):
+        engines_module.OnnxRuntimePredictor("unused", precision="bf16")
+
+
+def test_auto_picks_the_first_installed_engine(monkeypatch):
+    installed = set()
+    monkeypatch.setattr(engines_module, "engine_available", lambda engine: engine in installed)
+    import ppim.deploy.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "engine_available", lambda engine: engine in installed)
+    assert resolve_engine("auto", "cpu", "fp32") == "inference"  # no extra installed
+    installed.add("onnxruntime")
+    assert resolve_engine("auto", "cpu", "fp32") == "onnxruntime"
+    assert resolve_engine("auto", "cpu", "bf16") == "inference"  # onnxruntime has no bf16 here
+    installed.add("openvino")
+    assert resolve_engine("auto", "cpu", "fp32") == AUTO_ORDER[("cpu", "fp32")][0]
+    assert resolve_engine("auto", "gpu", "fp16") == "inference"
+    assert resolve_engine("eager") == "eager"
+    with pytest.raises(ValueError, match="engine"):
+        resolve_engine("tensorflow")
+
+
+def test_auto_runner_matches_eager(tmp_path):
+    model = tiny()
+    runner = create_runner(model, engine="auto", workdir=tmp_path / "m")
+    assert runner.engine == resolve_engine("auto")
+    batch = images(2, 64)
+    assert rel_error(runner(batch), eager(model, batch)) < 1e-4
+    export(model, tmp_path / "m")  # re-export over it: the ONNX file of the previous export goes
+    assert not (tmp_path / "m" / "model.onnx").exists()
