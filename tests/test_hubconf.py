@@ -30,6 +30,8 @@ def test_list_is_every_registered_model():
 def test_help_is_the_constructor_docstring():
     text = paddle.hub.help(str(ROOT), "super_lvvit_s", source="local")
     assert text == ppim.super_lvvit_s.__doc__ and "LV-ViT-S" in text
+    words = " ".join(text.split())  # the usage paragraph is wrapped
+    assert "super_lvvit_s.pth in $PPIM_HOME/weights, published top-1 83.47%" in words and "num_classes" in words
 
 
 def test_load_builds_the_model_with_hand_placed_weights():
