@@ -82,12 +82,18 @@ class _FusedAttention(nn.Layer):
         super().__init__()
         self.attn = attn
         self.num_heads, self.head_dim, self.scale = attn.num_heads, attn.head_dim, float(attn.scale)
+        self.qkv = attn.qkv
+        if attn.qkv.bias is None:  # a zero bias makes it an fc GEMM (a bias-less Linear stays a slower matmul)
+            dim = attn.qkv.weight.shape[0]
+            self.qkv = nn.Linear(dim, 3 * dim)
+            self.qkv.weight.set_value(attn.qkv.weight)
+            self.qkv.bias.set_value(np.zeros([3 * dim], dtype="float32"))
 
     def forward(self, x: paddle.Tensor, return_attention: bool = False):
         if return_attention:
             return self.attn(x, return_attention=True)
         tokens, dim = x.shape[1], x.shape[2]
-        qkv = self.attn.qkv(x).reshape([-1, tokens, 3, self.num_heads, self.head_dim])
+        qkv = self.qkv(x).reshape([-1, tokens, 3, self.num_heads, self.head_dim])
         out = paddle._C_ops.self_dp_attention(qkv, self.scale, self.num_heads)  # (B, N, heads, head_dim)
         return self.attn.proj(out.reshape([-1, tokens, dim]))
 
