@@ -28,6 +28,9 @@ setup(
     extras_require={
         # torch only writes reference checkpoints and models in the tests; ppim never imports it.
         "test": ["pytest", "pytest-timeout", "torch==2.13.0", "nbclient", "nbformat", "ipykernel"],
+        # Optional engines over ppim's export (ppim.deploy.engines), converted by paddle2onnx.
+        "openvino": ["openvino", "paddle2onnx"],
+        "onnxruntime": ["onnxruntime", "paddle2onnx"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
