@@ -448,7 +448,7 @@ def main(argv=None) -> int:
     print(f"({args.model}, {gmacs:.2f} GMACs/image, {args.threads} threads, {args.rounds} rounds x {args.iters} "
           f"calls, {time.perf_counter() - began:.0f} s)")
     if args.json:
-        from ppim.hub import write_json
+        from ppim.fileio import write_json
 
         environment = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "threads": args.threads,
                        "cpu_bf16": _cpu_bf16()}

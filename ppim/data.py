@@ -6,7 +6,9 @@ import collections
 import multiprocessing
 import multiprocessing.context
 import os
+import random
 import signal
+import stat
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -16,6 +18,9 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, NamedTuple, Optio
 
 import numpy as np
 from PIL import Image
+
+from .errors import InputError, PpimError
+from .transforms import as_numpy
 
 ASSETS = Path(__file__).parent / "assets"
 SAMPLE_DIR = ASSETS / "sample"
@@ -43,15 +48,22 @@ def imagenet_wnids() -> List[str]:
 
 def read_val_list(list_file: Path, root: Path) -> List[Tuple[Path, int]]:
     """Lines "relative/path label" -> [(root / path, label)] (PaddleClas list format)."""
+    data = Path(list_file).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        number = data.count(b"\n", 0, error.start) + 1
+        raise InputError(f"{list_file}:{number}: not UTF-8 text (byte {data[error.start]:#04x}); save the list "
+                         f"as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
     samples = []
-    for number, line in enumerate(Path(list_file).read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             path, label = line.rsplit(maxsplit=1)
             samples.append((Path(root) / path, int(label)))
         except ValueError:
-            raise ValueError(f"{list_file}:{number}: expected 'relative/path label', got {line!r}") from None
+            raise InputError(f"{list_file}:{number}: expected 'relative/path label', got {line[:200]!r}") from None
     return samples
 
 
@@ -68,17 +80,21 @@ def sample_images() -> List[Tuple[Path, int]]:
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class BadImageError(RuntimeError):
-    """An image file that cannot be read or decoded; ``path`` names it, ``reason`` says why."""
+class BadImageError(PpimError, RuntimeError):
+    """An image file that cannot be read or decoded; ``path`` names it, ``reason`` says why and
+    ``hint`` what to do (by default: skip_bad / --skip-bad)."""
 
-    def __init__(self, path: str, reason: str):
-        super().__init__(path, reason)
+    SKIP_HINT = ("pass skip_bad=True / --skip-bad to skip unreadable images; they are then excluded and "
+                 "reported")
+
+    def __init__(self, path: str, reason: str, hint: Optional[str] = None):
+        super().__init__(path, reason, hint)
         self.path = str(path)
         self.reason = reason
+        self.hint = self.SKIP_HINT if hint is None else hint
 
     def __str__(self) -> str:
-        return (f"cannot read image {self.path}: {self.reason} (pass skip_bad=True / --skip-bad to "
-                f"skip unreadable images; they are then excluded and reported)")
+        return f"cannot read image {self.path}: {self.reason} ({self.hint})"
 
 
 def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
@@ -113,14 +129,44 @@ def to_rgb(image: Image.Image) -> Image.Image:
         raise
 
 
-def load_image(path: "str | os.PathLike[str]") -> Image.Image:
-    """Open and fully decode an image file as RGB; any failure raises BadImageError naming it."""
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _open_regular(path: "str | os.PathLike[str]"):
+    """``path`` opened for reading if it is a regular file (after links). Opened non-blocking and
+    checked on the open descriptor, so a FIFO or device named like an image is never waited on."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
-        with Image.open(path) as image:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise BadImageError(str(path), f"it is {_file_kind(mode)}, not an image file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def load_image(path: "str | os.PathLike[str]") -> Image.Image:
+    """Open and fully decode an image file as RGB; any failure raises BadImageError naming it.
+    Only regular files are read: a FIFO, socket or device is refused without waiting on it."""
+    try:
+        with _open_regular(path) as file, Image.open(file) as image:
             image.load()
             return to_rgb(image)
-    except (KeyboardInterrupt, SystemExit, MemoryError):
+    except (KeyboardInterrupt, SystemExit, MemoryError, BadImageError):
         raise
+    except OSError as error:
+        if error.filename is not None and error.strerror:  # from the file system, not from the decoder
+            raise BadImageError(str(path), error.strerror) from None
+        raise BadImageError(str(path), f"{type(error).__name__}: {error}") from None
     except BaseException as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
         raise BadImageError(str(path), f"{type(error).__name__}: {error}") from None
 
@@ -140,7 +186,8 @@ class ImageDataset:
     def __getitem__(self, index: int):
         path, label = self.samples[index]
         image = load_image(path)
-        return (self.transforms(image) if self.transforms is not None else image), label
+        # The numpy path of ppim's transforms: worker processes must not create Paddle tensors.
+        return (as_numpy(self.transforms)(image) if self.transforms is not None else image), label
 
     @property
     def labels(self) -> List[int]:
@@ -154,14 +201,53 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")  # dot files, including macOS "._x.jpg" resource forks
 
 
-def find_images(folder: "str | os.PathLike[str]",
-                extensions: Sequence[str] = IMG_EXTENSIONS) -> List[str]:
-    """Image files under ``folder`` (recursively, following links; hidden entries skipped), sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        found.extend(os.path.join(dirpath, f) for f in filenames
-                     if not _is_hidden(f) and f.lower().endswith(tuple(extensions)))
+def _file_id(path: "str | os.PathLike[str]") -> Tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def find_images(folder: "str | os.PathLike[str]", extensions: Sequence[str] = IMG_EXTENSIONS,
+                exclude: Sequence[Tuple[int, int]] = ()) -> List[str]:
+    """Image files under ``folder``, sorted: recursively, following links, hidden entries skipped.
+
+    Each folder and each file is taken once, however many links lead to it (identified by device
+    and inode), so link loops end and no image is counted twice; folders whose (st_dev, st_ino) is
+    in ``exclude`` are not entered (the dataset root and the other class folders). A FIFO, socket
+    or device named like an image raises InputError (it is never opened); a broken link is
+    listed, for the loader to report as unreadable."""
+    extensions = tuple(e.lower() for e in extensions)
+    found: List[str] = []
+    seen_dirs, seen_files = set(exclude), set()
+    pending = [os.fspath(folder)]
+    while pending:
+        directory = pending.pop()
+        key = _file_id(directory)
+        if key in seen_dirs:
+            continue
+        seen_dirs.add(key)
+        with os.scandir(directory) as entries:
+            names = sorted(entry.name for entry in entries if not _is_hidden(entry.name))
+        subfolders = []
+        for name in names:
+            path = os.path.join(directory, name)
+            is_image = name.lower().endswith(extensions)
+            try:
+                info = os.stat(path)
+            except OSError:  # a broken link or a link loop
+                if is_image:
+                    found.append(path)
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                subfolders.append(path)
+            elif not is_image or (info.st_dev, info.st_ino) in seen_files:
+                continue
+            elif stat.S_ISREG(info.st_mode):
+                seen_files.add((info.st_dev, info.st_ino))
+                found.append(path)
+            else:
+                raise InputError(f"{path} is {_file_kind(info.st_mode)}, not an image file: remove it from "
+                                 f"the data folder")
+        pending.extend(reversed(subfolders))  # depth first in name order: a folder's own files win
     return sorted(found)
 
 
@@ -187,10 +273,14 @@ class ImageFolderDataset(ImageDataset):
         else:
             unknown = [name for name in self.classes if name not in class_to_idx]
             if unknown:
-                raise ValueError(f"{self.root}: class folders without a label: {', '.join(unknown[:10])}")
+                raise InputError(f"{self.root}: class folders without a label: {', '.join(unknown[:10])}")
         self.class_to_idx = dict(class_to_idx)
+        # A link inside one class folder to the root or to another class folder is not followed:
+        # those images belong to their own class (or to none).
+        folders = {name: _file_id(self.root / name) for name in self.classes}
+        others = {_file_id(self.root), *folders.values()}
         samples = [(path, self.class_to_idx[name]) for name in self.classes
-                   for path in find_images(self.root / name, extensions)]
+                   for path in find_images(self.root / name, extensions, others - {folders[name]})]
         if not samples:
             raise FileNotFoundError(f"{self.root}: no images ({', '.join(extensions)}) in its "
                                     f"{len(self.classes)} class folders")
@@ -218,7 +308,7 @@ class ImageListDataset(ImageDataset):
         self.list_file = Path(list_file)
         samples = read_val_list(self.list_file, self.root)
         if not samples:
-            raise ValueError(f"{self.list_file} lists no images")
+            raise InputError(f"{self.list_file} lists no images")
         super().__init__(samples, transforms)
 
 
@@ -250,7 +340,7 @@ def open_dataset(data: "str | os.PathLike[str] | None" = None,
         return ImageListDataset(data if data is not None else list_path.parent, list_path, transforms)
     root = Path(data)
     if root.is_file():
-        raise ValueError(f"{root} is a file: DATA is a folder (pass a list file with --val-list)")
+        raise InputError(f"{root} is a file: DATA is a folder (pass a list file with --val-list)")
     if (root / "val_list.txt").is_file():
         return ImageListDataset(root, root / "val_list.txt", transforms)
     if not root.is_dir():
@@ -269,8 +359,8 @@ def open_dataset(data: "str | os.PathLike[str] | None" = None,
 
 
 class Batch(NamedTuple):
-    """One batch. ``images`` float32 (b, 3, S, S) and ``labels`` int64 (b,) hold the images that
-    were read; ``counted`` (b,) is False for the padding of a distributed shard (run, not counted);
+    """One batch. ``images`` float32 (b, 3, S, S) and ``labels`` int64 (b,) (or float32 (b, L) from a
+    dataset whose labels are arrays, e.g. token labels) hold the images that were read; ``counted`` (b,) is False for the padding of a distributed shard (run, not counted);
     ``bad`` lists (index, path, reason) of skipped unreadable images that count (skip_bad=True)."""
     images: np.ndarray
     labels: np.ndarray
@@ -293,34 +383,55 @@ def shard_indices(num_samples: int, rank: int, world_size: int) -> Tuple[List[in
     return indices + pad, [True] * len(indices) + [False] * len(pad)
 
 
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """The random seed of one training sample: a function of the run's seed, the epoch and the
+    sample's position in the epoch's global order only, so augmentations do not depend on the
+    number of workers, the batch size or the number of processes."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
+
+
 def _read_samples(dataset, indices: Sequence[int], counted: Sequence[bool], skip_bad: bool,
-                  out: Optional[np.ndarray]):
+                  out: Optional[np.ndarray], seeds: Optional[Sequence[int]] = None):
     """Read ``indices`` into ``out`` (a preallocated (B, ...) float32 buffer) or a new array.
+    ``seeds``: per sample, seed Python's and numpy's global RNGs (which random transforms draw
+    from) before reading it; the caller's RNG states are restored afterwards.
     Returns (images or number written, labels, counted, indices, bad)."""
     arrays, labels, kept_counted, kept, bad = [], [], [], [], []
-    for index, count in zip(indices, counted):
-        try:
-            array, label = dataset[index]
-        except BadImageError as error:
-            if not skip_bad:
-                raise
-            if count:
-                bad.append((int(index), error.path, error.reason))
-            continue
-        array = np.asarray(array, dtype=np.float32)
-        if out is not None:
-            if array.shape != out.shape[1:]:
-                path = dataset.samples[index][0] if hasattr(dataset, "samples") else f"item {index}"
-                raise ValueError(f"{path}: transforms gave shape {array.shape}, but {tuple(out.shape[1:])} "
-                                 f"before; batching needs fixed-size transforms (resize + center crop)")
-            out[len(labels)] = array
-        else:
-            arrays.append(array)
-        labels.append(int(label))
-        kept_counted.append(bool(count))
-        kept.append(int(index))
+    saved = (random.getstate(), np.random.get_state()) if seeds is not None else None
+    try:
+        for position, (index, count) in enumerate(zip(indices, counted)):
+            if seeds is not None:
+                random.seed(seeds[position])
+                np.random.seed(seeds[position])
+            try:
+                array, label = dataset[index]
+            except BadImageError as error:
+                if not skip_bad:
+                    raise
+                if count:
+                    bad.append((int(index), error.path, error.reason))
+                continue
+            array = np.asarray(array, dtype=np.float32)
+            if out is not None:
+                if array.shape != out.shape[1:]:
+                    path = dataset.samples[index][0] if hasattr(dataset, "samples") else f"item {index}"
+                    raise ValueError(f"{path}: transforms gave shape {array.shape}, but {tuple(out.shape[1:])} "
+                                     f"before; batching needs fixed-size transforms (resize + center crop)")
+                out[len(labels)] = array
+            else:
+                arrays.append(array)
+            labels.append(label if isinstance(label, np.ndarray) else int(label))
+            kept_counted.append(bool(count))
+            kept.append(int(index))
+    finally:
+        if saved is not None:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
     images = len(labels) if out is not None else (np.stack(arrays) if arrays else None)
-    return (images, np.asarray(labels, dtype=np.int64), np.asarray(kept_counted, dtype=bool),
+    # a dataset's label is a class id, or a fixed-size float array (token labeling packs its maps)
+    labels = np.stack(labels).astype(np.float32) if labels and isinstance(labels[0], np.ndarray) \
+        else np.asarray(labels, dtype=np.int64)
+    return (images, labels, np.asarray(kept_counted, dtype=bool),
             np.asarray(kept, dtype=np.int64), bad)
 
 
@@ -334,8 +445,9 @@ def _init_worker(dataset, buffers, shape) -> None:
     _WORKER["slots"] = [np.frombuffer(buffer, dtype=np.float32).reshape(shape) for buffer in buffers]
 
 
-def _worker_read(slot: int, indices: Sequence[int], counted: Sequence[bool], skip_bad: bool):
-    return _read_samples(_WORKER["dataset"], indices, counted, skip_bad, _WORKER["slots"][slot])
+def _worker_read(slot: int, indices: Sequence[int], counted: Sequence[bool], skip_bad: bool,
+                 seeds: Optional[Sequence[int]]):
+    return _read_samples(_WORKER["dataset"], indices, counted, skip_bad, _WORKER["slots"][slot], seeds)
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -356,7 +468,7 @@ def default_workers() -> int:
     return max(1, min(4, cpus))
 
 
-class EvalLoader:
+class BatchLoader:
     """Batches of a dataset in order: float32 images (B, 3, S, S) and int64 labels (see Batch).
 
     ``num_workers`` > 0 (default: default_workers()) decodes and transforms in that many worker
@@ -393,18 +505,18 @@ class EvalLoader:
         """Images this loader counts (padding excluded), before any are skipped."""
         return sum(self.counted)
 
-    def _chunks(self):
+    def _chunks(self) -> Iterator[Tuple[List[int], List[bool], Optional[List[int]]]]:
+        """(indices, counted, per-sample seeds or None) of each batch, in order."""
         for start in range(0, len(self.indices), self.batch_size):
-            yield self.indices[start:start + self.batch_size], self.counted[start:start + self.batch_size]
+            yield self.indices[start:start + self.batch_size], self.counted[start:start + self.batch_size], None
 
     def _probe_shape(self) -> Optional[Tuple[int, ...]]:
         """The shape of one transformed image (read here); None if every image is unreadable."""
         for index in self.indices:
-            try:
-                return tuple(np.asarray(self.dataset[index][0]).shape)
-            except BadImageError:
-                if not self.skip_bad:
-                    raise
+            # Seeded (and the RNG states restored): probing must not move this process's random state.
+            images = _read_samples(self.dataset, [index], [True], self.skip_bad, None, seeds=[0])[0]
+            if images is not None:
+                return tuple(images.shape[1:])
         return None
 
     def __iter__(self) -> Iterator[Batch]:
@@ -416,9 +528,9 @@ class EvalLoader:
 
     def _iter_here(self) -> Iterator[Batch]:
         buffer = None  # with copy=False, batches after the first reuse one buffer
-        for indices, counted in self._chunks():
+        for indices, counted, seeds in self._chunks():
             images, labels, counted, kept, bad = _read_samples(self.dataset, indices, counted,
-                                                               self.skip_bad, buffer)
+                                                               self.skip_bad, buffer, seeds)
             if buffer is not None:
                 images = buffer[:images]
             elif images is None:
@@ -442,11 +554,13 @@ class EvalLoader:
         executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                        initargs=(self.dataset, buffers, slot_shape))
         held = None
+        finished = False
         try:
             def submit() -> None:
-                for indices, counted in chunks:
+                for indices, counted, seeds in chunks:
                     slot = free.pop()
-                    pending.append((slot, executor.submit(_worker_read, slot, indices, counted, self.skip_bad)))
+                    pending.append((slot, executor.submit(_worker_read, slot, indices, counted, self.skip_bad,
+                                                          seeds)))
                     return
 
             for _ in range(in_flight):
@@ -465,5 +579,79 @@ class EvalLoader:
                 submit()
                 images = slots[slot][:count]
                 yield Batch(images.copy() if self.copy else images, labels, counted, kept, bad)
+            finished = True
         finally:
+            if not finished:  # Ctrl-C, an error, or the caller stopped early: do not wait for reads
+                _terminate_workers(executor)
             executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _terminate_workers(executor: ProcessPoolExecutor) -> None:
+    """Stop a pool's worker processes now (SIGTERM): one blocked in a read would otherwise keep
+    shutdown waiting, and a process that exits without it would leave the workers orphaned."""
+    if hasattr(executor, "terminate_workers"):  # Python 3.14
+        executor.terminate_workers()
+        return
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
+
+
+#: The in-order loader evaluation uses (the name tools and tests know it by).
+EvalLoader = BatchLoader
+
+
+class TrainLoader(BatchLoader):
+    """Training batches: a new order each epoch (``set_epoch``), this process's shard of it, full
+    batches only (``drop_last``), and random transforms seeded per sample (``sample_seed``) in the
+    worker processes, so a run is reproducible whatever ``num_workers``.
+
+    The epoch's order is ``order(epoch)`` when given (a sampler hook: e.g. repeated augmentation;
+    a list of dataset indices, repeats allowed), else a permutation seeded by (seed, epoch), or
+    ``range(len(dataset))`` with ``shuffle=False``. Under data parallelism rank r of W takes
+    positions r, r + W, ... of the order, padded by wrapping around to a multiple of W (as
+    paddle.io.DistributedBatchSampler), so step k of W ranks with batch b sees exactly the samples
+    of step k of one process with batch W * b."""
+
+    def __init__(self, dataset, batch_size: int = 64, num_workers: Optional[int] = None, *,
+                 shuffle: bool = True, drop_last: bool = True, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, order: Optional[Callable[[int], Sequence[int]]] = None,
+                 skip_bad: bool = False, prefetch: int = 2):
+        super().__init__(dataset, batch_size, num_workers, skip_bad=skip_bad, prefetch=prefetch)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        if len(dataset) == 0:
+            raise ValueError("no samples to train on")
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, int(seed)
+        self.rank, self.world_size, self.order = rank, world_size, order
+        self.set_epoch(0)
+
+    def epoch_order(self, epoch: int) -> List[int]:
+        """The dataset indices of ``epoch``, in order, over all processes."""
+        if self.order is not None:
+            return [int(i) for i in self.order(epoch)]
+        if not self.shuffle:
+            return list(range(len(self.dataset)))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset)).tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select ``epoch``'s order and this rank's shard of it (call before iterating)."""
+        order = self.epoch_order(epoch)
+        if not order:
+            raise ValueError(f"the sampler gave no samples for epoch {epoch}")
+        total = -(-len(order) // self.world_size) * self.world_size
+        self.positions = list(range(self.rank, total, self.world_size))
+        self.indices = [order[p % len(order)] for p in self.positions]
+        self.counted = [True] * len(self.indices)
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.indices) // self.batch_size
+        return super().__len__()
+
+    def _chunks(self) -> Iterator[Tuple[List[int], List[bool], Optional[List[int]]]]:
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            stop = start + self.batch_size
+            seeds = [sample_seed(self.seed, self.epoch, p) for p in self.positions[start:stop]]
+            yield self.indices[start:stop], self.counted[start:stop], seeds

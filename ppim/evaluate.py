@@ -23,9 +23,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import SAMPLE_DIR, EvalLoader, ImageDataset, open_dataset, shard_indices
-from .hub import write_json
+from .errors import InputError
+from .fileio import write_json
 from .models.supervit import is_supernet, parse_subnet_spec, subnet_key
 from .registry import model_name
+from .weights import weights_info
 
 __all__ = ["Counts", "evaluate", "topk_correct", "parse_subnets", "subnet_table", "weights_info",
            "write_results", "format_summary", "dist_info"]
@@ -53,7 +55,7 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1,
     num_classes = logits.shape[1]
     if labels.min() < 0 or labels.max() >= num_classes:
         bad = int(labels[(labels < 0) | (labels >= num_classes)][0])
-        raise ValueError(f"label {bad} is outside the model's {num_classes} classes: do the dataset's "
+        raise InputError(f"label {bad} is outside the model's {num_classes} classes: do the dataset's "
                          f"labels match the model (class folders / list file vs num_classes)?")
     if not np.issubdtype(logits.dtype, np.floating):
         logits = logits.astype(np.float64)
@@ -99,12 +101,15 @@ def parse_subnets(spec: Union[str, Sequence[Subnet], None], model: Any) -> Optio
         return None
     if not is_supernet(model):
         name = model_name(model)
-        raise ValueError(f"--subnets needs a super model (super_deit_s, super_lvvit_s); {name} has no sub-networks")
-    if isinstance(spec, str):
-        spec = parse_subnet_spec(spec) or model.subnets
-    subnets = [model.check_subnet(*subnet) for subnet in spec]  # a helpful ValueError for one it cannot run
+        raise InputError(f"--subnets needs a super model (super_deit_s, super_lvvit_s); {name} has no sub-networks")
+    try:
+        if isinstance(spec, str):
+            spec = parse_subnet_spec(spec) or model.subnets
+        subnets = [model.check_subnet(*subnet) for subnet in spec]  # a helpful message for one it cannot run
+    except ValueError as error:
+        raise InputError(str(error)) from None
     if not subnets:
-        raise ValueError(f"no sub-networks in {spec!r}")
+        raise InputError(f"no sub-networks in {spec!r}")
     return list(dict.fromkeys(subnets))  # duplicates once, order kept
 
 
@@ -123,39 +128,6 @@ def subnet_table(entries: Sequence[Dict[str, Any]], value: str = "top1", patch_s
         values = [cell.get((size, r)) for r in ratios]
         lines.append(f"{row:<12}" + "".join(f"{v:8.2f}" if v is not None else f"{'-':>8}" for v in values))
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# Weights provenance
-# ----------------------------------------------------------------------------------------------
-
-
-def weights_info(pretrained: Any, cfg: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
-    """{"path", "sha256"} of the weights a model was built with: False -> None (random weights),
-    True -> the registered file in the cache, a path -> that file, a URL -> its cached copy."""
-    from .hub import _file_name_from_url, cached_file_path, sha256_file
-
-    if not pretrained:
-        return None
-    if pretrained is True:
-        if not cfg:
-            return {"path": None, "sha256": None}
-        path = cached_file_path(cfg["weights"]["file_name"])
-        url = cfg["weights"].get("url")
-    else:
-        source = os.fspath(pretrained)
-        url = source if source.startswith(("http://", "https://")) else None
-        if url:
-            name = _file_name_from_url(url)
-            path = cached_file_path(name) if name else None
-        else:
-            path = Path(source).resolve()
-    info: Dict[str, Any] = {"path": str(path) if path else None, "sha256": None}
-    if url:
-        info["url"] = url
-    if path and Path(path).is_file():
-        info["sha256"] = sha256_file(path)
-    return info
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,8 +220,9 @@ def _run(runners: List[Tuple[Optional[Subnet], Runner]], loader: EvalLoader, hea
     bar = tqdm(total=loader.num_images, desc=desc, unit="img", disable=not progress, dynamic_ncols=True,
                file=sys.stderr)
     start = time.perf_counter()
+    batches = iter(loader)
     try:
-        for batch in loader:
+        for batch in batches:
             skipped.extend(batch.bad)
             if len(batch.labels):
                 for k, (_, runner) in enumerate(runners):  # each bound to its sub-network
@@ -283,6 +256,7 @@ def _run(runners: List[Tuple[Optional[Subnet], Runner]], loader: EvalLoader, hea
                 counts[k].forward_seconds = time.perf_counter() - tick
                 counts[k].timed_images = len(last.labels)
     finally:
+        batches.close()  # stops the loader's workers now, also on Ctrl-C or an error
         bar.close()
     return counts, skipped, seconds
 
@@ -353,7 +327,7 @@ def evaluate(model: Any, data: Any = None, *, val_list: Optional[str] = None, ba
     if selection is None:
         selection = list(range(len(dataset)))
     if not selection:
-        raise ValueError(f"{data_desc}: no images")
+        raise InputError(f"{data_desc}: no images")
     positions, counted = shard_indices(len(selection), rank, world)
     indices = [selection[i] for i in positions]
     loader = EvalLoader(dataset, indices=indices, counted=counted, copy=False, **loader_opts)
@@ -415,7 +389,7 @@ def _results(name, cfg, pretrained, data_desc, list_file, counts, skipped, secon
              engine, precision, device, batch_size, num_workers, world, transforms, super_model):
     import paddle
 
-    from . import __version__
+    from .version import __version__
 
     head = counts[headline]
     published = (cfg.get("weights") or {}) if pretrained is True else {}  # the registered weights

@@ -44,6 +44,7 @@ import paddle
 import paddle.nn as nn
 
 from .layers import Attention, Block, ConvPatchEmbed, Mlp, PatchEmbed, kept_token_count
+from .registry import create_model
 
 __all__ = ["count", "count_macs", "count_params", "model_for_counting", "subnet_costs", "token_schedule"]
 
@@ -62,8 +63,6 @@ def model_for_counting(name: str, **kwargs: Any) -> nn.Layer:
     """``ppim.create_model(name, **kwargs)`` built under ``paddle.LazyGuard``: parameters have their
     shapes but are neither allocated nor initialised, so building is nearly free. Only for
     ``count(..., method="analytic")``; such a model cannot run."""
-    from .registry import create_model
-
     with paddle.LazyGuard():
         return create_model(name, **kwargs)
 

@@ -106,19 +106,22 @@ def kept_token_count(tokens: int, keep_ratio: Optional[float]) -> int:
     return 1 + min(math.ceil(keep_ratio * tokens), tokens - 1)
 
 
-def keep_top_tokens(x: paddle.Tensor, attn: paddle.Tensor, keep_ratio: float) -> paddle.Tensor:
+def keep_top_tokens(x: paddle.Tensor, attn: paddle.Tensor, keep_ratio: float,
+                    return_index: bool = False):
     """SuperViT's token keeping: the cls token, then the ``ceil(keep_ratio * N)`` patch tokens the cls
     token attends to most, in descending score order (N = token count including cls, as in the
     official code: 197 -> 1 + 99 = 100 at keep 0.5).
 
     x: (B, N, D) tokens with cls first; attn: (B, heads, N, N) softmax probabilities of the block
     that produced x. N must be static (it is, in a traced graph: only the batch is unknown).
+    With ``return_index`` also the kept patch tokens' indices among x's patch tokens (B, kept).
     """
     keep = kept_token_count(x.shape[1], keep_ratio) - 1  # patch tokens kept besides cls
     score = attn[:, :, 0, 1:].mean(axis=1)  # (B, N-1): cls query, averaged over heads
-    index = paddle.topk(score, k=keep, axis=1, sorted=True)[1] + 1
-    kept = paddle.take_along_axis(x, index.unsqueeze(-1).expand([-1, -1, x.shape[2]]), axis=1)
-    return paddle.concat([x[:, :1], kept], axis=1)
+    index = paddle.topk(score, k=keep, axis=1, sorted=True)[1]
+    kept = paddle.take_along_axis(x, (index + 1).unsqueeze(-1).expand([-1, -1, x.shape[2]]), axis=1)
+    kept = paddle.concat([x[:, :1], kept], axis=1)
+    return (kept, index) if return_index else kept
 
 
 class Block(nn.Layer):
@@ -139,13 +142,17 @@ class Block(nn.Layer):
         self.norm2 = nn.LayerNorm(dim, epsilon=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
-    def forward(self, x: paddle.Tensor, keep_ratio: Optional[float] = None) -> paddle.Tensor:
+    def forward(self, x: paddle.Tensor, keep_ratio: Optional[float] = None, return_index: bool = False):
+        """x (B, N, D) -> (B, N', D); with ``return_index`` also the kept patch tokens' indices among
+        x's patch tokens (B, N' - 1), None when nothing was dropped."""
+        index = None
         if keep_ratio is None or keep_ratio >= 1:
             x = x + self.drop_path(self.attn(self.norm1(x))) / self.skip_lam
         else:
             out, attn = self.attn(self.norm1(x), return_attention=True)
-            x = keep_top_tokens(x + self.drop_path(out) / self.skip_lam, attn, keep_ratio)
-        return x + self.drop_path(self.mlp(self.norm2(x))) / self.skip_lam
+            x, index = keep_top_tokens(x + self.drop_path(out) / self.skip_lam, attn, keep_ratio, True)
+        x = x + self.drop_path(self.mlp(self.norm2(x))) / self.skip_lam
+        return (x, index) if return_index else x
 
 
 class PatchEmbed(nn.Layer):

@@ -1,11 +1,16 @@
-"""Model registry: every constructor is registered with its pretrained cfg (timm's pattern), and
-``build_model`` is the one path from a name to a ready model (class_dim alias, weights, transforms)."""
+"""Model registry: every constructor is registered with its pretrained cfg (timm's pattern).
+
+A leaf: it imports nothing of ppim but the exception base class (ppim.builder, above it, turns a
+name into a ready model)."""
 from __future__ import annotations
 
 import copy
 import difflib
 import fnmatch
-from typing import Any, Callable, Dict, List
+import math
+from typing import Any, Callable, Dict, List, Sequence, Union
+
+from .errors import PpimError
 
 _MODELS: Dict[str, Callable[..., Any]] = {}
 _CFGS: Dict[str, Dict[str, Any]] = {}
@@ -14,21 +19,44 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class UnknownModelError(KeyError):
+Patterns = Union[str, Sequence[str]]
+
+
+class UnknownModelError(PpimError, KeyError):
     """Raised for a name that is not registered; the message lists the closest names."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
 
+def resize_for_crop_pct(crop: int, crop_pct: float) -> int:
+    """The shorter-side resize before a ``crop`` centre crop at ``crop_pct`` (timm: floor(crop / pct))."""
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
+    return int(math.floor(crop / crop_pct))
+
+
+def crop_pct_of(crop: int, resize: int) -> float:
+    """The shortest decimal crop_pct that ``resize_for_crop_pct`` turns back into ``resize``
+    (248 -> 0.9 and 256 -> 0.875 at 224), as timm's cfgs write it."""
+    for digits in range(1, 7):
+        pct = round(crop / resize, digits)
+        if 0 < pct <= 1 and resize_for_crop_pct(crop, pct) == resize:
+            return pct
+    return crop / resize
+
+
 def make_cfg(name: str, img_size: int, resize: int, weights: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
-    """A model's cfg: eval transforms (resize shorter side, center crop, bicubic, ImageNet stats),
-    classes, and its weights' metadata (url, file_name, format, source_url, published metrics)."""
+    """A model's cfg: eval transforms (resize shorter side, center crop, bicubic, ImageNet stats;
+    crop_pct = crop / resize as timm writes it), classes, and its weights' metadata (url, file_name,
+    format, source_url, published metrics). ``extra``: architecture, model_class, paper, and
+    official_crop_pct where the official eval crops differently from these transforms."""
     return {
         "name": name,
         "input_size": (3, img_size, img_size),
         "resize": resize,
         "crop": img_size,
+        "crop_pct": crop_pct_of(img_size, resize),
         "interpolation": "bicubic",
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
@@ -62,13 +90,29 @@ def _lookup(name: str) -> str:
         f"Unknown model {name!r}.{hint} ppim.list_models() lists all {len(_MODELS)} models.")
 
 
-def list_models(pattern: str = "*", pretrained: bool = False) -> List[str]:
-    """Sorted registered names matching the shell-style ``pattern``; with ``pretrained=True`` only
-    those with published weights (a Paddle file or an official PyTorch source)."""
-    names = [n for n in _MODELS if fnmatch.fnmatch(n, pattern)]
+def _matches(name: str, patterns: Patterns) -> bool:
+    patterns = [patterns] if isinstance(patterns, str) else patterns
+    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
+
+def list_models(pattern: Patterns = "*", pretrained: bool = False, exclude_filters: Patterns = ()) -> List[str]:
+    """Sorted registered names matching the shell-style ``pattern`` (or any of a list of them, as
+    timm), minus those matching ``exclude_filters``; with ``pretrained=True`` only those with
+    published weights (a Paddle file or an official PyTorch source)."""
+    names = [n for n in _MODELS if _matches(n, pattern) and not _matches(n, exclude_filters)]
     if pretrained:
         names = [n for n in names if _CFGS[n]["weights"].get("url") or _CFGS[n]["weights"].get("source_url")]
     return sorted(names)
+
+
+def list_pretrained(pattern: Patterns = "*", exclude_filters: Patterns = ()) -> List[str]:
+    """``list_models(pattern, pretrained=True, exclude_filters)``: the names with published weights."""
+    return list_models(pattern, pretrained=True, exclude_filters=exclude_filters)
+
+
+def is_model(name: str) -> bool:
+    """True if ``name`` is a registered model."""
+    return name in _MODELS
 
 
 def get_model_cfg(name: str) -> Dict[str, Any]:
@@ -107,32 +151,5 @@ def cfg_for_img_size(cfg: Dict[str, Any], img_size: int) -> Dict[str, Any]:
     cfg["input_size"] = (3, img_size, img_size)
     cfg["resize"] = int(img_size * cfg["resize"] / cfg["crop"])
     cfg["crop"] = img_size
+    cfg["crop_pct"] = crop_pct_of(img_size, cfg["resize"])
     return cfg
-
-
-def build_model(model_cls: Callable[..., Any], name: str, pretrained: Any = False,
-                return_transforms: bool = False, **kwargs: Any) -> Any:
-    """Instantiate ``model_cls`` for the registered ``name``: ``class_dim`` is accepted as an alias of
-    num_classes (ppim 1.x), ``pretrained`` is False, True (the registered weights) or a path/URL,
-    and ``return_transforms`` adds the eval transforms of the cfg."""
-    if "class_dim" in kwargs:
-        class_dim = kwargs.pop("class_dim")
-        if "num_classes" in kwargs and kwargs["num_classes"] != class_dim:
-            raise ValueError(f"class_dim={class_dim} and num_classes={kwargs['num_classes']} disagree; "
-                             "pass only num_classes")
-        kwargs["num_classes"] = class_dim
-    cfg = get_model_cfg(name)
-    kwargs.setdefault("num_classes", cfg["num_classes"])
-    kwargs.setdefault("img_size", cfg["crop"])
-    model = model_cls(**kwargs)
-    model.pretrained_cfg = cfg_for_img_size(cfg, kwargs["img_size"])
-    model.pretrained_cfg["num_classes"] = kwargs["num_classes"]
-    if pretrained:
-        from .hub import load_pretrained
-
-        load_pretrained(model, cfg, pretrained)
-    if return_transforms:
-        from .transforms import create_transforms
-
-        return model, create_transforms(model.pretrained_cfg)
-    return model

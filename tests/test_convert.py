@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import ppim  # noqa: E402
-from ppim import hub, registry  # noqa: E402
-from ppim.convert import CheckpointError, UnsafeCheckpointError, convert_file  # noqa: E402
+from ppim import registry, weights  # noqa: E402
+from ppim.weights import CheckpointError, UnsafeCheckpointError, convert_file  # noqa: E402
 from http_server import LocalServer  # noqa: E402
 from torch_reference import TorchLVViT, randomized  # noqa: E402
 
@@ -91,7 +91,7 @@ def test_cli_converts_fp16_and_reports(tmp_path, reference):
     )
     # The CLI builds the full-size lvvit_s, which the tiny checkpoint cannot fit: a strict refusal.
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 1 and "shape mismatches" in result.stderr and not out.exists()
+    assert result.returncode == 2 and "shape mismatches" in result.stderr and not out.exists()
     report = convert_file(source, out, tiny())
     assert len(report.state.matched) == len(tiny().state_dict()) and "wrote" in str(report)
     model = tiny(pretrained=str(out))
@@ -120,7 +120,7 @@ def test_local_checkpoint_is_converted_once_and_cached(tmp_path, reference):
     source = tmp_path / "mine.pth"
     torch.save(state, source)
     tiny(pretrained=str(source))
-    cached = list(hub.weights_dir().glob("mine-*.pdparams"))
+    cached = list(weights.weights_dir().glob("mine-*.pdparams"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
     assert_parity(tiny(pretrained=str(source)), reference)
@@ -137,8 +137,8 @@ def test_release_url_is_downloaded_converted_and_cached(tmp_path, reference, mon
         model = ppim.lvvit_t(pretrained=True, skip_lam=2.0, **TINY)
         assert server.count() == 1
     assert_parity(model, reference)
-    assert (hub.weights_dir() / "lvvit_t.pdparams").is_file()
-    os.remove(hub.weights_dir() / "lvvit_t.pth")  # the converted file alone serves from now on
+    assert (weights.weights_dir() / "lvvit_t.pdparams").is_file()
+    os.remove(weights.weights_dir() / "lvvit_t.pth")  # the converted file alone serves from now on
     assert_parity(ppim.lvvit_t(pretrained=True, skip_lam=2.0, **TINY), reference)
 
 
@@ -169,9 +169,9 @@ def test_drive_page_without_a_token_is_a_clear_error(monkeypatch):
         server.add("/uc", b"<html>Quota exceeded</html>", content_type="text/html")
         monkeypatch.setitem(registry._CFGS["lvvit_s"]["weights"], "url", server.url("/uc?id=X"))
         monkeypatch.setitem(registry._CFGS["lvvit_s"]["weights"], "file_name", "w.pth")
-        with pytest.raises(hub.WeightsDownloadError, match="web page instead of the file"):
+        with pytest.raises(weights.WeightsDownloadError, match="web page instead of the file"):
             tiny(pretrained=True)
-    assert not [p for p in hub.weights_dir().iterdir() if not p.name.endswith(".lock")]
+    assert not [p for p in weights.weights_dir().iterdir() if not p.name.endswith(".lock")]
 
 
 def test_hostile_checkpoint_is_refused_and_runs_nothing(tmp_path):

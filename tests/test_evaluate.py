@@ -77,8 +77,8 @@ def direct(model, samples, subnet=None):
     c1 = c5 = 0
     with paddle.no_grad():
         for path, label in samples:
-            x = paddle.to_tensor(transforms(read_rgb(path))[None])
-            logits = (model(x) if subnet is None else model(x, *subnet)).numpy()[0]
+            x = transforms(read_rgb(path)).unsqueeze(0)  # ppim 1.x usage: a paddle.Tensor
+            logits = (model(x) if subnet is None else model(x, img_size=subnet[0], keep_ratio=subnet[1])).numpy()[0]
             others = np.delete(logits, label)
             assert np.abs(others - logits[label]).min() > 1e-4, "near tie: pick another seed"
             rank = int((others > logits[label]).sum())

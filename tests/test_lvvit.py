@@ -121,12 +121,12 @@ def test_drop_path_rate_is_linear_over_depth():
 
 
 @pytest.mark.smoke
-def test_training_mode_mixtoken_swaps_and_restores_the_box(rng):
+def test_forward_train_mixtoken_swaps_and_restores_the_box(rng):
     np.random.seed(3)
     model = tiny(drop_path_rate=0.0)
     model.train()
     x = paddle.to_tensor(rng.standard_normal((4, 3, 64, 64)).astype("float32"))
-    cls_logits, aux_logits, box = model(x)
+    cls_logits, aux_logits, box = model.forward_train(x)
     assert cls_logits.shape == [4, 7] and aux_logits.shape == [4, 16, 7]
     np.random.seed(3)
     assert box == random_box(4, 4)
@@ -142,6 +142,31 @@ def test_training_mode_mixtoken_swaps_and_restores_the_box(rng):
     restored[:, r1:r2, c1:c2] = aux[::-1][:, r1:r2, c1:c2]
     np.testing.assert_allclose(aux_logits.numpy(), restored.reshape(4, 16, 7), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(cls_logits.numpy(), model.head(tokens[:, 0]).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.smoke
+def test_model_returns_logits_in_training_mode_without_mixtoken(rng):
+    """model(x) in train mode is the eval formula (ppim 1.x), so CrossEntropyLoss(model(x), y) trains on the
+    images as given: equal to eval mode once BN uses the same statistics and drop-path is off."""
+    model = tiny(drop_path_rate=0.0)
+    model.train()
+    x = paddle.to_tensor(rng.standard_normal((4, 3, 64, 64)).astype("float32"))
+    np.random.seed(0)
+    logits = model(x)
+    assert isinstance(logits, paddle.Tensor) and logits.shape == [4, 7]
+    # Independent recomputation from the parts: cls head + 0.5 * max over tokens of the aux head.
+    tokens = model.forward_tokens(model.patch_embed(x).flatten(2).transpose([0, 2, 1]))
+    expected = model.head(tokens[:, 0]).numpy() + 0.5 * model.aux_head(tokens[:, 1:]).numpy().max(axis=1)
+    np.testing.assert_allclose(logits.numpy(), expected, rtol=1e-5, atol=1e-5)
+    loss = paddle.nn.CrossEntropyLoss()(logits, paddle.to_tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert model.head.weight.grad is not None and model.aux_head.weight.grad is not None
+    # No box given and mix_token off: forward_train mixes nothing.
+    model.mix_token = False
+    cls_logits, _, box = model.forward_train(x)
+    assert box == (0, 0, 0, 0)
+    np.testing.assert_allclose(cls_logits.numpy(), model.head(tokens[:, 0]).numpy(), rtol=1e-5, atol=1e-5)
+    assert model.no_weight_decay() == {"cls_token", "pos_embed"}
 
 
 def test_swap_box_is_an_involution_and_touches_only_the_box(rng):

@@ -9,7 +9,7 @@ import paddle
 import pytest
 
 import ppim
-from ppim import hub, registry
+from ppim import registry, weights
 from http_server import LocalServer
 
 TINY = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8)
@@ -49,7 +49,7 @@ def test_pretrained_true_downloads_once_then_loads_offline(served, capsys):
     model = tiny(pretrained=True)
     assert_same_weights(model, source)
     assert "100%" in capsys.readouterr().err  # the progress bar
-    cached = hub.weights_dir() / "lvvit_s_224.pdparams"
+    cached = weights.weights_dir() / "lvvit_s_224.pdparams"
     assert cached.is_file() and (cached.parent / "lvvit_s_224.pdparams.sha256").is_file()
     server.close()
     assert_same_weights(tiny(pretrained=True), source)
@@ -91,11 +91,11 @@ def test_weights_of_another_model_are_refused_and_not_cached(monkeypatch):
     with LocalServer() as server:
         server.add("/lvvit_s_224.pdparams", pdparams_bytes(tiny(depth=3)))
         monkeypatch.setitem(registry._CFGS["lvvit_s"]["weights"], "url", server.url("/lvvit_s_224.pdparams"))
-        with pytest.raises(hub.InvalidWeightsError) as err:
+        with pytest.raises(weights.InvalidWeightsError) as err:
             tiny(pretrained=True)
     message = str(err.value)
     assert "lvvit_s_224.pdparams" in message and "unexpected" in message and "blocks.2.attn.qkv.weight" in message
-    assert not (hub.weights_dir() / "lvvit_s_224.pdparams").exists()
+    assert not (weights.weights_dir() / "lvvit_s_224.pdparams").exists()
 
 
 def test_local_path_and_url(tmp_path):
@@ -106,7 +106,7 @@ def test_local_path_and_url(tmp_path):
     with LocalServer() as server:
         server.add("/weights/mine.pdparams", path.read_bytes())
         assert_same_weights(tiny(pretrained=server.url("/weights/mine.pdparams")), source)
-    assert (hub.weights_dir() / "mine.pdparams").is_file()
+    assert (weights.weights_dir() / "mine.pdparams").is_file()
     with pytest.raises(FileNotFoundError, match="no such file"):
         tiny(pretrained=str(tmp_path / "missing.pdparams"))
 
@@ -114,25 +114,25 @@ def test_local_path_and_url(tmp_path):
 def test_hand_placed_file_is_used_and_a_truncated_one_is_named(served):
     server, source = served
     server.close()
-    target = hub.weights_dir() / "lvvit_s_224.pdparams"
+    target = weights.weights_dir() / "lvvit_s_224.pdparams"
     target.parent.mkdir(parents=True)
     data = pdparams_bytes(source)
     target.write_bytes(data)
     assert_same_weights(tiny(pretrained=True), source)
     target.write_bytes(data[: len(data) // 2])
-    with pytest.raises(hub.InvalidWeightsError, match=str(target)):
+    with pytest.raises(weights.InvalidWeightsError, match=str(target)):
         tiny(pretrained=True)
 
 
 def test_offline_error_names_the_url_and_the_hand_placement_path(monkeypatch):
     from http_server import unused_port
 
-    monkeypatch.setattr(hub, "RETRY_BASE_DELAY", 0.01)
+    monkeypatch.setattr(weights.download, "RETRY_BASE_DELAY", 0.01)
     url = f"http://127.0.0.1:{unused_port()}/lvvit_s_224.pdparams"
     monkeypatch.setitem(registry._CFGS["lvvit_s"]["weights"], "url", url)
-    with pytest.raises(hub.WeightsDownloadError) as err:
+    with pytest.raises(weights.WeightsDownloadError) as err:
         tiny(pretrained=True)
-    assert url in str(err.value) and str(hub.weights_dir() / "lvvit_s_224.pdparams") in str(err.value)
+    assert url in str(err.value) and str(weights.weights_dir() / "lvvit_s_224.pdparams") in str(err.value)
 
 
 @pytest.mark.smoke
@@ -140,7 +140,7 @@ def test_read_pdparams_equals_paddle_load_and_runs_nothing(tmp_path):
     model = tiny()
     path = tmp_path / "w.pdparams"
     paddle.save(model.state_dict(), str(path))
-    ours = hub.read_pdparams(path)
+    ours = weights.read_pdparams(path)
     theirs = paddle.load(str(path))
     assert list(ours) == list(model.state_dict())
     for key, value in theirs.items():
@@ -154,8 +154,8 @@ def test_read_pdparams_equals_paddle_load_and_runs_nothing(tmp_path):
 
     hostile = tmp_path / "hostile.pdparams"
     hostile.write_bytes(pickle.dumps({"pos_embed": Hostile()}))
-    with pytest.raises(hub.InvalidWeightsError, match="system"):
-        hub.read_pdparams(hostile)
+    with pytest.raises(weights.InvalidWeightsError, match="system"):
+        weights.read_pdparams(hostile)
     assert not marker.exists()
 
 
@@ -165,6 +165,6 @@ def test_read_pdparams_every_paddle_save_protocol(tmp_path, protocol):
     model = tiny(depth=1)
     path = tmp_path / "w.pdparams"
     paddle.save(model.state_dict(), str(path), protocol=protocol)
-    ours = hub.read_pdparams(path)
+    ours = weights.read_pdparams(path)
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(ours[key], value.numpy())

@@ -69,7 +69,7 @@ def test_every_subnet_matches_an_independent_torch_reference(name):
         full = None
         for img_size, keep_ratio in SUBNETS:
             expected = ref(xt, img_size, keep_ratio).numpy()
-            got = model(xp, img_size, keep_ratio).numpy()
+            got = model(xp, img_size=img_size, keep_ratio=keep_ratio).numpy()
             scale = max(1.0, np.abs(expected).max())
             np.testing.assert_allclose(got, expected, atol=1e-4 * scale, rtol=0,
                                        err_msg=f"{name} {img_size}x{keep_ratio}")
@@ -79,13 +79,13 @@ def test_every_subnet_matches_an_independent_torch_reference(name):
                 kept = ref.blocks[3].kept.numpy()
                 assert len({tuple(sorted(row)) for row in kept}) == len(kept)
         # Keeping changes the result (it is not a no-op), and the kept order is the reference's.
-        assert np.abs(model(xp, 224, 0.5).numpy() - full).max() > 1e-2 * np.abs(full).max()
-        np.testing.assert_allclose(model.forward_features(xp, 192, 0.7).numpy(),
+        assert np.abs(model(xp, img_size=224, keep_ratio=0.5).numpy() - full).max() > 1e-2 * np.abs(full).max()
+        np.testing.assert_allclose(model.forward_features(xp, img_size=192, keep_ratio=0.7).numpy(),
                                    ref.tokens(xt, 192, 0.7).numpy(), atol=2e-4, rtol=0)
         # Inputs of another size are resized to the sub-network's size, like 224 crops.
         x256 = np.random.default_rng(3).standard_normal((2, 3, 256, 256)).astype("float32")
         expected = ref(torch.from_numpy(x256), 160, 0.7).numpy()
-        np.testing.assert_allclose(model(paddle.to_tensor(x256), 160, 0.7).numpy(), expected,
+        np.testing.assert_allclose(model(paddle.to_tensor(x256), img_size=160, keep_ratio=0.7).numpy(), expected,
                                    atol=1e-4 * max(1.0, np.abs(expected).max()), rtol=0)
 
 
@@ -98,7 +98,7 @@ def test_token_counts_after_each_block(img_size, keep_ratio):
     hooks = [b.register_forward_post_hook(lambda layer, inputs, out: counts.append(out.shape[1]))
              for b in model.blocks]
     with paddle.no_grad():
-        model(paddle.randn([2, 3, 224, 224]), img_size, keep_ratio)
+        model(paddle.randn([2, 3, 224, 224]), img_size=img_size, keep_ratio=keep_ratio)
     for hook in hooks:
         hook.remove()
     assert counts == expected_token_counts(img_size, keep_ratio)
@@ -114,7 +114,7 @@ def test_subnets_and_default_subnet():
     x = paddle.randn([2, 3, 224, 224])
     with paddle.no_grad():
         model.set_subnet(160, 0.5)
-        np.testing.assert_array_equal(model(x).numpy(), model(x, 160, 0.5).numpy())
+        np.testing.assert_array_equal(model(x).numpy(), model(x, img_size=160, keep_ratio=0.5).numpy())
         assert model.forward_features(x).shape == [2, expected_token_counts(160, 0.5)[-1], 48]
 
 
@@ -175,7 +175,7 @@ def test_features_and_classifier_reset():
     x = paddle.randn([2, 3, 224, 224])
     features = small("super_lvvit_s", num_classes=0)
     features.eval()
-    assert features(x, 128, 0.5).shape == [2, 48]
+    assert features(x, img_size=128, keep_ratio=0.5).shape == [2, 48]
     model = small("super_lvvit_s")
     model.reset_classifier(5)
     model.eval()
@@ -185,19 +185,19 @@ def test_features_and_classifier_reset():
     assert deit(x).shape == [2, 48] and not hasattr(deit, "aux_head")
 
 
-def test_lvvit_training_mode_mixtoken(rng):
+def test_forward_train_mixtoken(rng):
     model = small("super_lvvit_s")
     randomize(model, seed=6)
     model.train()
     x = paddle.to_tensor(rng.standard_normal((4, 3, 224, 224)).astype("float32"))
     np.random.seed(3)
-    cls_logits, aux_logits, box = model(x)  # full sub-network (224, 1), box drawn on 14x14
+    cls_logits, aux_logits, box = model.forward_train(x)  # full sub-network (224, 1), box drawn on 14x14
     assert cls_logits.shape == [4, 10] and aux_logits.shape == [4, 196, 10]
     np.random.seed(3)
     assert box == random_box(14, 14)
     # A given box (the official loop passes one per sub-network) is used as it is.
     box = (2, 3, 9, 12)
-    cls_logits, aux_logits, got_box = model(x, 224, 1.0, bbox=box)
+    cls_logits, aux_logits, got_box = model.forward_train(x, img_size=224, keep_ratio=1.0, bbox=box)
     assert got_box == box
     # Independent recomputation (still in training mode: BN uses the same batch statistics).
     feat = model.patch_embed(x).numpy()
@@ -210,12 +210,35 @@ def test_lvvit_training_mode_mixtoken(rng):
     np.testing.assert_allclose(aux_logits.numpy(), restored.reshape(4, 196, 10), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(cls_logits.numpy(), model.head(tokens[:, 0]).numpy(), rtol=1e-4, atol=1e-4)
     # Other sub-networks return the cls logits only, as in the official code.
-    out = model(x, 160, 0.7, bbox=scale_box(box, 10))
+    out = model.forward_train(x, img_size=160, keep_ratio=0.7, bbox=scale_box(box, 10))
     assert isinstance(out, paddle.Tensor) and out.shape == [4, 10]
     assert scale_box((3, 5, 11, 14), 8) == (1, 2, 6, 8) and scale_box(box, 14) == box
     deit = small("super_deit_s")
     deit.train()
-    assert deit(x, 128, 0.5).shape == [4, 10]
+    assert deit.forward_train(x, img_size=128, keep_ratio=0.5).shape == [4, 10]
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("name", ["super_lvvit_s", "super_deit_s"])
+def test_train_mode_returns_the_eval_logits(name, rng):
+    """model(x) is logits (B, C) in training mode too (no MixToken), equal to eval mode's when nothing
+    random is on; the sub-network arguments are keyword-only, so a label cannot land in img_size."""
+    model = small(name)
+    randomize(model, seed=2)
+    x = paddle.to_tensor(rng.standard_normal((2, 3, 224, 224)).astype("float32"))
+    model.eval()
+    expected = {subnet: model(x, img_size=subnet[0], keep_ratio=subnet[1]).numpy() for subnet in [(224, 1.0), (160, 0.5)]}
+    model.train()
+    if name == "super_lvvit_s":  # batch-statistics BN in the stem: compare against eval with the same stats
+        for layer in model.sublayers():
+            if isinstance(layer, paddle.nn.BatchNorm2D):
+                layer.eval()
+    for (size, ratio), want in expected.items():
+        got = model(x, img_size=size, keep_ratio=ratio)
+        assert got.shape == [2, 10]
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError):
+        model(x, paddle.to_tensor([1, 2]))
 
 
 def test_registry_cfgs():
@@ -248,5 +271,5 @@ def test_official_checkpoint_converts_strictly(tmp_path, name):
     x = np.random.default_rng(5).standard_normal((2, 3, 224, 224)).astype("float32")
     with torch.no_grad(), paddle.no_grad():
         expected = ref(torch.from_numpy(x), 160, 0.7).numpy()
-        got = model(paddle.to_tensor(x), 160, 0.7).numpy()
+        got = model(paddle.to_tensor(x), img_size=160, keep_ratio=0.7).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4 * max(1.0, np.abs(expected).max()), rtol=0)

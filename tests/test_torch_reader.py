@@ -1,4 +1,4 @@
-"""ppim.convert.load_torch_checkpoint: torch.save files read without torch, and hostile pickles refused.
+"""ppim.weights.load_torch_checkpoint: torch.save files read without torch, and hostile pickles refused.
 
 Two kinds of fixture: files written by torch.save itself (these need torch, and are read back with
 torch hidden from the reader), and zip checkpoints assembled here byte by byte, which pin down the
@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ppim.convert import UnsafeCheckpointError, load_torch_checkpoint
-from ppim.convert.torch_reader import CheckpointError
+from ppim.weights import CheckpointError, UnsafeCheckpointError, load_torch_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -124,7 +123,7 @@ def read_without_torch(path: Path):
 
 
 def test_reader_module_does_not_import_torch():
-    code = "import sys, ppim.convert; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, ppim.weights; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
 
 

@@ -1,6 +1,7 @@
 """Eval transforms against two independent references: paddle.vision.transforms (the seed's
 pipeline) and plain PIL arithmetic written here."""
 import numpy as np
+import paddle
 import pytest
 from PIL import Image
 
@@ -50,8 +51,8 @@ def test_cfg_sizes_follow_spec(name):
 def test_matches_pil_by_hand(name, size, mode):
     image = photo(*size, mode=mode)
     resize, crop = EXPECTED[name]
-    out = create_transforms(name)(image)
-    assert out.shape == (3, crop, crop) and out.dtype == np.float32
+    out = create_transforms(name).to_numpy(image)
+    assert isinstance(out, np.ndarray) and out.shape == (3, crop, crop) and out.dtype == np.float32
     np.testing.assert_allclose(out, by_hand(image, resize, crop), rtol=0, atol=1e-5)
 
 
@@ -65,7 +66,9 @@ def test_matches_the_seed_paddle_vision_pipeline(name):
                       T.Normalize(MEAN.tolist(), STD.tolist())])
     for seed_number, size in enumerate([(500, 375), (375, 500), (777, 600)]):
         image = photo(*size, seed=seed_number)
-        np.testing.assert_allclose(create_transforms(name)(image), seed(image).numpy(), rtol=0, atol=1e-5)
+        out = create_transforms(name)(image)  # the paddle.Tensor ppim 1.x code feeds to the model
+        assert isinstance(out, paddle.Tensor) and out.dtype == paddle.float32
+        np.testing.assert_allclose(out.numpy(), seed(image).numpy(), rtol=0, atol=1e-5)
 
 
 def test_return_transforms_and_img_size_override():
@@ -80,7 +83,23 @@ def test_accepts_arrays_and_paths(tmp_path):
     image = photo(320, 240)
     path = tmp_path / "x.jpg"
     image.save(path)
-    transforms = create_transforms("lvvit_s")
+    transforms = create_transforms("lvvit_s").to_numpy
     np.testing.assert_array_equal(transforms(np.asarray(image)), transforms(image))
     with Image.open(path) as reloaded:
         np.testing.assert_array_equal(transforms(str(path)), transforms(reloaded.convert("RGB")))
+
+
+def test_eval_overrides_and_model_source():
+    model = ppim.lvvit_s(depth=1, embed_dim=48, num_heads=2)
+    assert repr(create_transforms(model)) == repr(create_transforms("lvvit_s"))
+    t = create_transforms("lvvit_s", img_size=160)
+    assert (t.crop, t.resize) == (160, 160 * 248 // 224)
+    t = create_transforms("lvvit_s", crop_pct=0.875, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert (t.crop, t.resize, t.interpolation) == (224, 256, "bilinear")
+    image = photo(300, 260)
+    by_pil = image.resize((295, 256), Image.BILINEAR).crop((36, 16, 260, 240))
+    expected = (np.asarray(by_pil, dtype=np.float32).transpose(2, 0, 1) / 255 - 0.5) / 0.5
+    np.testing.assert_allclose(t.to_numpy(image), expected, rtol=0, atol=1e-5)
+    assert create_transforms("lvvit_s", resize=300).resize == 300
+    with pytest.raises(TypeError, match="re_prob"):
+        create_transforms("lvvit_s", re_prob=0.5)  # a train-only override on eval transforms

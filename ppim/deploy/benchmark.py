@@ -18,7 +18,7 @@ import paddle
 import paddle.nn as nn
 
 from ..flops import count_macs
-from ..hub import write_json
+from ..fileio import write_json
 from ..models.supervit import is_supernet
 from ..registry import create_model, model_name
 from .common import ENGINES, INPUT_NAME, MANIFEST, check_choice, current_subnet, default_threads, input_size

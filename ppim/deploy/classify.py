@@ -9,7 +9,7 @@ import paddle
 
 from ..data import imagenet_class_names
 from ..registry import model_name
-from ..transforms import ImageLike, create_transforms
+from ..transforms import ImageLike, as_numpy, create_transforms
 from .runner import create_runner
 
 __all__ = ["classify"]
@@ -40,7 +40,7 @@ def classify(model: paddle.nn.Layer, images: Sequence[ImageLike], transforms: Ca
             runner = create_runner(model, engine="eager", precision=precision)
     results: List[Prediction] = []
     for start in range(0, len(images), batch_size):
-        batch = np.stack([transforms(image) for image in images[start:start + batch_size]])
+        batch = np.stack([as_numpy(transforms)(image) for image in images[start:start + batch_size]])
         probs = _softmax(runner(batch.astype("float32")))
         for row in probs:
             top = np.argsort(-row)[:topk]

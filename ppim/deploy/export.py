@@ -24,7 +24,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..hub import ppim_home, write_json
+from ..fileio import write_json
+from ..weights.cache import ppim_home
 from ..layers import Attention
 from ..registry import cfg_for_img_size, model_name
 from .common import INPUT_NAME, MANIFEST, PARAMS_FILE, PROGRAM_FILES, current_subnet, input_size
@@ -344,7 +345,7 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
             cfg = dict(getattr(model, "pretrained_cfg", None) or {})
             if cfg.get("crop") and int(cfg["crop"]) != size:
                 cfg = cfg_for_img_size(cfg, size)
-            from .. import __version__ as ppim_version  # (ppim/__init__ imports this module)
+            from ..version import __version__ as ppim_version
 
             manifest = {
                 "format": "ppim-inference",
@@ -391,9 +392,9 @@ def export_key(model: nn.Layer, img_size: Optional[int] = None, optimize: bool =
                device: str = "cpu", engine: str = "inference") -> str:
     """What identifies an export: the model's class and name, every parameter and buffer (names,
     shapes, dtypes, values), the sub-network, the input size, the rewrites (``optimize``, the
-    attention layout for ``precision``, ``device`` and ``engine``, EXPORT_REVISION), and the Paddle and ppim
-    versions. 32 hex digits (BLAKE2b)."""
-    from .. import __version__ as ppim_version
+    attention layout for ``precision``, ``device`` and ``engine``, EXPORT_REVISION), and the Paddle and
+    ppim versions. 32 hex digits (BLAKE2b)."""
+    from ..version import __version__ as ppim_version
 
     digest = hashlib.blake2b(digest_size=16)
     meta = {"model": model_name(model), "class": type(model).__name__, "subnet": current_subnet(model),

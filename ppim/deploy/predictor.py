@@ -57,7 +57,8 @@ class ExportPredictor:
 
     @property
     def transforms(self):
-        """The eval transforms of the exported model (PIL image or path -> (3, S, S) float32)."""
+        """The eval transforms of the exported model: PIL image or path -> (3, S, S) float32 paddle.Tensor
+        (``.to_numpy(image)``: the numpy array)."""
         if not self.cfg:
             raise ValueError(f"{self.model_dir} has no ppim.json cfg: build transforms with ppim.create_transforms")
         return create_transforms(self.cfg)

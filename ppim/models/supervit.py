@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..layers import (Block, Box, ConvPatchEmbed, PatchEmbed, dense_logits, init_vit_weights, random_box,
-                      swap_box, token_parameter)
-from ..registry import build_model, make_cfg, register_model
+from ..builder import build_model
+from ..layers import Block, Box, ConvPatchEmbed, PatchEmbed, init_vit_weights, random_box, swap_box, token_parameter
+from ..registry import make_cfg, register_model
+from .base import TokenViT, check_images
 
 __all__ = ["SuperViT", "is_supernet", "parse_subnet_spec", "scale_box", "subnet_key", "super_deit_s",
            "super_lvvit_s"]
@@ -68,22 +69,20 @@ def scale_box(box: Box, grid: int, full_grid: int = 14) -> Box:
     return tuple(int(v // scale) for v in box)  # type: ignore[return-value]
 
 
-class SuperViT(nn.Layer):
+class SuperViT(TokenViT):
     """SuperViT over a DeiT (``stem="deit"``) or LV-ViT (``stem="lvvit"``) backbone.
 
-    ``model(x, img_size=None, keep_ratio=None)``: None means the current sub-network
-    (``set_subnet``, default (img_size, 1.0)). x (B, 3, H, W) is resized to (img_size, img_size)
-    (bilinear, align_corners=True) when its size differs, so 224 crops feed every sub-network.
+    ``model(x, *, img_size=None, keep_ratio=None)`` -> logits (B, C), in train and eval mode alike
+    (sub-network arguments are keyword-only, so paddle.Model feeds only the image). None means the
+    current sub-network (``set_subnet``, default (img_size, 1.0)). x (B, 3, H, W) is resized to
+    (img_size, img_size) (bilinear, align_corners=True) when its size differs, so 224 crops feed every
+    sub-network. Logits: head(cls), plus ``aux_weight`` * max over the kept patch tokens of aux_head when
+    there is an aux head (LV-ViT, 0.25); no MixToken. ``num_classes=0``: the pooled feature (B, D) of
+    ``global_pool`` ("token": the cls token; "dense", LV-ViT only: cls + aux_weight * max over tokens).
+    ``model.kept_tokens(x)``: where the tokens a sub-network keeps sit on its token grid.
 
-    Eval: head(cls), plus ``aux_weight`` * max over patch tokens of aux_head when there is an aux
-    head (LV-ViT, 0.25). ``num_classes=0``: the cls feature (B, D).
-
-    Training (LV-ViT, as the official train loop expects): ``forward(x, img_size, keep_ratio, bbox)``
-    mixes ``bbox`` (r1, c1, r2, c2) on the stem's token grid with the batch-flipped images
-    (MixToken; drawn on the 14x14 grid and scaled with ``scale_box`` when None). The full
-    sub-network (largest size, keep 1) returns (cls logits (B, C), aux logits (B, N, C) with the box
-    swapped back, bbox); every other sub-network returns cls logits only (its aux tokens were
-    dropped, and the official loop distils only the cls logits there). DeiT trains on cls logits.
+    ``model.forward_train(x, *, img_size, keep_ratio, bbox)``: the official training loops' output,
+    see its docstring.
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
@@ -93,7 +92,7 @@ class SuperViT(nn.Layer):
                  aux_weight: Optional[float] = None, mix_token: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  img_sizes: Sequence[int] = IMG_SIZES, keep_ratios: Sequence[float] = KEEP_RATIOS,
-                 keep_blocks: Sequence[int] = KEEP_BLOCKS):
+                 keep_blocks: Sequence[int] = KEEP_BLOCKS, global_pool: str = "token"):
         super().__init__()
         if stem not in ("deit", "lvvit"):
             raise ValueError(f"stem must be 'deit' or 'lvvit', got {stem!r}")
@@ -103,10 +102,11 @@ class SuperViT(nn.Layer):
         self.img_sizes = tuple(int(s) for s in img_sizes)
         self.keep_ratios = tuple(float(r) for r in keep_ratios)
         self.keep_blocks = tuple(int(i) for i in keep_blocks)
-        self.num_classes = num_classes
+        self.in_chans = in_chans
         self.num_features = self.embed_dim = embed_dim
         self.aux_weight = aux_weight
         self.mix_token = mix_token and aux_weight is not None
+        self._set_global_pool(global_pool)
 
         if stem == "deit":
             self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
@@ -163,77 +163,92 @@ class SuperViT(nn.Layer):
         return self.check_subnet(self.img_size if img_size is None else img_size,
                                   self.keep_ratio if keep_ratio is None else keep_ratio)
 
-    # -- heads --------------------------------------------------------------------------------
-    def _set_heads(self, num_classes: int) -> None:
-        def linear() -> nn.Layer:
-            if num_classes <= 0:
-                return nn.Identity()
-            layer = nn.Linear(self.embed_dim, num_classes)
-            init_vit_weights(layer)
-            return layer
-
-        self.head = linear()
-        if self.aux_weight is not None:
-            self.aux_head = linear()
-
-    def get_classifier(self) -> nn.Layer:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """New, freshly initialised head (and aux_head) for ``num_classes`` (0: features only)."""
-        self.num_classes = num_classes
-        self._set_heads(num_classes)
-
     # -- forward ------------------------------------------------------------------------------
     def forward_stem(self, x: paddle.Tensor, img_size: int) -> paddle.Tensor:
         """Images (B, 3, H, W) -> stem feature map (B, D, img_size/16, img_size/16)."""
+        check_images(self, x)
         if x.shape[2] != img_size or x.shape[3] != img_size:
             x = F.interpolate(x, size=[img_size, img_size], mode="bilinear", align_corners=True)
         return self.patch_embed(x)
 
     def forward_tokens(self, x: paddle.Tensor, img_size: int, keep_ratio: float) -> paddle.Tensor:
         """Patch tokens (B, N, D) -> final-norm tokens (B, 1 + kept, D), cls first."""
-        cls = self.cls_token.expand([x.shape[0], -1, -1])
-        x = self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed_list[self.img_sizes.index(img_size)])
-        for index, block in enumerate(self.blocks):
-            x = block(x, keep_ratio if index in self.keep_blocks else None)
-        return self.norm(x)
+        return self.run_blocks(self._with_cls(x, img_size), keep_ratio)
 
-    def forward_features(self, x: paddle.Tensor, img_size: Optional[int] = None,
+    def _with_cls(self, x: paddle.Tensor, img_size: int) -> paddle.Tensor:
+        cls = self.cls_token.expand([x.shape[0], -1, -1])
+        return self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed_list[self.img_sizes.index(img_size)])
+
+    def _embed(self, x: paddle.Tensor, img_size: Optional[int]) -> Tuple[paddle.Tensor, int]:
+        img_size = self._subnet(img_size, None)[0]
+        tokens = self.forward_stem(x, img_size).flatten(2).transpose([0, 2, 1])
+        return self._with_cls(tokens, img_size), img_size // self.patch_size
+
+    def _keep_ratios(self, keep_ratio: Optional[float]) -> List[Optional[float]]:
+        keep_ratio = self._subnet(None, keep_ratio)[1]
+        return [keep_ratio if index in self.keep_blocks else None for index in range(len(self.blocks))]
+
+    def kept_tokens(self, x: paddle.Tensor, *, img_size: Optional[int] = None,
+                    keep_ratio: Optional[float] = None) -> List[paddle.Tensor]:
+        """Where the patch tokens kept after each keep block sit: one int64 tensor (B, n) per block in
+        ``keep_blocks``, positions on the row-major (img_size/16)^2 token grid, in the model's kept
+        order (most attended first). keep_ratio 1 keeps every token (positions 0..N-1)."""
+        img_size, keep_ratio = self._subnet(img_size, keep_ratio)
+        kept = []
+        for index, _, positions, grid in self._walk(x, max(self.keep_blocks), img_size, keep_ratio):
+            if index in self.keep_blocks:
+                if positions is None:
+                    positions = paddle.arange(grid * grid, dtype="int64").expand([x.shape[0], grid * grid])
+                kept.append(positions)
+        return kept
+
+    def forward_features(self, x: paddle.Tensor, *, img_size: Optional[int] = None,
                          keep_ratio: Optional[float] = None) -> paddle.Tensor:
         """Images -> final-norm tokens (B, 1 + kept, D) of the sub-network, no MixToken."""
         img_size, keep_ratio = self._subnet(img_size, keep_ratio)
         feat = self.forward_stem(x, img_size)
         return self.forward_tokens(feat.flatten(2).transpose([0, 2, 1]), img_size, keep_ratio)
 
-    def forward(self, x: paddle.Tensor, img_size: Optional[int] = None, keep_ratio: Optional[float] = None,
-                bbox: Optional[Box] = None) -> Union[paddle.Tensor, tuple]:
+    def no_weight_decay(self) -> Set[str]:
+        """Parameters the official recipe trains without weight decay (timm's convention)."""
+        return {"cls_token", *(f"pos_embed_list.{i}" for i in range(len(self.img_sizes)))}
+
+    def forward(self, x: paddle.Tensor, *, img_size: Optional[int] = None,
+                keep_ratio: Optional[float] = None) -> paddle.Tensor:
+        return self.forward_head(self.forward_features(x, img_size=img_size, keep_ratio=keep_ratio))
+
+    def forward_train(self, x: paddle.Tensor, *, img_size: Optional[int] = None,
+                      keep_ratio: Optional[float] = None, bbox: Optional[Box] = None
+                      ) -> Union[paddle.Tensor, Tuple[paddle.Tensor, paddle.Tensor, Box]]:
+        """The output the official SuperViT training loops use, for one sub-network.
+
+        With an aux head and ``mix_token`` on (LV-ViT), the stem features inside ``bbox`` (r1, c1, r2,
+        c2 on this sub-network's token grid) are swapped with the batch-flipped sample's (MixToken);
+        ``bbox=None`` draws a box on the full grid and maps it with ``scale_box``. The full sub-network
+        (largest img_size, keep 1) then returns (cls logits (B, C), aux logits (B, N, C) with the box
+        swapped back, the box); every other sub-network returns cls logits (B, C) only (its aux tokens
+        were dropped, and the official loop distils only the cls logits there). DeiT: cls logits.
+        """
         img_size, keep_ratio = self._subnet(img_size, keep_ratio)
+        if self.num_classes <= 0:
+            raise ValueError("forward_train needs the classifier heads; this model was built with num_classes=0")
         feat = self.forward_stem(x, img_size)
         grid = img_size // self.patch_size
-        mixing = self.training and self.mix_token
-        if mixing:
+        box: Box = (0, 0, 0, 0)
+        if self.mix_token:
             if bbox is None:
                 full_grid = max(self.img_sizes) // self.patch_size
                 bbox = scale_box(random_box(full_grid, full_grid), grid, full_grid)
-            bbox = tuple(int(v) for v in bbox)
-            feat = swap_box(feat, bbox)
+            box = tuple(int(v) for v in bbox)  # type: ignore[assignment]
+            feat = swap_box(feat, box)
         x = self.forward_tokens(feat.flatten(2).transpose([0, 2, 1]), img_size, keep_ratio)
-        if self.num_classes <= 0:
-            return x[:, 0]
         cls_logits = self.head(x[:, 0])
-        if self.aux_weight is None:
+        if self.aux_weight is None or img_size != max(self.img_sizes) or keep_ratio < 1:
             return cls_logits
         aux_logits = self.aux_head(x[:, 1:])
-        if not self.training:
-            return dense_logits(cls_logits, aux_logits, self.aux_weight)
-        if img_size != max(self.img_sizes) or keep_ratio < 1:
-            return cls_logits
-        box = bbox if mixing else (0, 0, 0, 0)
         # Swap the box back so each image's dense logits line up with its own token labels.
         dense = aux_logits.reshape([x.shape[0], grid, grid, -1])
-        aux_logits = swap_box(dense, box, channels_last=True).reshape(aux_logits.shape)
-        return cls_logits, aux_logits, box
+        return cls_logits, swap_box(dense, box, channels_last=True).reshape(aux_logits.shape), box
 
 
 _PAPER = "https://arxiv.org/abs/2205.11397"
@@ -245,11 +260,11 @@ def _subnet_top1(table: Sequence[Sequence[float]]) -> dict:
     return {subnet_key((s, r)): top1 for s, row in zip(IMG_SIZES, table) for r, top1 in zip(KEEP_RATIOS, row)}
 
 
-def _weights(file_id: str, file_name: str, params_m: float, table: Sequence[Sequence[float]]) -> dict:
+def _weights(file_id: str, file_name: str, params_m: float, flops_g: float, table: Sequence[Sequence[float]]) -> dict:
     subnet_top1 = _subnet_top1(table)
     return {"url": _DRIVE + file_id, "file_name": file_name, "format": "pth",
             "source_url": f"https://drive.google.com/file/d/{file_id}/view", "sha256": None,
-            "top1": subnet_top1["224x1.0"], "top5": None, "params_m": params_m, "flops_g": None,
+            "top1": subnet_top1["224x1.0"], "top5": None, "params_m": params_m, "flops_g": flops_g,
             "subnet_top1": subnet_top1}
 
 
@@ -266,7 +281,7 @@ def _supervit(name: str, pretrained, return_transforms: bool, **kwargs):
 
 
 @register_model(make_cfg("super_deit_s", 224, 256, _weights(
-    "1y2-zU5UvHqGCmWEB41VLbnf7B27BatBL", "super_deit_s.pth", 22.17,
+    "1y2-zU5UvHqGCmWEB41VLbnf7B27BatBL", "super_deit_s.pth", 22.17, 4.6,
     [[73.75, 75.28, 75.79], [77.32, 78.31, 78.53], [78.91, 79.62, 79.87], [79.95, 80.50, 80.62]]),
     architecture="supervit", model_class="SuperViT", paper=_PAPER))
 def super_deit_s(pretrained=False, return_transforms=False, **kwargs):
@@ -275,7 +290,7 @@ def super_deit_s(pretrained=False, return_transforms=False, **kwargs):
 
 
 @register_model(make_cfg("super_lvvit_s", 224, 248, _weights(
-    "1xjKrelbFQchaaulMm0bLUftD0h10hRJa", "super_lvvit_s.pth", 26.27,
+    "1xjKrelbFQchaaulMm0bLUftD0h10hRJa", "super_lvvit_s.pth", 26.27, 6.6,
     [[76.64, 79.82, 80.71], [79.81, 81.73, 82.24], [81.12, 82.59, 82.94], [82.11, 83.15, 83.47]]),
     architecture="supervit", model_class="SuperViT", paper=_PAPER))
 def super_lvvit_s(pretrained=False, return_transforms=False, **kwargs):

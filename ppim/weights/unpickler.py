@@ -1,5 +1,5 @@
 """Unpickling weight files without running them: every global a pickle names must be on an
-explicit allowlist (used by the .pdparams reader in hub and the PyTorch reader in convert)."""
+explicit allowlist (the base of the .pdparams reader and the PyTorch reader)."""
 from __future__ import annotations
 
 import pickle

@@ -25,32 +25,15 @@ from typing import IO, Any, Callable
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..safe_pickle import AllowlistUnpickler, latin1_encode
+from .errors import CheckpointError, UnsafeCheckpointError
+from .unpickler import AllowlistUnpickler, latin1_encode
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "load_torch_checkpoint"]
+__all__ = ["load_torch_checkpoint"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"
 _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _BYTEORDERS = {b"little": "<", b"big": ">"}
-
-
-class CheckpointError(ValueError):
-    """The file could not be read as a PyTorch checkpoint."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """The checkpoint names a global outside the allowlist; nothing was run."""
-
-    def __init__(self, global_name: str, path: str) -> None:
-        super().__init__(
-            f"refusing to load {path}: its pickle references the global "
-            f"'{global_name}', which is not on the allowlist of data-only names. "
-            "Nothing from the file was executed. (A pickled nn.Module or custom "
-            "object cannot be read safely; save its state_dict() instead.)"
-        )
-        self.global_name = global_name
-        self.path = path
 
 
 @dataclass(frozen=True, repr=False)

@@ -1,4 +1,4 @@
-"""Weights cache and downloader (ppim.hub) against a real HTTP server on 127.0.0.1."""
+"""Weights cache and downloader (ppim.weights.cache, ppim.weights.download) against a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from http_server import LocalServer, unused_port
 
-from ppim import hub
+from ppim import weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = os.urandom(300_000)
@@ -24,7 +24,7 @@ NAME = "lvvit_s_224.pdparams"
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("PPIM_HOME", str(tmp_path / "ppim_home"))
-    monkeypatch.setattr(hub, "RETRY_BASE_DELAY", 0.01)
+    monkeypatch.setattr(weights.download, "RETRY_BASE_DELAY", 0.01)
     return tmp_path / "ppim_home"
 
 
@@ -36,61 +36,61 @@ def server():
 
 def leftovers() -> list:
     """Files in the weights dir other than lock files."""
-    d = hub.weights_dir()
-    return sorted(p.name for p in d.iterdir() if not p.name.endswith(hub.LOCK_SUFFIX)) if d.exists() else []
+    d = weights.weights_dir()
+    return sorted(p.name for p in d.iterdir() if not p.name.endswith(weights.cache.LOCK_SUFFIX)) if d.exists() else []
 
 
 def test_paths_follow_env_at_call_time(monkeypatch, tmp_path):
     monkeypatch.setenv("PPIM_HOME", str(tmp_path / "a"))
-    assert hub.weights_dir() == tmp_path / "a" / "weights"
+    assert weights.weights_dir() == tmp_path / "a" / "weights"
     monkeypatch.setenv("PPIM_HOME", "~/x")
-    assert hub.ppim_home() == Path.home() / "x"
+    assert weights.ppim_home() == Path.home() / "x"
     monkeypatch.delenv("PPIM_HOME")
-    assert hub.ppim_home() == Path.home() / ".cache" / "ppim"
-    assert hub.cached_file_path(NAME) == Path.home() / ".cache" / "ppim" / "weights" / NAME
+    assert weights.ppim_home() == Path.home() / ".cache" / "ppim"
+    assert weights.cached_file_path(NAME) == Path.home() / ".cache" / "ppim" / "weights" / NAME
     with pytest.raises(ValueError):
-        hub.cached_file_path("../evil.pdparams")
+        weights.cached_file_path("../evil.pdparams")
 
 
 def test_download_with_progress_then_cache_hit_offline(server, capsys):
     server.add("/w/" + NAME, PAYLOAD)
     url = server.url("/w/" + NAME)
 
-    path = hub.download_to_cache(url)
+    path = weights.download_to_cache(url)
 
-    assert path == hub.weights_dir() / NAME
+    assert path == weights.weights_dir() / NAME
     assert path.read_bytes() == PAYLOAD
     sidecar = path.with_name(NAME + ".sha256").read_text()
-    assert sidecar.split()[0] == hashlib.sha256(PAYLOAD).hexdigest() == hub.sha256_file(path)
+    assert sidecar.split()[0] == hashlib.sha256(PAYLOAD).hexdigest() == weights.sha256_file(path)
     err = capsys.readouterr().err
     assert NAME in err and "100%" in err  # the tqdm bar went to stderr
     assert leftovers() == [NAME, NAME + ".sha256"]
     assert server.count() == 1
 
     server.close()  # any network use now fails
-    assert hub.download_to_cache(url) == path
+    assert weights.download_to_cache(url) == path
     assert server.count() == 1
 
 
 def test_progress_false_prints_nothing(server, capsys):
     server.add("/" + NAME, PAYLOAD)
-    hub.download_to_cache(server.url("/" + NAME), progress=False)
+    weights.download_to_cache(server.url("/" + NAME), progress=False)
     assert capsys.readouterr().err == ""
 
 
 def test_truncated_body_retries_then_fails_clean(server):
     server.add("/" + NAME, PAYLOAD, truncate_at=len(PAYLOAD) // 2)
     url = server.url("/" + NAME)
-    with pytest.raises(hub.WeightsDownloadError) as e:
-        hub.download_to_cache(url, progress=False, retries=2)
+    with pytest.raises(weights.WeightsDownloadError) as e:
+        weights.download_to_cache(url, progress=False, retries=2)
     assert server.count() == 3
-    assert url in str(e.value) and str(hub.weights_dir() / NAME) in str(e.value)
+    assert url in str(e.value) and str(weights.weights_dir() / NAME) in str(e.value)
     assert leftovers() == []
 
 
 def test_dropped_once_then_succeeds(server):
     server.add("/" + NAME, PAYLOAD, drop_first=1)
-    path = hub.download_to_cache(server.url("/" + NAME), progress=False)
+    path = weights.download_to_cache(server.url("/" + NAME), progress=False)
     assert path.read_bytes() == PAYLOAD
     assert server.count() == 2
     assert leftovers() == [NAME, NAME + ".sha256"]
@@ -98,36 +98,36 @@ def test_dropped_once_then_succeeds(server):
 
 def test_5xx_is_retried(server):
     server.add("/" + NAME, PAYLOAD, fail_first=2, fail_status=503)
-    path = hub.download_to_cache(server.url("/" + NAME), progress=False)
+    path = weights.download_to_cache(server.url("/" + NAME), progress=False)
     assert path.read_bytes() == PAYLOAD
     assert server.count() == 3
 
 
 def test_5xx_every_time_names_status(server):
     server.add("/" + NAME, PAYLOAD, fail_first=99, fail_status=502)
-    with pytest.raises(hub.WeightsDownloadError, match="HTTP 502") as e:
-        hub.download_to_cache(server.url("/" + NAME), progress=False, retries=1)
+    with pytest.raises(weights.WeightsDownloadError, match="HTTP 502") as e:
+        weights.download_to_cache(server.url("/" + NAME), progress=False, retries=1)
     assert e.value.status == 502 and server.count() == 2
     assert leftovers() == []
 
 
 def test_read_timeout_is_retried(server):
     server.add("/" + NAME, PAYLOAD, delay=0.5)
-    with pytest.raises(hub.WeightsDownloadError, match="after 2 attempts"):
-        hub.download_to_cache(server.url("/" + NAME), progress=False, timeout=0.1, retries=1)
+    with pytest.raises(weights.WeightsDownloadError, match="after 2 attempts"):
+        weights.download_to_cache(server.url("/" + NAME), progress=False, timeout=0.1, retries=1)
     assert leftovers() == []
 
 
 def test_corrupted_cache_file(server):
     server.add("/" + NAME, PAYLOAD)
     url = server.url("/" + NAME)
-    path = hub.download_to_cache(url, progress=False)
+    path = weights.download_to_cache(url, progress=False)
     data = bytearray(path.read_bytes())
     data[1000] ^= 0xFF
     path.write_bytes(bytes(data))
 
-    with pytest.raises(hub.CorruptWeightsError) as e:
-        hub.download_to_cache(url, progress=False)
+    with pytest.raises(weights.CorruptWeightsError) as e:
+        weights.download_to_cache(url, progress=False)
     msg = str(e.value)
     assert str(path) in msg
     assert hashlib.sha256(PAYLOAD).hexdigest() in msg and hashlib.sha256(data).hexdigest() in msg
@@ -135,7 +135,7 @@ def test_corrupted_cache_file(server):
     assert server.count() == 1
 
     path.unlink()  # the fix the message gives
-    assert hub.download_to_cache(url, progress=False).read_bytes() == PAYLOAD
+    assert weights.download_to_cache(url, progress=False).read_bytes() == PAYLOAD
     assert server.count() == 2
 
 
@@ -148,14 +148,14 @@ def test_validate_rejects(server):
         seen.append(tmp.read_bytes())
         raise ValueError("not a Paddle state dict")
 
-    with pytest.raises(hub.InvalidWeightsError) as e:
-        hub.download_to_cache(url, validate=validate, progress=False)
+    with pytest.raises(weights.InvalidWeightsError) as e:
+        weights.download_to_cache(url, validate=validate, progress=False)
     assert seen == [PAYLOAD]
     assert "not a Paddle state dict" in str(e.value) and NAME in str(e.value) and url in str(e.value)
     assert isinstance(e.value.__cause__, ValueError)
     assert leftovers() == []
 
-    path = hub.download_to_cache(url, validate=lambda p: None, progress=False)
+    path = weights.download_to_cache(url, validate=lambda p: None, progress=False)
     assert path.read_bytes() == PAYLOAD
 
 
@@ -166,7 +166,7 @@ def test_interrupted_download_leaves_nothing(server):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        hub.download_to_cache(server.url("/" + NAME), validate=interrupt, progress=False)
+        weights.download_to_cache(server.url("/" + NAME), validate=interrupt, progress=False)
     assert leftovers() == []
 
 
@@ -174,16 +174,16 @@ def test_concurrent_threads_download_once(server):
     server.add("/" + NAME, PAYLOAD, delay=0.2)
     url = server.url("/" + NAME)
     with ThreadPoolExecutor(4) as pool:
-        paths = list(pool.map(lambda _: hub.download_to_cache(url, progress=False), range(4)))
+        paths = list(pool.map(lambda _: weights.download_to_cache(url, progress=False), range(4)))
     assert server.count() == 1
-    assert paths == [hub.weights_dir() / NAME] * 4 and paths[0].read_bytes() == PAYLOAD
+    assert paths == [weights.weights_dir() / NAME] * 4 and paths[0].read_bytes() == PAYLOAD
 
 
 def test_404_not_retried(server):
     url = server.url("/missing/" + NAME)
-    with pytest.raises(hub.WeightsDownloadError) as e:
-        hub.download_to_cache(url, progress=False)
-    assert isinstance(e.value, hub.WeightsError) and isinstance(e.value, RuntimeError)
+    with pytest.raises(weights.WeightsDownloadError) as e:
+        weights.download_to_cache(url, progress=False)
+    assert isinstance(e.value, weights.WeightsError) and isinstance(e.value, RuntimeError)
     assert "HTTP 404" in str(e.value) and url in str(e.value)
     assert e.value.status == 404 and e.value.url == url
     assert server.count() == 1
@@ -193,35 +193,35 @@ def test_404_not_retried(server):
 def test_offline_error_names_url_and_hand_placement_path():
     url = f"http://127.0.0.1:{unused_port()}/weights/{NAME}"
     start = time.monotonic()
-    with pytest.raises(hub.WeightsDownloadError) as e:
-        hub.download_to_cache(url, progress=False)
+    with pytest.raises(weights.WeightsDownloadError) as e:
+        weights.download_to_cache(url, progress=False)
     assert time.monotonic() - start < 5
     msg = str(e.value)
     assert url in msg
-    assert f"place the file by hand at {hub.weights_dir() / NAME}" in msg
+    assert f"place the file by hand at {weights.weights_dir() / NAME}" in msg
     assert "after 4 attempts" in msg and e.value.status is None
     assert leftovers() == []
 
 
 def test_unsupported_url_is_a_download_error():
-    with pytest.raises(hub.WeightsDownloadError, match="ftp://example.invalid/w.pdparams"):
-        hub.download_to_cache("ftp://example.invalid/w.pdparams", progress=False)
+    with pytest.raises(weights.WeightsDownloadError, match="ftp://example.invalid/w.pdparams"):
+        weights.download_to_cache("ftp://example.invalid/w.pdparams", progress=False)
     assert leftovers() == []
 
 
 def test_hand_placed_file_used_without_network():
-    hub.weights_dir().mkdir(parents=True)
-    placed = hub.weights_dir() / NAME
+    weights.weights_dir().mkdir(parents=True)
+    placed = weights.weights_dir() / NAME
     placed.write_bytes(b"my own weights")
     url = f"http://127.0.0.1:{unused_port()}/weights/{NAME}"
-    assert hub.download_to_cache(url) == placed
+    assert weights.download_to_cache(url) == placed
     assert placed.read_bytes() == b"my own weights"
     assert leftovers() == [NAME]  # no sidecar invented, nothing else created
 
 
 def test_explicit_file_name(server):
     server.add("/download", PAYLOAD, headers={"Content-Disposition": 'attachment; filename="other.pth"'})
-    path = hub.download_to_cache(server.url("/download?id=7"), "mine.pdparams", progress=False)
+    path = weights.download_to_cache(server.url("/download?id=7"), "mine.pdparams", progress=False)
     assert path.name == "mine.pdparams" and path.read_bytes() == PAYLOAD
 
 
@@ -229,19 +229,19 @@ def test_content_disposition_names_the_file(server):
     server.add("/v1/blob", PAYLOAD,
                headers={"Content-Disposition": "attachment; filename*=UTF-8''lvvit%20m.pth"})
     url = server.url("/v1/blob?id=7")
-    path = hub.download_to_cache(url, progress=False)
-    assert path == hub.weights_dir() / "lvvit m.pth" and path.read_bytes() == PAYLOAD
+    path = weights.download_to_cache(url, progress=False)
+    assert path == weights.weights_dir() / "lvvit m.pth" and path.read_bytes() == PAYLOAD
     assert server.count() == 2  # the name probe, then the download
-    hub.download_to_cache(url, progress=False)
+    weights.download_to_cache(url, progress=False)
     assert server.count() == 3  # the name needs the server; the body is not fetched again
 
 
 def test_bce_url_name_needs_no_network():
-    hub.weights_dir().mkdir(parents=True)
-    (hub.weights_dir() / NAME).write_bytes(b"x")
+    weights.weights_dir().mkdir(parents=True)
+    (weights.weights_dir() / NAME).write_bytes(b"x")
     url = (f"http://127.0.0.1:{unused_port()}/v1/ai-studio-online/0a1b2c"
            "?responseContentDisposition=attachment%3B%20filename%3Dlvvit_s_224.pdparams")
-    assert hub.download_to_cache(url).name == NAME
+    assert weights.download_to_cache(url).name == NAME
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -256,7 +256,7 @@ def test_bce_url_name_needs_no_network():
     ("", None),
 ])
 def test_parse_content_disposition(value, expected):
-    assert hub._content_disposition_file_name(value) == expected
+    assert weights.download._content_disposition_file_name(value) == expected
 
 
 @pytest.mark.parametrize("url, expected", [
@@ -269,18 +269,18 @@ def test_parse_content_disposition(value, expected):
     ("https://x.org/", None),
 ])
 def test_file_name_from_url(url, expected):
-    assert hub._file_name_from_url(url) == expected
+    assert weights.download.file_name_from_url(url) == expected
 
 
 CHILD = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, sys.argv[1])
-    from ppim import hub
+    from ppim import weights
     url, ready, go = sys.argv[2:5]
     open(ready, "w").close()
     while not os.path.exists(go):
         time.sleep(0.005)
-    path = hub.download_to_cache(url, progress=False)
+    path = weights.download_to_cache(url, progress=False)
     print(path)
 """)
 
@@ -310,6 +310,6 @@ def test_concurrent_processes_download_once(server, tmp_path, home):
         outputs.append(out.strip())
 
     assert server.count() == 1
-    assert outputs == [str(hub.weights_dir() / NAME)] * 4
+    assert outputs == [str(weights.weights_dir() / NAME)] * 4
     assert Path(outputs[0]).read_bytes() == PAYLOAD
     assert leftovers() == [NAME, NAME + ".sha256"]

@@ -1,0 +1,35 @@
+"""From a registered name to a ready model (timm's _builder pattern): constructor kwargs with the
+ppim 1.x ``class_dim`` alias, the cfg attached, weights loaded, transforms on request."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .registry import cfg_for_img_size, get_model_cfg
+from .transforms import create_transforms
+from .weights import load_pretrained
+
+__all__ = ["build_model"]
+
+
+def build_model(model_cls: Callable[..., Any], name: str, pretrained: Any = False,
+                return_transforms: bool = False, **kwargs: Any) -> Any:
+    """Instantiate ``model_cls`` for the registered ``name``: ``class_dim`` is accepted as an alias of
+    num_classes (ppim 1.x), ``pretrained`` is False, True (the registered weights) or a path/URL,
+    and ``return_transforms`` adds the eval transforms of the cfg."""
+    if "class_dim" in kwargs:
+        class_dim = kwargs.pop("class_dim")
+        if "num_classes" in kwargs and kwargs["num_classes"] != class_dim:
+            raise ValueError(f"class_dim={class_dim} and num_classes={kwargs['num_classes']} disagree; "
+                             "pass only num_classes")
+        kwargs["num_classes"] = class_dim
+    cfg = get_model_cfg(name)
+    kwargs.setdefault("num_classes", cfg["num_classes"])
+    kwargs.setdefault("img_size", cfg["crop"])
+    model = model_cls(**kwargs)
+    model.pretrained_cfg = cfg_for_img_size(cfg, kwargs["img_size"])
+    model.pretrained_cfg["num_classes"] = kwargs["num_classes"]
+    if pretrained:
+        load_pretrained(model, cfg, pretrained)
+    if return_transforms:
+        return model, create_transforms(model.pretrained_cfg)
+    return model

@@ -1,0 +1,219 @@
+"""What every ppim command line shares: the runner that turns expected errors into one
+``error: ...`` line (exit 2), the argument parser, the model arguments and the output checks.
+
+A tool is a module in ppim.cli with ``main(argv=None) -> int`` decorated by :func:`command`::
+
+    @command
+    def main(argv=None) -> int:
+        parser = ArgumentParser(description=__doc__)
+        add_model_arguments(parser)
+        args = parser.parse_args(argv)
+        model = create_model(args)
+        ...
+        return 0
+
+Expected errors are ppim.errors.PpimError (unknown model, bad image, weights that cannot be got or
+read, bad input), OSError (missing file, no permission, disk full) and MemoryError: one line on
+stderr naming the cause and the fix, exit status 2. Ctrl-C exits with 130 without a traceback.
+Anything else is a bug and keeps its traceback; PPIM_DEBUG=1 prints the traceback for every error.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import functools
+import json
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from ..errors import InputError, PpimError
+
+__all__ = ["ArgumentParser", "EXIT_ERROR", "EXIT_INTERRUPTED", "add_model_arguments", "command", "create_model",
+           "describe_error", "model_kwargs", "refuse_same_file", "weights_of", "writable_file"]
+
+#: Exit status of an expected error (argparse uses 2 for usage errors too).
+EXIT_ERROR = 2
+#: Exit status after Ctrl-C (128 + SIGINT, what a shell reports for a process killed by it).
+EXIT_INTERRUPTED = 130
+
+#: Errors that come from input or environment, not from a bug in ppim.
+EXPECTED_ERRORS = (PpimError, OSError, MemoryError)
+
+_OS_HINTS = {
+    errno.ENOENT: "check the path",
+    errno.EACCES: "check its permissions or choose another location",
+    errno.EPERM: "check its permissions or choose another location",
+    errno.EROFS: "the file system is read-only: choose another location",
+    errno.ENOSPC: "the disk is full: free some space or choose another location (PPIM_HOME moves the "
+                  "weights cache)",
+    errno.EDQUOT: "the disk quota is exhausted: free some space or choose another location",
+    errno.EISDIR: "it is a folder: give a file name",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+    errno.ELOOP: "too many symbolic links (a link loop?): check the links",
+}
+
+
+def describe_error(error: BaseException) -> str:
+    """One line saying what went wrong and, where ppim knows, what to do about it."""
+    if isinstance(error, MemoryError):
+        return ("out of memory" + (f" ({error})" if str(error) else "")
+                + ": use a smaller batch size (-b) or fewer workers (-j), or free memory")
+    if isinstance(error, OSError) and not isinstance(error, PpimError) and error.strerror:
+        what = f"{error.strerror}: {error.filename}" if error.filename is not None else error.strerror
+        if error.filename2 is not None:
+            what += f" -> {error.filename2}"
+        hint = _OS_HINTS.get(error.errno or 0)
+        message = f"{what} ({hint})" if hint else what
+    else:
+        message = str(error) or type(error).__name__
+    # One line: a multi-line message (lists of keys, ...) is joined, not cut.
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _debug() -> bool:
+    return os.environ.get("PPIM_DEBUG", "").strip() not in ("", "0")
+
+
+def run(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
+    """Call ``main(argv)``; expected errors become one ``error:`` line on stderr and status 2."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        if _debug():
+            traceback.print_exc()
+        return EXIT_INTERRUPTED
+    except EXPECTED_ERRORS as error:
+        if _debug():
+            traceback.print_exc()
+        if isinstance(error, BrokenPipeError):  # `ppim-predict ... | head`: the reader left, say nothing
+            _silence_stdout()
+            return 1
+        print(f"error: {describe_error(error)}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout again at exit, which would raise BrokenPipeError once more.
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def command(main: Callable[..., int]) -> Callable[[Optional[Sequence[str]]], int]:
+    """Decorator for a tool's ``main(argv=None) -> int``: runs it through :func:`run`."""
+
+    @functools.wraps(main)
+    def wrapper(argv: Optional[Sequence[str]] = None) -> int:
+        return run(main, argv)
+
+    return wrapper
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the docstring layout kept, and usage errors as one ``error:`` line (status 2)."""
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Model arguments
+# ----------------------------------------------------------------------------------------------
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, weights: bool = True) -> None:
+    """--model NAME, --model-kwargs JSON and (``weights``) --pretrained | --checkpoint PATH."""
+    parser.add_argument("--model", required=True, help="model name, e.g. lvvit_s (see ppim.list_models())")
+    if weights:
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument("--pretrained", action="store_true", help="the registered weights")
+        group.add_argument("--checkpoint", metavar="PATH",
+                           help="weights file or URL (.pdparams, or a PyTorch checkpoint converted on load)")
+    parser.add_argument("--model-kwargs", default=None, metavar="JSON",
+                        help='extra constructor arguments as JSON, for experiments and tests, e.g. '
+                             '\'{"embed_dim": 48, "depth": 2}\'')
+
+
+def model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """The constructor arguments of --model-kwargs (a JSON object)."""
+    if not getattr(args, "model_kwargs", None):
+        return {}
+    try:
+        kwargs = json.loads(args.model_kwargs)
+    except ValueError as error:
+        raise InputError(f"--model-kwargs is not valid JSON ({error}): pass an object such as "
+                         f"'{{\"depth\": 2}}'") from None
+    if not isinstance(kwargs, dict):
+        raise InputError(f"--model-kwargs must be a JSON object such as '{{\"depth\": 2}}', not {args.model_kwargs}")
+    return kwargs
+
+
+def weights_of(args: argparse.Namespace) -> Any:
+    """What to pass as ``pretrained``: the --checkpoint path, True for --pretrained, else False."""
+    return getattr(args, "checkpoint", None) or getattr(args, "pretrained", False)
+
+
+def create_model(args: argparse.Namespace, warn: bool = True, **kwargs: Any) -> Any:
+    """ppim.create_model for --model with its weights and --model-kwargs (``kwargs`` override them).
+    Constructor arguments it cannot take are reported as input errors naming them."""
+    from ..registry import create_model as build
+
+    pretrained = weights_of(args)
+    kwargs = {**model_kwargs(args), **kwargs}
+    try:
+        model = build(args.model, pretrained=pretrained, **kwargs)
+    except PpimError:
+        raise
+    except (TypeError, ValueError) as error:  # a constructor refusing its arguments
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
+        raise InputError(f"cannot build {args.model} with {given}: {error}") from error
+    if warn and not pretrained:
+        print("warning: random weights (pass --pretrained or --checkpoint)", file=sys.stderr)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs: checked before the work, never over the input
+# ----------------------------------------------------------------------------------------------
+
+
+def writable_file(path: "str | os.PathLike[str]", flag: str = "output") -> Path:
+    """Check now, before a long run, that ``path`` can be written (its folder is created if needed;
+    a temp file is made and removed there). Returns it as a Path; raises InputError naming ``flag``."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder: give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            # Written by rename, so the file itself need not be writable, but its owner meant it not to be.
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    except OSError as error:  # named by the target, not by the probe file
+        hint = _OS_HINTS.get(error.errno or 0, "choose another location")
+        raise InputError(f"{flag} {path} cannot be written: {error.strerror or error} ({hint}); "
+                         f"nothing was run") from None
+    return path
+
+
+def refuse_same_file(source: "str | os.PathLike[str]", output: "str | os.PathLike[str]",
+                     what: str = "output") -> None:
+    """InputError if writing ``output`` would destroy ``source``: the same file (also through links),
+    or an output folder that holds it (outputs are replaced as a whole)."""
+    source, output = Path(source), Path(output)
+    real_source, real_output = source.resolve(), output.resolve()
+    same = real_source == real_output or real_output in real_source.parents
+    if not same and source.exists() and output.exists():
+        same = os.path.samefile(source, output)
+    if same:
+        raise InputError(f"the {what} {output} would overwrite the input {source}; choose another {what} path")

@@ -1,0 +1,38 @@
+"""Convert a PyTorch checkpoint (official release, SuperViT file, your fine-tune) to .pdparams.
+
+    ppim-convert lvvit_s-26M-224-83.3.pth.tar lvvit_s.pdparams --model lvvit_s
+    ppim-convert supervit_lvvit_s.pth super_lvvit_s.pdparams --model super_lvvit_s --ema
+
+(python tools/convert.py takes the same arguments.) torch is not needed (except for checkpoints in
+the pre-1.6 format), and nothing in the file runs. The output is written atomically and never over
+the source.
+"""
+from __future__ import annotations
+
+from .common import ArgumentParser, add_model_arguments, command, create_model, refuse_same_file, writable_file
+
+
+@command
+def main(argv=None) -> int:
+    parser = ArgumentParser(prog="ppim-convert", description=__doc__)
+    parser.add_argument("source", help="PyTorch checkpoint (.pth, .pth.tar, .bin)")
+    parser.add_argument("output", help="the .pdparams file to write")
+    add_model_arguments(parser, weights=False)
+    parser.add_argument("--ema", action="store_true", help="take the EMA weights (state_dict_ema / model_ema)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="convert for another head size: the classifier weights are dropped")
+    parser.add_argument("--no-strict", dest="strict", action="store_false",
+                        help="write the keys that fit even if some are missing, unexpected or mis-shaped")
+    args = parser.parse_args(argv)
+    from ..weights import convert_file
+
+    refuse_same_file(args.source, args.output)
+    writable_file(args.output, "output")
+    extra = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    model = create_model(args, warn=False, **extra)
+    print(convert_file(args.source, args.output, model, ema=args.ema, strict=args.strict))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

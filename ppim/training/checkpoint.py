@@ -1,0 +1,167 @@
+"""Training checkpoints: one file per checkpoint holding everything an exact resume needs (model,
+EMA, optimizer, schedule, loss scaler, epoch, RNG states, arguments, metrics).
+
+The file is a pickle of dicts, lists, plain values and numpy arrays (what paddle.save writes for a
+state dict): ``paddle.load`` reads it, and ppim reads it without running pickled code
+(``ppim.weights.pdparams.read_pickle``), so ``tools/eval.py --checkpoint best.pdparams`` and ``--pretrained``
+take it like a weights file. It is written to a temporary file in the same folder, flushed to disk
+and renamed over the old one: a run killed while writing leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import paddle
+
+from ..errors import InputError
+from ..fileio import atomic_path
+from ..weights.checkpoint import TRAIN_CHECKPOINT_FORMAT
+from ..weights.errors import InvalidWeightsError
+from ..weights.pdparams import read_pickle
+
+#: Fault injection for tests: seconds to sleep once half of a checkpoint is written.
+PAUSE_ENV = "PPIM_TEST_CHECKPOINT_PAUSE"
+
+
+class ResumeError(InputError):
+    """A checkpoint that cannot be resumed here (unreadable, or another model / class count)."""
+
+
+def to_plain(value: Any) -> Any:
+    """Tensors -> numpy arrays, numpy scalars -> Python numbers, recursively through dicts, lists and
+    tuples: the only kinds of objects the safe reader accepts."""
+    if isinstance(value, paddle.Tensor):  # parameters too
+        return value.numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_plain(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"a checkpoint cannot hold a {type(value).__name__}")
+
+
+class _PausingWriter:
+    """File wrapper that sleeps once after ``at`` bytes (the fault-injection hook)."""
+
+    def __init__(self, file, at: int, seconds: float):
+        self.file, self.at, self.seconds, self.written = file, at, seconds, 0
+
+    def write(self, data) -> int:
+        data = memoryview(data)
+        split = self.at - self.written
+        self.written += len(data)
+        if 0 <= split < len(data):
+            self.file.write(data[:split])
+            self.file.flush()
+            time.sleep(self.seconds)
+            data = data[split:]
+        self.file.write(data)
+        return len(data)
+
+
+def save_checkpoint(path: "str | os.PathLike[str]", checkpoint: Dict[str, Any]) -> Path:
+    """Write ``checkpoint`` (see Trainer.state) to ``path`` atomically; returns the path."""
+    path = Path(path)
+    data = pickle.dumps(to_plain({"format": TRAIN_CHECKPOINT_FORMAT, "version": 1, **checkpoint}), protocol=4)
+    pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        (_PausingWriter(file, len(data) // 2, pause) if pause > 0 else file).write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    return path
+
+
+def load_checkpoint(path: "str | os.PathLike[str]") -> Dict[str, Any]:
+    """Read a training checkpoint written by save_checkpoint (no pickled code runs)."""
+    if not os.path.isfile(path):
+        raise ResumeError(f"--resume {path}: no such file")
+    try:
+        checkpoint = read_pickle(path)
+    except InvalidWeightsError as error:
+        raise ResumeError(f"--resume {path}: {error}") from None
+    if not (isinstance(checkpoint, dict) and checkpoint.get("format") == TRAIN_CHECKPOINT_FORMAT):
+        raise ResumeError(f"--resume {path} is not a ppim training checkpoint (a weights file? "
+                              f"start from weights with --checkpoint {path} instead)")
+    return checkpoint
+
+
+# ----------------------------------------------------------------------------------------------
+# Random number generators
+# ----------------------------------------------------------------------------------------------
+
+
+def rng_state() -> Dict[str, Any]:
+    """The states of Python's, numpy's and Paddle's global generators (Paddle's as plain tuples)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "paddle": [state.__getstate__() for state in paddle.get_rng_state()]}
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(_tuples(state["python"]))
+    np.random.set_state(tuple(state["numpy"]))
+    generator_state = type(paddle.get_rng_state()[0])
+    states = []
+    for saved in state["paddle"]:
+        restored = generator_state.__new__(generator_state)  # pybind class without a Python constructor
+        restored.__setstate__(tuple(saved))
+        states.append(restored)
+    paddle.set_rng_state(states)
+
+
+def _tuples(value: Any) -> Any:
+    """Python's random state is nested tuples; keep it so whatever the container round trip did."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizer state by parameter path
+# ----------------------------------------------------------------------------------------------
+# Paddle keys optimizer state by the parameters' generated names (linear_12.w_0_moment1_0), which
+# depend on how many layers the process built before. Checkpoints key it by the parameters' paths in
+# the model (blocks.0.attn.qkv.weight) so it loads into any process that builds the same model.
+
+
+def _rename(keys, mapping: Dict[str, str]) -> Dict[str, str]:
+    by_length = sorted(mapping, key=len, reverse=True)
+    renamed = {}
+    for key in keys:
+        for old in by_length:
+            if key == old or key.startswith(old + "_"):
+                renamed[key] = mapping[old] + key[len(old):]
+                break
+    return renamed
+
+
+def optimizer_state(optimizer, model) -> Dict[str, Any]:
+    """``optimizer.state_dict()`` keyed by parameter paths of ``model`` (see above)."""
+    to_path = {param.name: "@" + path for path, param in model.named_parameters()}
+    state = dict(optimizer.state_dict())
+    renamed = _rename([k for k in state if isinstance(state[k], (paddle.Tensor, np.ndarray))], to_path)
+    out = {renamed.get(k, k): v for k, v in state.items() if k != "master_weights"}
+    if "master_weights" in state:  # AMP O2 keeps fp32 copies by parameter name
+        masters = state["master_weights"]
+        names = _rename(masters, to_path)
+        out["master_weights"] = {names.get(k, k): v for k, v in masters.items()}
+    return out
+
+
+def set_optimizer_state(optimizer, model, state: Dict[str, Any]) -> None:
+    to_name = {"@" + path: param.name for path, param in model.named_parameters()}
+    state = dict(state)
+    renamed = _rename([k for k in state if k.startswith("@")], to_name)
+    out = {renamed.get(k, k): v for k, v in state.items() if k != "master_weights"}
+    if "master_weights" in state:
+        names = _rename(state["master_weights"], to_name)
+        out["master_weights"] = {names.get(k, k): v for k, v in state["master_weights"].items()}
+    optimizer.set_state_dict(out)

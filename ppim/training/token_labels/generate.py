@@ -1,0 +1,70 @@
+"""Generate token labels with a teacher model (TokenLabeling's generate_label.py): for every training
+image, the teacher's per-token class scores at its eval transforms, top-k per token, saved as float16
+[2, k, H, W] (scores, class indices) in the official or the packed layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import paddle
+
+from ...data import BatchLoader, ImageDataset
+from .formats import label_key, open_label_writer
+
+__all__ = ["dense_scores", "teacher_labels", "make_token_labels"]
+
+
+def dense_scores(model: paddle.nn.Layer, images: paddle.Tensor) -> paddle.Tensor:
+    """Per-token class scores (B, H, W, C) of a ViT-style teacher: its aux (token) head on the
+    final-norm patch tokens, or the classifier head when it has none (as the official
+    TokenLabelHead). The token grid must be square."""
+    tokens = model.forward_features(images)[:, 1:]
+    head = model.aux_head if getattr(model, "aux_head", None) is not None else model.head
+    scores = head(tokens)
+    side = int(round(scores.shape[1] ** 0.5))
+    if side * side != scores.shape[1]:
+        raise ValueError(f"{scores.shape[1]} patch tokens do not form a square grid")
+    return scores.reshape([scores.shape[0], side, side, scores.shape[2]])
+
+
+@paddle.no_grad()
+def teacher_labels(model: paddle.nn.Layer, images: paddle.Tensor, topk: int = 5) -> np.ndarray:
+    """Token labels (B, 2, k, H, W) float16: top-k scores and their class indices per token (k at
+    most the number of classes)."""
+    scores = dense_scores(model, images).astype("float32")
+    values, indices = paddle.topk(scores, k=min(topk, scores.shape[-1]), axis=-1)
+    stacked = paddle.stack([values, indices.astype("float32")], axis=1)  # (B, 2, H, W, k)
+    return stacked.transpose([0, 1, 4, 2, 3]).numpy().astype(np.float16)
+
+
+def make_token_labels(model: paddle.nn.Layer, dataset: ImageDataset, output: "str | Path", *,
+                      fmt: str = "packed", topk: int = 5, batch_size: int = 64,
+                      num_workers: Optional[int] = None, rank: int = 0, world_size: int = 1,
+                      progress: bool = True) -> Dict[str, int]:
+    """Write token labels of every image of ``dataset`` (its transforms: the teacher's eval ones)
+    to ``output`` in ``fmt`` ('packed' or 'official'). Resumable: labels already written are
+    kept. Under several processes, rank r labels images r, r + W, ... (packed: its own part).
+    Returns {"images": this rank's images, "written": labelled now, "kept": found done}."""
+    from tqdm import tqdm
+
+    model.eval()
+    shard = list(range(rank, len(dataset), world_size))
+    keys = [label_key(dataset.samples[i][0]) for i in shard]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{dataset.root}: two images share a label key (class folder / name up to the "
+                         f"first dot); rename one")
+    probe = paddle.to_tensor(np.asarray(dataset[shard[0]][0], dtype=np.float32)[None])
+    shape = teacher_labels(model, probe, topk).shape[1:]
+    writer = open_label_writer(fmt, output, keys, shape, rank, world_size)
+    pending = writer.pending()
+    loader = BatchLoader(dataset, batch_size, num_workers, indices=[shard[i] for i in pending])
+    with tqdm(total=len(keys), initial=len(keys) - len(pending), unit="img", desc="token labels",
+              disable=not progress or rank != 0, dynamic_ncols=True) as bar:
+        for start, batch in zip(range(0, len(pending), loader.batch_size), loader):
+            labels = teacher_labels(model, paddle.to_tensor(batch.images), topk)
+            writer.write(pending[start:start + len(labels)], labels)
+            bar.update(len(labels))
+    writer.close()
+    return {"images": len(keys), "written": len(pending), "kept": len(keys) - len(pending)}

@@ -1,0 +1,295 @@
+"""Pictures where one would rather look than read:
+
+- ``kept_tokens.png``: which patch tokens a SuperViT sub-network keeps after each token-keeping block
+  (3, 6, 9), drawn over the crop the model sees;
+- ``token_classes.png``: LV-ViT's per-token class map, the arg-max of the aux head on every patch token
+  (what token labeling trains), next to the crop;
+- ``accuracy_vs_gflops.png``: published top-1 against counted cost for the 12 sub-networks of both
+  super models and the LV-ViT family.
+
+matplotlib is an optional extra (``pip install "ppim[plot]"``); nothing else in ppim needs it. Only
+matplotlib's object API is used (no pyplot), so no global backend or figure state is touched.
+
+Layout (pixels, fixed so pictures of the same kind are the same size): every image panel is
+``PANEL`` x ``PANEL`` pixels, the crop resampled to it, with a ``TITLE`` pixel title band above and
+``MARGIN`` pixels around. Token cells are painted in numpy and shown 1:1 (nearest), so the picture
+is the mask, not an approximation of it.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import paddle
+from PIL import Image
+
+from .data import imagenet_class_names, load_image
+from .errors import PpimError
+from .flops import count, model_for_counting, subnet_costs
+from .fileio import write_atomic
+from .registry import get_model_cfg, list_models, model_name
+from .transforms import center_crop_box, create_transforms, resized_shape
+
+PANEL = 224           # pixels of an image panel (the crop, resampled to it)
+TITLE = 40            # pixels of the title band above a panel
+MARGIN = 8            # pixels around every panel
+DROPPED = (235, 235, 235)   # colour of the tokens a sub-network dropped
+CURVE_SIZE = (900, 600)     # pixels of the accuracy-vs-cost plot
+LEGEND_WIDTH = 300          # pixels of the class legend right of the token-class panels
+TOP_CLASSES = 10            # classes named in the legend (the others are drawn grey)
+OTHER = (128, 128, 128)
+
+ImageSource = Union[str, os.PathLike, Image.Image]
+
+
+class MissingExtraError(PpimError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra that brings it."""
+
+
+def require_matplotlib():
+    """matplotlib's Figure class, or MissingExtraError saying how to install it."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingExtraError(
+            'ppim.visualize draws with matplotlib, which is not installed: pip install "ppim[plot]" '
+            "(or pip install matplotlib)") from None
+    return Figure
+
+
+# ----------------------------------------------------------------------------------------------
+# What the model computes
+# ----------------------------------------------------------------------------------------------
+
+
+def load_crop(image: ImageSource, model: paddle.nn.Layer) -> Tuple[np.ndarray, paddle.Tensor]:
+    """The model's eval crop of ``image``: (HWC uint8 crop as shown, (1, 3, S, S) input tensor).
+    The shown crop is the same resize and centre crop, without normalisation."""
+    transforms = create_transforms(model.pretrained_cfg)
+    image = load_image(image) if isinstance(image, (str, os.PathLike)) else image.convert("RGB")
+    resized = image.resize(resized_shape(*image.size, transforms.resize), Image.BICUBIC)
+    shown = np.asarray(resized.crop(center_crop_box(*resized.size, transforms.crop)))
+    return shown, paddle.to_tensor(transforms(image)[None])
+
+
+def kept_token_masks(model: paddle.nn.Layer, x: paddle.Tensor, img_size: Optional[int] = None,
+                     keep_ratio: Optional[float] = None) -> np.ndarray:
+    """Which patch tokens a SuperViT sub-network keeps after each of its keep blocks:
+    bool (B, len(model.keep_blocks), grid, grid), grid = img_size / patch size (row-major token
+    order). Straight from ``model.kept_tokens`` (the model's own kept positions)."""
+    img_size, keep_ratio = model.check_subnet(model.img_size if img_size is None else img_size,
+                                              model.keep_ratio if keep_ratio is None else keep_ratio)
+    grid = img_size // model.patch_size
+    with paddle.no_grad():
+        kept = model.kept_tokens(x, img_size=img_size, keep_ratio=keep_ratio)
+    masks = np.zeros((x.shape[0], len(kept), grid * grid), dtype=bool)
+    for block, positions in enumerate(kept):
+        np.put_along_axis(masks[:, block], positions.numpy(), True, axis=1)
+    return masks.reshape(x.shape[0], len(kept), grid, grid)
+
+
+def token_classes(model: paddle.nn.Layer, x: paddle.Tensor) -> np.ndarray:
+    """The class the aux head gives every patch token: int (B, grid, grid). SuperViT runs its full
+    sub-network (every token present)."""
+    if getattr(model, "aux_head", None) is None or model.num_classes <= 0:
+        raise ValueError(f"{model_name(model)} has no aux head: per-token classes need an LV-ViT "
+                         f"(lvvit_*) or super_lvvit_s with its classifier")
+    with paddle.no_grad():
+        if hasattr(model, "using_subnet"):
+            with model.using_subnet(max(model.img_sizes), 1.0):
+                tokens = model.forward_features(x)
+        else:
+            tokens = model.forward_features(x)
+        classes = model.aux_head(tokens[:, 1:]).argmax(axis=-1).numpy()
+    grid = int(round(classes.shape[1] ** 0.5))
+    return classes.reshape(x.shape[0], grid, grid)
+
+
+# ----------------------------------------------------------------------------------------------
+# Drawing
+# ----------------------------------------------------------------------------------------------
+
+
+def _cells(values: np.ndarray, size: int) -> np.ndarray:
+    """(grid, grid, ...) -> (size, size, ...): each token cell repeated over its pixels (the
+    cells are size / grid pixels wide, spread evenly when that is not a whole number)."""
+    grid = values.shape[0]
+    index = np.arange(size) * grid // size
+    return values[index][:, index]
+
+
+def _panel_figure(rows: int, cols: int, extra_width: int = 0):
+    Figure = require_matplotlib()
+    width = cols * (PANEL + 2 * MARGIN) + extra_width
+    height = rows * (PANEL + TITLE + 2 * MARGIN)
+    fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+    fig.patch.set_facecolor("white")
+    return fig, width, height
+
+
+def _panel(fig, width: int, height: int, row: int, col: int, picture: np.ndarray, title: str) -> None:
+    """An axes of exactly PANEL x PANEL pixels at (row, col) showing ``picture`` 1:1."""
+    left = col * (PANEL + 2 * MARGIN) + MARGIN
+    top = row * (PANEL + TITLE + 2 * MARGIN) + MARGIN + TITLE
+    ax = fig.add_axes([left / width, 1 - (top + PANEL) / height, PANEL / width, PANEL / height])
+    ax.imshow(picture, interpolation="nearest", extent=(0, PANEL, PANEL, 0))
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+
+
+def panel_box(row: int, col: int) -> Tuple[int, int, int, int]:
+    """Pixel box (left, top, right, bottom) of the image panel at (row, col) of a picture."""
+    left = col * (PANEL + 2 * MARGIN) + MARGIN
+    top = row * (PANEL + TITLE + 2 * MARGIN) + MARGIN + TITLE
+    return left, top, left + PANEL, top + PANEL
+
+
+def _resized(crop: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(crop).resize((PANEL, PANEL), Image.BICUBIC))
+
+
+def draw_kept_tokens(crop: np.ndarray, masks: Dict[Tuple[int, float], np.ndarray], keep_blocks: Sequence[int]):
+    """One row per sub-network: the crop, then the tokens kept after each keep block (dropped ones
+    painted ``DROPPED``). masks: {(img_size, keep_ratio): bool (len(keep_blocks), grid, grid)}."""
+    fig, width, height = _panel_figure(len(masks), 1 + len(keep_blocks))
+    shown = _resized(crop)
+    for row, ((img_size, keep_ratio), mask) in enumerate(masks.items()):
+        _panel(fig, width, height, row, 0, shown, f"input, sub-network {img_size}x{keep_ratio}")
+        for col, (block, kept) in enumerate(zip(keep_blocks, mask), 1):
+            picture = np.where(_cells(kept, PANEL)[..., None], shown, np.array(DROPPED, dtype=np.uint8))
+            _panel(fig, width, height, row, col, picture,
+                   f"after block {block} (0-based)\n{int(kept.sum())} of {kept.size} tokens kept")
+    return fig
+
+
+def class_colours(count: int) -> np.ndarray:
+    """``count`` distinct RGB uint8 colours (tab10, then tab20b/c), for the most frequent classes."""
+    from matplotlib import colormaps
+
+    colours = [colormaps["tab10"](i) for i in range(10)]
+    colours += [colormaps["tab20b"](i) for i in range(20)] + [colormaps["tab20c"](i) for i in range(20)]
+    if count > len(colours):
+        raise ValueError(f"at most {len(colours)} classes can be coloured, asked for {count}")
+    return (np.array(colours[:count])[:, :3] * 255).round().astype(np.uint8)
+
+
+def class_legend(classes: np.ndarray, top: int = TOP_CLASSES) -> List[Tuple[int, int]]:
+    """The ``top`` most frequent classes of a (grid, grid) class map: [(class, token count), ...],
+    most frequent first, ties by class index."""
+    values, counts = np.unique(classes, return_counts=True)
+    order = sorted(zip(values.tolist(), counts.tolist()), key=lambda vc: (-vc[1], vc[0]))
+    return order[:top]
+
+
+def draw_token_classes(crop: np.ndarray, classes: np.ndarray, class_names: Sequence[str]):
+    """The crop and its per-token class map: the ``TOP_CLASSES`` most frequent classes in
+    distinct colours (named, with their token counts, in the legend), the rest grey."""
+    require_matplotlib()  # the extra is checked before drawing
+    legend = class_legend(classes)
+    colours = class_colours(len(legend))
+    painted = np.empty(classes.shape + (3,), dtype=np.uint8)
+    painted[:] = OTHER
+    for (cls, _), colour in zip(legend, colours):
+        painted[classes == cls] = colour
+    fig, width, height = _panel_figure(1, 2, LEGEND_WIDTH)
+    _panel(fig, width, height, 0, 0, _resized(crop), "input")
+    grid = classes.shape[0]
+    _panel(fig, width, height, 0, 1, _cells(painted, PANEL), f"aux-head class of each token ({grid}x{grid})")
+    left = 2 * (PANEL + 2 * MARGIN)
+    for row, ((cls, tokens), colour) in enumerate(zip(legend, colours)):
+        y = 1 - (MARGIN + TITLE + 8 + row * 20) / height
+        fig.text(left / width, y, "\u25a0", color=colour / 255, fontsize=12, va="center")
+        name = class_names[cls] if cls < len(class_names) else f"class {cls}"
+        fig.text((left + 18) / width, y, f"{cls} {name[:28]} ({tokens})", fontsize=8, va="center")
+    return fig
+
+
+def accuracy_vs_flops_points() -> Dict[str, List[Dict[str, Any]]]:
+    """The series of the accuracy-vs-cost plot: {series name: [{"label", "gflops", "top1"}, ...]}.
+    top1: the registry's published figures (SuperViT: the paper's 12 sub-networks, LV-ViT: each
+    model's); gflops: multiply-accumulates counted by ppim.flops (one convention for every point)."""
+    series: Dict[str, List[Dict[str, Any]]] = {}
+    for name in list_models("super_*"):
+        table = get_model_cfg(name)["weights"]["subnet_top1"]
+        series[name] = [{"label": f"{c['img_size']}x{c['keep_ratio']}", "gflops": c["flops"] / 1e9,
+                         "top1": table[f"{c['img_size']}x{c['keep_ratio']}"]} for c in subnet_costs(name)]
+    lvvit = []
+    for name in list_models("lvvit_*"):
+        top1 = get_model_cfg(name)["weights"]["top1"]
+        if top1 is not None:
+            lvvit.append({"label": name, "gflops": count(model_for_counting(name))["flops"] / 1e9, "top1": top1})
+    series["LV-ViT"] = sorted(lvvit, key=lambda p: p["gflops"])
+    return series
+
+
+def draw_accuracy_vs_flops(series: Optional[Dict[str, List[Dict[str, Any]]]] = None):
+    """Published top-1 against GFLOPs (log scale): each super model's sub-networks (keep ratio by
+    marker, lines join equal keep ratios) and the LV-ViT family."""
+    Figure = require_matplotlib()
+    series = accuracy_vs_flops_points() if series is None else series
+    fig = Figure(figsize=(CURVE_SIZE[0] / 100, CURVE_SIZE[1] / 100), dpi=100)
+    ax = fig.add_axes([0.08, 0.1, 0.9, 0.83])
+    markers = {"0.5": "v", "0.7": "s", "1.0": "o"}
+    for colour, (name, points) in zip(("tab:blue", "tab:orange", "tab:green"), series.items()):
+        if name == "LV-ViT":
+            ax.plot([p["gflops"] for p in points], [p["top1"] for p in points], "-D", color=colour,
+                    label="LV-ViT family")
+            for i, p in enumerate(points):  # labels alternate below-right and above-left
+                ax.annotate(p["label"], (p["gflops"], p["top1"]), textcoords="offset points",
+                            xytext=(5, -11) if i % 2 == 0 else (-12, 7), fontsize=7, color=colour,
+                            ha="left" if i % 2 == 0 else "right")
+            continue
+        for ratio, marker in markers.items():
+            sub = [p for p in points if p["label"].endswith("x" + ratio)]
+            ax.plot([p["gflops"] for p in sub], [p["top1"] for p in sub], "-" + marker, color=colour,
+                    alpha=0.9, label=f"{name}, keep {ratio} (128-224)")
+    ax.set_xscale("log")
+    gflops = [p["gflops"] for points in series.values() for p in points]
+    ax.set_xlim(min(gflops) / 1.3, max(gflops) * 1.8)
+    ax.set_xlabel("GFLOPs per image (multiply-accumulates, counted by ppim.flops; log scale)")
+    ax.set_ylabel("published ImageNet top-1 (%)")
+    ax.set_title("Accuracy against cost: SuperViT sub-networks and LV-ViT")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def save_png(fig, path: Union[str, os.PathLike]) -> Path:
+    """Write ``fig`` as PNG at its own pixel size, atomically (a temp file then a rename)."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi, facecolor="white")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+def visualize(image: ImageSource, model: paddle.nn.Layer, output_dir: Union[str, os.PathLike],
+              subnets: Optional[Sequence[Tuple[int, float]]] = None) -> Dict[str, Path]:
+    """Write every picture that applies to ``model`` into ``output_dir``: kept_tokens.png (SuperViT;
+    ``subnets`` default: every published sub-network with keep ratio < 1 at the largest size),
+    token_classes.png (models with an aux head) and accuracy_vs_gflops.png (always).
+    Returns {picture kind: path}."""
+    require_matplotlib()
+    model.eval()
+    output_dir = Path(output_dir)
+    crop, x = load_crop(image, model)
+    written: Dict[str, Path] = {}
+    if hasattr(model, "kept_tokens"):
+        if subnets is None:
+            subnets = [(max(model.img_sizes), r) for r in model.keep_ratios if r < 1]
+        masks = {}
+        for img_size, keep_ratio in subnets:
+            subnet = model.check_subnet(img_size, keep_ratio)
+            masks[subnet] = kept_token_masks(model, x, *subnet)[0]
+        written["kept_tokens"] = save_png(draw_kept_tokens(crop, masks, model.keep_blocks),
+                                          output_dir / "kept_tokens.png")
+    if getattr(model, "aux_head", None) is not None and model.num_classes > 0:
+        names = imagenet_class_names() if model.num_classes == 1000 else []
+        written["token_classes"] = save_png(draw_token_classes(crop, token_classes(model, x)[0], names),
+                                            output_dir / "token_classes.png")
+    written["accuracy_vs_gflops"] = save_png(draw_accuracy_vs_flops(), output_dir / "accuracy_vs_gflops.png")
+    return written

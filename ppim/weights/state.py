@@ -1,0 +1,106 @@
+"""Checking a state dict against a model and adapting what can be adapted (classifier of another
+class count dropped, positional embedding of another grid resized), then setting it."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import warnings
+from typing import List
+
+import numpy as np
+
+from ..registry import model_name
+from .errors import InvalidWeightsError
+
+__all__ = ["StateReport", "adapt_state", "check_state", "resize_pos_embed", "set_weights"]
+
+
+def resize_pos_embed(pos_embed: np.ndarray, grid: int) -> np.ndarray:
+    """(1, 1 + g*g, D) positional embedding -> (1, 1 + grid*grid, D): the cls row is kept, the
+    patch rows are resized as a g x g image, bicubic (timm's rule for fine-tuning at another size)."""
+    import paddle
+
+    old = int(round(math.sqrt(pos_embed.shape[1] - 1)))
+    if old * old != pos_embed.shape[1] - 1:
+        raise ValueError(f"positional embedding of {pos_embed.shape[1] - 1} patch rows is not a square grid")
+    dim = pos_embed.shape[2]
+    patches = paddle.to_tensor(pos_embed[0, 1:].reshape(1, old, old, dim).transpose(0, 3, 1, 2))
+    patches = paddle.nn.functional.interpolate(patches, size=[grid, grid], mode="bicubic", align_corners=False)
+    patches = patches.numpy().transpose(0, 2, 3, 1).reshape(1, grid * grid, dim)
+    return np.concatenate([pos_embed[:, :1], patches], axis=1).astype(pos_embed.dtype)
+
+
+@dataclasses.dataclass
+class StateReport:
+    """How a state dict fits a model: keys that load as they are, keys adapted (positional
+    embedding resized), classifier keys dropped (another class count), and the problems."""
+
+    matched: List[str]
+    resized: List[str]
+    dropped: List[str]
+    missing: List[str]
+    unexpected: List[str]
+    mismatched: List[str]  # "key: file [shape], model [shape]"
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def problems(self) -> str:
+        def listed(title: str, keys: List[str]) -> str:
+            return f"{title} ({len(keys)}): {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
+
+        parts = [listed(title, keys) for title, keys in (
+            ("missing", self.missing), ("unexpected", self.unexpected), ("shape mismatches", self.mismatched))
+            if keys]
+        return "; ".join(parts)
+
+
+def check_state(model, state: "dict[str, np.ndarray]") -> StateReport:
+    """Compare ``state`` (Paddle layout) with ``model``'s parameters and buffers."""
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    classifier = tuple(f"{name}." for name in model.pretrained_cfg.get("classifier", ()))
+    report = StateReport([], [], [], [], [], [])
+    for key, value in state.items():
+        shape = tuple(value.shape)
+        if key.startswith(classifier) and expected.get(key) != shape:
+            report.dropped.append(key)  # another class count, or a model built without heads
+        elif key not in expected:
+            report.unexpected.append(key)
+        elif shape == expected[key]:
+            report.matched.append(key)
+        elif key == "pos_embed" and len(shape) == 3 and shape[2] == expected[key][2]:
+            report.resized.append(key)
+        else:
+            report.mismatched.append(f"{key}: file {list(shape)}, model {list(expected[key])}")
+    present = set(state)
+    report.missing = [key for key in expected if key not in present and not key.startswith(classifier)]
+    return report
+
+
+def adapt_state(model, state: "dict[str, np.ndarray]", source: "str | os.PathLike[str]") -> "dict[str, np.ndarray]":
+    """Check ``state`` against ``model`` and adapt what can be adapted: classifier weights of another
+    class count are dropped (warned; the model keeps its fresh heads), a positional embedding of
+    another grid is resized. Anything else that differs raises InvalidWeightsError naming ``source``
+    and the keys."""
+    report = check_state(model, state)
+    if not report.ok:
+        name = model_name(model)
+        raise InvalidWeightsError(f"{source} does not fit {name}: {report.problems()}. Check that the "
+                                  f"file is {name}'s weights (ppim.get_model_cfg({name!r})['weights']).")
+    if report.dropped:
+        warnings.warn(f"{source}: classifier weights not loaded (the model has "
+                      f"{model.pretrained_cfg.get('num_classes')} classes, so they stay freshly "
+                      f"initialised): {', '.join(report.dropped)}", stacklevel=3)
+    adapted = {key: state[key] for key in report.matched}
+    for key in report.resized:
+        adapted[key] = resize_pos_embed(state[key], int(round(math.sqrt(model.state_dict()[key].shape[1] - 1))))
+    return adapted
+
+
+def set_weights(model, state: "dict[str, np.ndarray]") -> None:
+    """Load a checked state into ``model``; parameters it lacks (dropped heads) keep their values."""
+    for key, value in model.state_dict().items():
+        state.setdefault(key, value)
+    model.set_state_dict(state)

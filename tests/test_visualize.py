@@ -1,0 +1,135 @@
+"""Pictures: the PNGs tools/visualize.py writes are read back and their pixels checked against what
+the model computes (kept tokens, per-token classes), the accuracy-vs-cost series against the
+published tables, and a missing matplotlib is reported with the extra to install."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+from PIL import Image
+
+pytest.importorskip("matplotlib")
+
+import ppim  # noqa: E402
+from ppim import visualize  # noqa: E402
+from ppim.cli.visualize import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SUPER = dict(embed_dim=48, depth=10, num_heads=3, stem_dim=8)
+MODEL_KWARGS = '{"embed_dim": 48, "depth": 10, "num_heads": 3, "stem_dim": 8}'
+DROPPED = (235, 235, 235)  # the colour the pictures give dropped tokens (ppim.visualize.DROPPED)
+
+
+@pytest.fixture
+def photo(tmp_path):
+    """A textured 300x260 RGB photo (no pixel has the dropped-token colour: channels stay below 200)."""
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 200, (13, 15, 3)), np.ones((20, 20, 1)))
+    noise = rng.integers(0, 40, (260, 300, 3))
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.clip(smooth * 0.8 + noise, 0, 199).astype(np.uint8)).save(path)
+    return path
+
+
+def cell_centres(box, grid):
+    """Pixel (x, y) of each token cell's centre in a panel box, row-major."""
+    left, top, right, _ = box
+    size = right - left
+    centres = [(c * size) // grid + size // (2 * grid) for c in range(grid)]
+    return [(left + x, top + y) for y in centres for x in centres]
+
+
+def test_kept_token_pictures_show_the_models_own_kept_tokens(photo, tmp_path, capsys):
+    paddle.seed(0)
+    out = tmp_path / "pictures"
+    assert main([str(photo), "--model", "super_lvvit_s", "--model-kwargs", MODEL_KWARGS,
+                 "--subnets", "224x0.5,160x0.7", "--output", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"kept_tokens.png", "token_classes.png", "accuracy_vs_gflops.png"}
+    assert "kept_tokens: " in capsys.readouterr().out
+    picture = np.asarray(Image.open(out / "kept_tokens.png").convert("RGB"))
+    # Two sub-network rows of 4 panels (input + blocks 3, 6, 9), each 224 + 2*8 wide, 224 + 40 + 2*8 high.
+    assert picture.shape == (2 * 280, 4 * 240, 3)
+
+    # The same model again (same seed): its kept positions, straight from the model.
+    paddle.seed(0)
+    model = ppim.super_lvvit_s(**SUPER).eval()
+    _, x = visualize.load_crop(photo, model)
+    for row, (img_size, keep_ratio) in enumerate([(224, 0.5), (160, 0.7)]):
+        kept = [set(k[0].tolist()) for k in model.kept_tokens(x, img_size=img_size, keep_ratio=keep_ratio)]
+        grid = img_size // 16
+        assert len(kept[0]) < grid * grid
+        input_panel = [tuple(picture[y, x]) for x, y in cell_centres(visualize.panel_box(row, 0), grid)]
+        assert DROPPED not in input_panel
+        for col, positions in enumerate(kept, 1):
+            shown = {i for i, (x, y) in enumerate(cell_centres(visualize.panel_box(row, col), grid))
+                     if tuple(picture[y, x]) != DROPPED}
+            assert shown == positions, (img_size, keep_ratio, col)
+
+
+def test_token_class_picture_paints_the_aux_head_classes(photo, tmp_path):
+    paddle.seed(1)
+    model = ppim.lvvit_s(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8, num_classes=30).eval()
+    crop, x = visualize.load_crop(photo, model)
+    assert crop.shape == (64, 64, 3)
+    written = visualize.visualize(photo, model, tmp_path)
+    assert set(written) == {"token_classes", "accuracy_vs_gflops"}  # LV-ViT keeps every token
+    picture = np.asarray(Image.open(written["token_classes"]).convert("RGB"))
+    assert picture.shape == (280, 2 * 240 + 300, 3)
+    # The classes computed here with numpy from the final tokens and the aux head's weights.
+    tokens = model.forward_features(x).numpy()[0, 1:]
+    classes = (tokens @ model.aux_head.weight.numpy() + model.aux_head.bias.numpy()).argmax(axis=1)
+    named = [cls for cls, _ in visualize.class_legend(classes.reshape(4, 4))]
+    colours = {cls: tuple(c) for cls, c in zip(named, visualize.class_colours(len(named)))}
+    shown = [tuple(picture[y, x]) for x, y in cell_centres(visualize.panel_box(0, 1), 4)]
+    expected = [colours.get(cls, visualize.OTHER) for cls in classes]
+    assert shown == expected
+    assert len(set(classes.tolist())) > 1  # more than one class: the check can fail
+
+
+def test_accuracy_curve_series_are_the_published_figures(tmp_path):
+    series = visualize.accuracy_vs_flops_points()
+    assert set(series) == {"super_deit_s", "super_lvvit_s", "LV-ViT"}
+    lvvit_s = {p["label"]: p for p in series["super_lvvit_s"]}
+    # SPEC §2's published table (not the registry): 8x8 keep 0.5 and 14x14 keep 1.
+    assert lvvit_s["128x0.5"]["top1"] == 76.64 and lvvit_s["224x1.0"]["top1"] == 83.47
+    assert {p["label"]: p["top1"] for p in series["super_deit_s"]}["192x0.7"] == 79.62
+    assert len(series["super_deit_s"]) == len(lvvit_s) == 12
+    for points in (series["super_deit_s"], series["super_lvvit_s"]):
+        by_label = {p["label"]: p["gflops"] for p in points}
+        for size in (128, 160, 192, 224):  # keeping fewer tokens costs less
+            assert by_label[f"{size}x0.5"] < by_label[f"{size}x0.7"] < by_label[f"{size}x1.0"]
+    assert lvvit_s["224x1.0"]["gflops"] == pytest.approx(6.6, abs=0.1)  # lvvit_s's cost, README table
+    family = {p["label"]: p for p in series["LV-ViT"]}
+    assert family["lvvit_m"]["top1"] == 83.88 and family["lvvit_m"]["gflops"] == pytest.approx(12.7, abs=0.1)
+    path = visualize.save_png(visualize.draw_accuracy_vs_flops(series), tmp_path / "curve.png")
+    with Image.open(path) as image:
+        assert image.size == (900, 600)
+        assert len(image.convert("RGB").getcolors(1 << 20)) > 50  # drawn, not blank
+
+
+def test_missing_matplotlib_names_the_extra(photo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(visualize.MissingExtraError, match=r'pip install "ppim\[plot\]"'):
+        visualize.draw_accuracy_vs_flops()
+    assert main([str(photo), "--model", "lvvit_s", "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and 'pip install "ppim[plot]"' in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_line_errors_are_one_line(photo, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    for args in ([str(bad), "--model", "lvvit_s"],
+                 [str(photo), "--model", "lvvit_s", "--model-kwargs", MODEL_KWARGS.replace("10", "2"),
+                  "--subnets", "224x0.5"],
+                 [str(photo), "--model", "super_deit_s", "--model-kwargs", '{"depth": 10, "embed_dim": 48,'
+                  ' "num_heads": 3}', "--subnets", "100x0.5"]):
+        result = subprocess.run([sys.executable, str(ROOT / "tools" / "visualize.py"), *args,
+                                 "--output", str(tmp_path / "o")], capture_output=True, text=True)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.splitlines()  # a random-weights warning may come first
+        assert lines[-1].startswith("error: ") and all(line.startswith("warning: ") for line in lines[:-1])

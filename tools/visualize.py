@@ -1,0 +1,10 @@
+"""python tools/visualize.py: ppim-visualize from a checkout (see ppim/cli/visualize.py or --help)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from ppim.cli.visualize import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
