@@ -39,7 +39,11 @@ def rows(output):
 
 
 def run(command, cwd, env=None, timeout=300):
-    env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+    # Without the launcher variables an in-process test may have left behind (they would make
+    # paddle.distributed.launch join another job's layout).
+    inherited = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("PADDLE_", "FLAGS_selected_", "POD_", "TRAINER")) and k != "CUDA_VISIBLE_DEVICES"}
+    env = dict(inherited, PYTHONWARNINGS="ignore", **(env or {}))
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -235,6 +239,10 @@ def test_records_and_checkpoint_contents(tmp_path):
     assert {"model", "model_ema", "optimizer", "scheduler", "rng", "epoch", "args", "best", "metrics"} <= set(checkpoint)
     assert checkpoint["args"]["model"] == "lvvit_s" and checkpoint["epoch"] == 2
     assert checkpoint["model_name"] == "lvvit_s" and checkpoint["num_classes"] == 2
+    import paddle
+
+    loaded = paddle.load(str(tmp_path / "run" / "last.pdparams"))  # paddle.load reads it too
+    np.testing.assert_array_equal(loaded["model"]["head.weight"].numpy(), checkpoint["model"]["head.weight"])
     table = rows(tmp_path / "run")
     assert list(table[0]) == ["epoch", "train_loss", "lr", "top1", "top5", "ema_top1", "ema_top5",
                               "images_per_sec", "seconds"]

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 import paddle
 
-from ..errors import PpimError
+from ..errors import InputError, PpimError
 from .checkpoint import (ResumeError, optimizer_state, rng_state, save_checkpoint, set_optimizer_state,
                          set_rng_state)
 
@@ -97,6 +97,7 @@ class Trainer:
         self.epoch = 0  # the next epoch to train
         self.best: Optional[Dict[str, Any]] = None  # {"epoch", "metric", "weights"}
         self.global_step = 0
+        self._is_best = False  # the epoch just finished has the best metric so far
 
     # ------------------------------------------------------------------------------------------
     # one epoch
@@ -110,7 +111,7 @@ class Trainer:
     def _backward(self, loss: paddle.Tensor) -> None:
         if not math.isfinite(float(loss)):
             raise DivergedError(f"the loss is {float(loss)} at epoch {self.epoch}, step {self.global_step}: "
-                                     f"lower --lr, add --clip-grad, or check the data")
+                                f"lower --lr, add --clip-grad, or check the data")
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def train_one_epoch(self, epoch: int) -> Dict[str, float]:
@@ -118,14 +119,14 @@ class Trainer:
         self.model.train()
         self.loader.set_epoch(epoch)
         if len(self.loader) == 0:
-            raise ValueError(f"batch size {self.loader.batch_size} is larger than this process's "
+            raise InputError(f"batch size {self.loader.batch_size} is larger than this process's "
                              f"{len(self.loader.indices)} training images: lower -b")
         bar = None
         if self.progress and self.rank == 0:
             from tqdm import tqdm
 
             bar = tqdm(total=len(self.loader), desc=f"epoch {epoch}", unit="step", dynamic_ncols=True)
-        lr = current_lr(self.optimizer)
+        lr = current_lr(self.optimizer)  # the epoch's (timm's per-epoch schedule; per-step ones move it)
         losses, images_seen, start = [], 0, time.perf_counter()
         try:
             for batch in self.loader:
@@ -145,7 +146,7 @@ class Trainer:
                     self.ema.update(self.module)
                 if hasattr(self.scheduler, "step_update"):  # per-update schedules (no-op per epoch)
                     self.scheduler.step_update(self.global_step + 1)
-                value = float(loss)
+                value, lr = float(loss), current_lr(self.optimizer)
                 losses.append(value)
                 images_seen += len(batch.labels)
                 self.global_step += 1
@@ -214,7 +215,7 @@ class Trainer:
             return
         state = self.state(row)
         save_checkpoint(self.output / "last.pdparams", state)
-        if getattr(self, "_is_best", False):
+        if self._is_best:
             save_checkpoint(self.output / "best.pdparams", state)
 
     # ------------------------------------------------------------------------------------------
@@ -223,15 +224,15 @@ class Trainer:
 
     def state(self, row: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Everything an exact resume needs, as a checkpoint dict (see checkpoint.save_checkpoint).
-        "eval_weights" names the weights its metric was measured on (what eval --checkpoint loads)."""
-        best = self.best or {}
+        "eval_weights" names the weights eval --checkpoint loads: the EMA's when there is one (best is
+        chosen by their top-1 then), else the model's."""
         return {
             **self.identity,
             "epoch": self.epoch,
             "global_step": self.global_step,
             "model": self.module.state_dict(),
             "model_ema": self.ema.state_dict() if self.ema is not None else None,
-            "eval_weights": best.get("weights", "model") if getattr(self, "_is_best", False) else "model",
+            "eval_weights": "model_ema" if self.ema is not None else "model",
             "optimizer": optimizer_state(self.optimizer, self.module),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
