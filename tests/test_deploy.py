@@ -65,7 +65,7 @@ def test_export_round_trip_and_predictor_matches_eager(tmp_path):
     assert manifest["model"] == "lvvit_s" and manifest["input_name"] == "x"
     assert manifest["input_shape"] == [-1, 3, 64, 64] and manifest["subnet"] is None
     assert manifest["cfg"]["crop"] == 64 and manifest["num_classes"] == 10
-    assert manifest["optimized"] and manifest["deploy_attention"]
+    assert manifest["optimized"] and manifest["deploy_attention"] == deploy.attention_layout("fp32", "cpu")
     assert manifest["paddle_version"] == paddle.__version__
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
 
@@ -78,6 +78,22 @@ def test_export_round_trip_and_predictor_matches_eager(tmp_path):
     assert predictor.transforms.crop == 64
     with pytest.raises(ValueError, match="64x64"):
         predictor(images(1, 32))
+
+
+def test_attention_layouts_match_eager(tmp_path):
+    """Every export layout of attention (the fused CPU kernel, the matmul chain for bf16/ONNX, the
+    model's own) gives the eager numbers, lvvit_t-like heads of 20 (a scale that is no power of two)."""
+    model = tiny(embed_dim=60, num_heads=3)
+    batch = images(3, 64)
+    expected = eager(model, batch)
+    layouts = {}
+    for name, kwargs in {"fp32": {}, "bf16": {"precision": "bf16"}, "onnx": {"engine": "openvino"},
+                         "own": {"optimize": False}}.items():
+        out = export(model, tmp_path / name, **kwargs)
+        layouts[name] = load_manifest(out)["deploy_attention"]
+        assert rel_error(Predictor(out)(batch), expected) < 1e-4, name
+    assert layouts == {"fp32": "fused" if deploy.fused_attention_available() else "matmul", "bf16": "matmul",
+                       "onnx": "matmul", "own": None}
 
 
 def test_export_fixed_batch_and_unoptimized_graph(tmp_path):
