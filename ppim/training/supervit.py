@@ -77,6 +77,16 @@ class SuperStep:
         self.rng = rng or random.Random(0)
         self.last_losses: List[paddle.Tensor] = []
 
+    def state_dict(self) -> Dict[str, object]:
+        """The draw generator's state (the Trainer checkpoints it, so a resumed run draws on)."""
+        return {"rng": self.rng.getstate()}
+
+    def set_state_dict(self, state: Dict[str, object]) -> None:
+        def tuples(value):  # the checkpoint round trip may turn the state's tuples into lists
+            return tuple(tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+        self.rng.setstate(tuples(state["rng"]))
+
     def draw(self, model: paddle.nn.Layer) -> Tuple[List[Subnet], Dict[int, Box]]:
         """This step's sub-networks and MixToken boxes."""
         subnets = training_subnets(model.img_sizes, model.keep_ratios, self.rng)
