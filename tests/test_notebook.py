@@ -77,7 +77,7 @@ def test_quickstart_notebook_runs_offline(tmp_path, monkeypatch):
     assert json.loads((work / "inference" / "lvvit_s" / "ppim.json").read_text())["model"] == "lvvit_s"
     # the PyTorch file was converted once and cached, keyed by its content
     assert len(list((weights / "converted").glob("super_deit_s-*.pdparams"))) == 1
-    assert not any(path.name.endswith(".part") for path in weights.iterdir())
+    assert not any(path.name.endswith(".part") for path in weights.rglob("*"))
     np.testing.assert_array_equal(ppim.lvvit_t(pretrained=str(work / "lvvit_t.pdparams")).head.weight.numpy(),
                                   ppim.lvvit_t(pretrained=str(work / "lvvit_t.pth")).head.weight.numpy())
 
