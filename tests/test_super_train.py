@@ -141,6 +141,9 @@ def test_training_subnets_follow_the_official_draws():
         assert subnets == [(224, 1.0), (224, r1), (s, 1.0), (s, r2)]
         seen.add(subnets[2][0])
     assert seen == {128, 160, 192}
+    assert training_subnets((32,), ratios, random.Random(0))[0] == (32, 1.0)  # one size: the full-size pair
+    assert len(training_subnets((32,), ratios, random.Random(0))) == 2
+    assert training_subnets((32, 64), (1.0,), random.Random(0)) == [(64, 1.0), (32, 1.0)]
 
 
 def test_mixtoken_boxes_scale_one_box_per_grid():

@@ -215,7 +215,8 @@ def test_no_weight_decay_names_are_parameters():
 @pytest.mark.smoke
 @pytest.mark.parametrize("name", ["lvvit_s", "super_lvvit_s"])
 def test_input_mistakes_say_what_was_passed_and_the_fix(name):
-    model = ppim.create_model(name, **(TINY if name == "lvvit_s" else SUPER)).eval()
+    model = ppim.create_model(name, **(TINY if name == "lvvit_s" else SUPER))
+    model.eval()  # (Paddle 2.6's eval() returns None: not chained)
     size = 64 if name == "lvvit_s" else 224
     chw = images((3, size, size))
     with pytest.raises(TypeError, match=r"numpy array of shape \(1, 3, .*paddle\.to_tensor"):

@@ -22,7 +22,7 @@ from shapes import write_dataset
 ROOT = Path(__file__).resolve().parents[1]
 TINY_LVVIT = dict(depth=2, embed_dim=32, num_heads=2, stem_dim=8, patch_size=8)
 # No BatchNorm (which would see per-process batches): the data-parallel test's model.
-TINY_DEIT = dict(depth=10, embed_dim=32, num_heads=2, img_sizes=[32])
+TINY_DEIT = dict(depth=10, embed_dim=32, num_heads=2, img_sizes=[16, 32], patch_size=8)
 
 
 def config(data, output, **overrides):
@@ -81,26 +81,39 @@ def test_resume_is_exact(tmp_path):
 
 # ---- data parallel --------------------------------------------------------------------------------
 
+TRAIN_SCRIPT = """
+import sys
+from ppim.training.engine import ClassificationStep
+from ppim.training.losses import LabelSmoothingCrossEntropy
+from ppim.training.run import TrainConfig, train
+
+data, output, batch_size, kwargs = sys.argv[1], sys.argv[2], int(sys.argv[3]), eval(sys.argv[4])
+config = TrainConfig(data=data, model="super_deit_s", output=output, model_kwargs=kwargs, img_size=32,
+                     batch_size=batch_size, workers=1, epochs=1, opt="sgd", lr=0.05, warmup_epochs=0,
+                     cooldown_epochs=0, smoothing=0.1, drop_path=0.0, seed=3, progress=False)
+# The plain classification step (one forward of the current sub-network, one backward).
+train(config, step=ClassificationStep(LabelSmoothingCrossEntropy(0.1)))
+"""
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
-    """2 CPU processes (gloo, paddle.DataParallel) with -b 4 each == 1 process with -b 8, after one
-    epoch of 3 steps. Each global batch holds the same images with the same augmentations (per-sample
-    seeds), the gradients are the mean of the two halves' means, i.e. the mean over the 8 images, so
-    the only difference is the order of float32 summation (all-reduce, batched matmuls of 4 vs 8):
-    relative 1e-6 per step, amplified by nothing in plain SGD over 3 steps: atol 1e-5 at lr 0.05 on
-    weights of magnitude ~0.02-1. (BatchNorm would see per-process batches, so the model has none;
-    Adam's division by small second moments would amplify rounding, so SGD.)"""
+    """2 CPU processes (gloo, paddle.DataParallel) with batch 4 each == 1 process with batch 8, after
+    one epoch of 3 steps. Each global batch holds the same images with the same augmentations
+    (per-sample seeds), the gradients are the mean of the two halves' means, i.e. the mean over the 8
+    images, so the only difference is the order of float32 summation (all-reduce, batched matmuls of
+    4 vs 8): relative 1e-6 per step, amplified by nothing in plain SGD over 3 steps: atol 1e-5 at
+    lr 0.05 on weights of magnitude ~0.02-1. (BatchNorm would see per-process batches, so the model
+    has none; Adam's division by small second moments would amplify rounding, so SGD.)"""
     data = write_dataset(tmp_path / "data", train_per_class=8, val_per_class=2, classes=3, size=40)
-    args = [str(data), "--model", "super_deit_s", "--model-kwargs", json.dumps(TINY_DEIT), "--img-size", "32",
-            "--epochs", "1", "--opt", "sgd", "--lr", "0.05", "--warmup-epochs", "0", "--cooldown-epochs", "0",
-            "--smoothing", "0.1", "-j", "1", "--no-progress", "--seed", "3"]
-    single = run([sys.executable, str(ROOT / "tools" / "train.py"), *args, "-b", "8",
-                  "--output", str(tmp_path / "one")], tmp_path)
+    script = tmp_path / "train_script.py"
+    script.write_text(TRAIN_SCRIPT)
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    single = run([sys.executable, str(script), str(data), str(tmp_path / "one"), "8", repr(TINY_DEIT)], tmp_path, env)
     assert single.returncode == 0, single.stderr[-3000:]
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
-               str(tmp_path / "log"), str(ROOT / "tools" / "train.py"), *args, "-b", "4",
-               "--output", str(tmp_path / "two")]
-    proc = run(command, tmp_path, timeout=400)
+               str(tmp_path / "log"), str(script), str(data), str(tmp_path / "two"), "4", repr(TINY_DEIT)]
+    proc = run(command, tmp_path, env, timeout=400)
     logs = "".join(p.read_text() for p in sorted((tmp_path / "log").glob("workerlog.*")))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs[-4000:]
     one = load_checkpoint(tmp_path / "one" / "last.pdparams")

@@ -149,16 +149,17 @@ class TokenViT(nn.Layer):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them (Paddle's
-        ``recompute``): less memory in training, the same gradients, about a third more compute."""
+        ``recompute``, RNG replayed): less memory in training, the same gradients, about a third more
+        compute. Applies to forward, forward_features and forward_train (not forward_intermediates)."""
         self.grad_checkpointing = bool(enable)
 
     # -- the token stack ----------------------------------------------------------------------------
     def _block(self, block: nn.Layer, x: paddle.Tensor, keep_ratio: Optional[float], return_index: bool):
-        if self.grad_checkpointing and self.training and not x.stop_gradient:
+        if self.grad_checkpointing and self.training and not x.stop_gradient and not return_index:
             from paddle.distributed.fleet.utils import recompute
 
-            out = recompute(block, x, keep_ratio, True, use_reentrant=False)
-            return out if return_index else out[0]
+            # The reentrant form: the other one cannot replay the RNG (dropout, drop-path) on CPU in Paddle 2.6.
+            return recompute(block, x, keep_ratio)
         return block(x, keep_ratio, return_index)
 
     def run_blocks(self, x: paddle.Tensor, keep_ratio: Optional[float] = None) -> paddle.Tensor:

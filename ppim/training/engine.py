@@ -3,7 +3,8 @@ EMA weights too), checkpoints (last and best, atomically) with exact resume, and
 
 The work of one step is pluggable: ``step(model, images, targets, backward) -> loss`` (see
 ClassificationStep) computes the loss(es) and calls ``backward`` on each, so steps with several
-forward passes per batch (SuperViT's sub-networks, token labelling) reuse this loop unchanged.
+forward passes per batch (SuperViT's sub-networks, token labelling) reuse this loop unchanged. A
+step with random state of its own gives ``state_dict()`` / ``set_state_dict()`` (checkpointed).
 """
 from __future__ import annotations
 
@@ -45,6 +46,17 @@ class ClassificationStep:
 def unwrap(model: paddle.nn.Layer) -> paddle.nn.Layer:
     """The model inside paddle.DataParallel (its own name for its parameters and state)."""
     return model._layers if isinstance(model, paddle.DataParallel) else model
+
+
+def cpu_bf16_training_supported() -> bool:
+    """Whether eager Paddle multiplies bfloat16 matrices on this CPU, i.e. autocast to bf16 is real
+    (Paddle 3.3's CPU wheel has no eager bf16 matmul kernel: autocast then silently stays fp32)."""
+    try:
+        with paddle.amp.auto_cast(enable=True, dtype="bfloat16", level="O1"):
+            out = paddle.nn.functional.linear(paddle.ones([2, 4]), paddle.ones([4, 4]))
+        return out.dtype == paddle.bfloat16
+    except Exception:  # kernels missing or not runnable on this CPU
+        return False
 
 
 def current_lr(optimizer) -> float:
@@ -224,6 +236,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng_state(),
+            "step": self.step.state_dict() if hasattr(self.step, "state_dict") else None,
             "best": self.best,
             "metrics": row or {},
             "args": self.args,
@@ -261,6 +274,8 @@ class Trainer:
         if self.scaler is not None and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"])
+        if hasattr(self.step, "set_state_dict") and checkpoint.get("step") is not None:
+            self.step.set_state_dict(checkpoint["step"])  # a step's own generator (e.g. SuperStep's draws)
         self.epoch = int(checkpoint["epoch"])
         self.global_step = int(checkpoint.get("global_step", 0))
         self.best = checkpoint.get("best")
