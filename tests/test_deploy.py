@@ -8,10 +8,11 @@ import numpy as np
 import paddle
 import pytest
 
-import ppim
 from ppim import deploy
-from ppim.flops import count_macs
 from ppim.deploy import Predictor, create_runner, export, load_manifest
+from ppim.flops import count_macs
+
+from deploy_utils import eager, images, rel_error, tiny, tiny_super
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
@@ -21,35 +22,6 @@ def load_tool(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def tiny(**kwargs):
-    paddle.seed(0)
-    args = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8, num_classes=10)
-    args.update(kwargs)
-    model = ppim.create_model("lvvit_s", **args)
-    model.eval()
-    return model
-
-
-def tiny_super():
-    paddle.seed(0)
-    model = ppim.create_model("super_lvvit_s", embed_dim=48, depth=10, num_heads=3, num_classes=10, stem_dim=8)
-    model.eval()
-    return model
-
-
-def eager(model, batch, **kwargs):
-    with paddle.no_grad():
-        return model(paddle.to_tensor(batch), **kwargs).numpy()
-
-
-def rel_error(got, expected):
-    return float(np.abs(got - expected).max() / np.abs(expected).max())
-
-
-def images(n, size, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, 3, size, size), dtype=np.float32)
 
 
 @pytest.mark.smoke

@@ -10,26 +10,7 @@ import ppim
 from ppim.deploy import AUTO_ORDER, cpu_supports_bf16, create_runner, export, load_manifest, resolve_engine
 from ppim.deploy import engines as engines_module
 
-
-def tiny():
-    paddle.seed(0)
-    model = ppim.create_model("lvvit_s", img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8,
-                              num_classes=10)
-    model.eval()
-    return model
-
-
-def images(n, size, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, 3, size, size), dtype=np.float32)
-
-
-def eager(model, batch, **kwargs):
-    with paddle.no_grad():
-        return model(paddle.to_tensor(batch), **kwargs).numpy()
-
-
-def rel_error(got, expected):
-    return float(np.abs(got - expected).max() / np.abs(expected).max())
+from deploy_utils import eager, images, rel_error, tiny
 
 
 @pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])

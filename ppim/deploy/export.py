@@ -33,7 +33,7 @@ from .common import INPUT_NAME, MANIFEST, PARAMS_FILE, PROGRAM_FILES, current_su
 __all__ = ["export", "load_manifest", "cached_export", "export_key", "cache_dir"]
 
 # Bumped whenever the rewrites below change the exported graph, so cached exports are remade.
-EXPORT_REVISION = 3
+EXPORT_REVISION = 4
 
 
 class _DeployAttention(nn.Layer):
@@ -77,7 +77,8 @@ class _FusedAttention(nn.Layer):
     the weighted sum of v in one kernel, the scale applied to the scores), numerically
     ``layers.Attention`` in eval mode. About 1.4x faster than the matmul/softmax/matmul chain in
     fp32 on lvvit_s's shapes; it has no bf16 kernel (fp32 exports only) and no GPU kernel. A call
-    that needs the probabilities (SuperViT's token keeping) runs the model's own attention."""
+    that needs the probabilities (SuperViT's token keeping) gets the cls query's row of them only,
+    all that token keeping reads."""
 
     def __init__(self, attn: nn.Layer):
         super().__init__()
@@ -91,12 +92,17 @@ class _FusedAttention(nn.Layer):
             self.qkv.bias.set_value(np.zeros([3 * dim], dtype="float32"))
 
     def forward(self, x: paddle.Tensor, return_attention: bool = False):
-        if return_attention:
-            return self.attn(x, return_attention=True)
         tokens, dim = x.shape[1], x.shape[2]
         qkv = self.qkv(x).reshape([-1, tokens, 3, self.num_heads, self.head_dim])
         out = paddle._C_ops.self_dp_attention(qkv, self.scale, self.num_heads)  # (B, N, heads, head_dim)
-        return self.attn.proj(out.reshape([-1, tokens, dim]))
+        out = self.attn.proj(out.reshape([-1, tokens, dim]))
+        if not return_attention:
+            return out
+        # Token keeping reads only the cls query's row of the probabilities: (B, heads, 1, N)
+        # instead of the N x N matrix.
+        q_cls = qkv[:, :1, 0].transpose([0, 2, 1, 3]) * self.scale  # (B, heads, 1, head_dim)
+        keys = qkv[:, :, 1].transpose([0, 2, 3, 1])  # (B, heads, head_dim, N)
+        return out, F.softmax(paddle.matmul(q_cls, keys), axis=-1)
 
 
 def attention_layout(precision: str = "fp32", device: str = "cpu", engine: str = "inference") -> str:
