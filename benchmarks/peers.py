@@ -190,10 +190,12 @@ def worker(args) -> int:
         from ppim.deploy import cached_export
         from ppim.deploy.engines import engine_available, onnx_file
 
-        model_dir = cached_export(_ppim_model(args.model, model_kwargs))
+        model = _ppim_model(args.model, model_kwargs)
+        for precision in ("fp32", "bf16"):  # the attention layout differs (see ppim.deploy.attention_layout)
+            cached_export(model, precision=precision)
         if engine_available("onnxruntime") or engine_available("openvino"):
-            onnx_file(model_dir)
-        _reply(ready=True, model_dir=str(model_dir))
+            onnx_file(cached_export(model, engine="openvino"))
+        _reply(ready=True)
         return 0
     model = _ppim_model(args.model, model_kwargs)
     size = model.pretrained_cfg["input_size"][-1]
@@ -204,7 +206,7 @@ def worker(args) -> int:
     elif engine == "openvino-tput":
         from ppim.deploy import cached_export
 
-        run = _openvino_tput(cached_export(model), precision, threads)
+        run = _openvino_tput(cached_export(model, engine="openvino"), precision, threads)
     else:
         from ppim.deploy import create_runner
 

@@ -2,6 +2,7 @@
 ppim 1.x ``class_dim`` alias, the cfg attached, weights loaded, transforms on request."""
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from .registry import cfg_for_img_size, get_model_cfg
@@ -14,8 +15,21 @@ __all__ = ["build_model"]
 def build_model(model_cls: Callable[..., Any], name: str, pretrained: Any = False,
                 return_transforms: bool = False, **kwargs: Any) -> Any:
     """Instantiate ``model_cls`` for the registered ``name``: ``class_dim`` is accepted as an alias of
-    num_classes (ppim 1.x), ``pretrained`` is False, True (the registered weights) or a path/URL,
-    and ``return_transforms`` adds the eval transforms of the cfg."""
+    num_classes (ppim 1.x), ``pretrained`` is False, True (the registered weights) or a path/URL
+    (``checkpoint_path=`` is accepted as an alias of a local path, as timm users write it), and
+    ``return_transforms`` adds the eval transforms of the cfg. What was loaded is kept as
+    ``model.pretrained_info``. ``features_only=True`` (timm's): the model, weights loaded, wrapped to
+    return per-block feature maps for ``out_indices`` (default: the last 3 blocks), see
+    ``TokenViT.feature_extractor``."""
+    features_only = kwargs.pop("features_only", False)
+    out_indices = kwargs.pop("out_indices", 3)
+    if "checkpoint_path" in kwargs:
+        checkpoint_path = kwargs.pop("checkpoint_path")
+        if checkpoint_path:
+            if pretrained not in (False, None, True) and os.fspath(pretrained) != os.fspath(checkpoint_path):
+                raise ValueError(f"pretrained={pretrained!r} and checkpoint_path={checkpoint_path!r} disagree; "
+                                 "pass one of them")
+            pretrained = checkpoint_path
     if "class_dim" in kwargs:
         class_dim = kwargs.pop("class_dim")
         if "num_classes" in kwargs and kwargs["num_classes"] != class_dim:
@@ -30,6 +44,8 @@ def build_model(model_cls: Callable[..., Any], name: str, pretrained: Any = Fals
     model.pretrained_cfg["num_classes"] = kwargs["num_classes"]
     if pretrained:
         load_pretrained(model, cfg, pretrained)
+    if features_only:
+        model = model.feature_extractor(out_indices)
     if return_transforms:
         return model, create_transforms(model.pretrained_cfg)
     return model

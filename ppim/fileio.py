@@ -5,15 +5,20 @@ Used for weights, conversions, results and export manifests alike. Imports nothi
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator, Union
 
 import numpy as np
 
-__all__ = ["PART_SUFFIX", "atomic_path", "remove_quietly", "write_atomic", "write_json"]
+__all__ = ["PART_SUFFIX", "atomic_path", "check_writable", "remove_quietly", "remove_stale_parts", "write_atomic",
+           "write_json"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -29,6 +34,37 @@ def _umask() -> int:
     return mask
 
 
+def _owner_tag() -> str:
+    """``<pid>-<host hash>``: who writes a temp file, so a later process can tell a dead writer's."""
+    return f"{os.getpid()}-{hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def remove_stale_parts(path: PathLike) -> "list[Path]":
+    """Remove the temp files :func:`atomic_path` left for ``path`` when its writer was killed: those
+    of processes on this host that no longer run. Returns what was removed."""
+    path = Path(path)
+    host = _owner_tag().split("-", 1)[1]
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)-([0-9a-f]{8})\..*" + re.escape(PART_SUFFIX) + "$")
+    removed = []
+    with contextlib.suppress(OSError):
+        for candidate in path.parent.iterdir():
+            match = pattern.match(candidate.name)
+            if match and match.group(2) == host and not _pid_alive(int(match.group(1))):
+                remove_quietly(candidate)
+                removed.append(candidate)
+    return removed
+
+
 def remove_quietly(path: PathLike) -> None:
     """Remove a file if it exists."""
     with contextlib.suppress(FileNotFoundError):
@@ -41,7 +77,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     with the permissions a plain ``open(path, "w")`` would give (0666 minus the user's umask, where
     mkstemp alone gives 0600), on failure removed. Readers see the old file or the whole new one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner_tag()}.", suffix=PART_SUFFIX)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -49,6 +85,25 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         remove_quietly(tmp)  # already gone after os.replace
+
+
+def check_writable(path: PathLike) -> Path:
+    """Fail now, not after a long run, if :func:`write_atomic` could not write ``path``: its folder
+    is created if needed and a temp file is made and removed there, as the write will. Raises
+    OSError naming ``path`` (IsADirectoryError for a folder); returns ``path`` as a Path."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    try:
+        if path.parent.exists() and not path.parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as error:  # named by the target, not by the temp file
+        raise OSError(error.errno, error.strerror, str(path)) from None
+    return path
 
 
 def write_atomic(path: PathLike, data: bytes) -> None:

@@ -25,6 +25,7 @@ class Route:
     headers: Dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before the response starts
     chunk_delay: float = 0.0  # seconds between body chunks (4 chunks) when set
+    drip: float = 0.0  # seconds between single bytes: a server that never trips a read timeout
     truncate_at: Optional[int] = None  # send Content-Length of the whole body, then only this many bytes
     drop_first: int = 0  # the first N requests get the connection closed without a response
     fail_first: int = 0  # the first N requests (after drops) get fail_status
@@ -121,7 +122,12 @@ class LocalServer:
         h.end_headers()
         body = route.body if route.truncate_at is None else route.body[: route.truncate_at]
         try:
-            if route.chunk_delay:
+            if route.drip:
+                for i in range(len(body)):
+                    h.wfile.write(body[i : i + 1])
+                    h.wfile.flush()
+                    time.sleep(route.drip)
+            elif route.chunk_delay:
                 step = max(1, -(-len(body) // 4))
                 for i in range(0, len(body), step):
                     h.wfile.write(body[i : i + step])

@@ -2,6 +2,7 @@
 containers, strict reports, conversion caching, release URLs and Google Drive's confirmation page
 served by a real local HTTP server, and hostile files."""
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -120,8 +121,9 @@ def test_local_checkpoint_is_converted_once_and_cached(tmp_path, reference):
     source = tmp_path / "mine.pth"
     torch.save(state, source)
     tiny(pretrained=str(source))
-    cached = list(weights.weights_dir().glob("mine-*.pdparams"))
-    assert len(cached) == 1
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    cached = list((weights.weights_dir() / "converted").glob(f"lvvit_s-{digest[:32]}-auto.pdparams"))
+    assert len(cached) == 1  # keyed by the source's content
     stamp = cached[0].stat().st_mtime_ns
     assert_parity(tiny(pretrained=str(source)), reference)
     assert cached[0].stat().st_mtime_ns == stamp  # read from the cache, not converted again
@@ -136,10 +138,10 @@ def test_release_url_is_downloaded_converted_and_cached(tmp_path, reference, mon
                             server.url("/releases/download/v0.2.0/lvvit_t.pth"))
         model = ppim.lvvit_t(pretrained=True, skip_lam=2.0, **TINY)
         assert server.count() == 1
-    assert_parity(model, reference)
-    assert (weights.weights_dir() / "lvvit_t.pdparams").is_file()
-    os.remove(weights.weights_dir() / "lvvit_t.pth")  # the converted file alone serves from now on
-    assert_parity(ppim.lvvit_t(pretrained=True, skip_lam=2.0, **TINY), reference)
+        assert_parity(model, reference)
+        assert len(list((weights.weights_dir() / "converted").glob("lvvit_t-*-auto.pdparams"))) == 1
+        assert_parity(ppim.lvvit_t(pretrained=True, skip_lam=2.0, **TINY), reference)
+        assert server.count() == 1  # the cached file and its conversion serve from now on
 
 
 def test_google_drive_confirmation_page(tmp_path, reference, monkeypatch):

@@ -35,9 +35,14 @@ def server():
 
 
 def leftovers() -> list:
-    """Files in the weights dir other than lock files."""
+    """Files anywhere in the weights dir other than lock files."""
     d = weights.weights_dir()
-    return sorted(p.name for p in d.iterdir() if not p.name.endswith(weights.cache.LOCK_SUFFIX)) if d.exists() else []
+    return sorted(p.name for p in d.rglob("*")
+                  if p.is_file() and not p.name.endswith(weights.cache.LOCK_SUFFIX)) if d.exists() else []
+
+
+def cached(url: str) -> Path:
+    return weights.download.cache_path_for(url)
 
 
 def test_paths_follow_env_at_call_time(monkeypatch, tmp_path):
@@ -58,7 +63,7 @@ def test_download_with_progress_then_cache_hit_offline(server, capsys):
 
     path = weights.download_to_cache(url)
 
-    assert path == weights.weights_dir() / NAME
+    assert path == cached(url) and path.parent.parent == weights.weights_dir() / "by-url"
     assert path.read_bytes() == PAYLOAD
     sidecar = path.with_name(NAME + ".sha256").read_text()
     assert sidecar.split()[0] == hashlib.sha256(PAYLOAD).hexdigest() == weights.sha256_file(path)
@@ -84,7 +89,7 @@ def test_truncated_body_retries_then_fails_clean(server):
     with pytest.raises(weights.WeightsDownloadError) as e:
         weights.download_to_cache(url, progress=False, retries=2)
     assert server.count() == 3
-    assert url in str(e.value) and str(weights.weights_dir() / NAME) in str(e.value)
+    assert url in str(e.value) and str(cached(url)) in str(e.value)
     assert leftovers() == []
 
 
@@ -176,7 +181,7 @@ def test_concurrent_threads_download_once(server):
     with ThreadPoolExecutor(4) as pool:
         paths = list(pool.map(lambda _: weights.download_to_cache(url, progress=False), range(4)))
     assert server.count() == 1
-    assert paths == [weights.weights_dir() / NAME] * 4 and paths[0].read_bytes() == PAYLOAD
+    assert paths == [cached(url)] * 4 and paths[0].read_bytes() == PAYLOAD
 
 
 def test_404_not_retried(server):
@@ -198,7 +203,7 @@ def test_offline_error_names_url_and_hand_placement_path():
     assert time.monotonic() - start < 5
     msg = str(e.value)
     assert url in msg
-    assert f"place the file by hand at {weights.weights_dir() / NAME}" in msg
+    assert f"place the file by hand at {cached(url)}" in msg
     assert "after 4 attempts" in msg and e.value.status is None
     assert leftovers() == []
 
@@ -214,7 +219,7 @@ def test_hand_placed_file_used_without_network():
     placed = weights.weights_dir() / NAME
     placed.write_bytes(b"my own weights")
     url = f"http://127.0.0.1:{unused_port()}/weights/{NAME}"
-    assert weights.download_to_cache(url) == placed
+    assert weights.download_to_cache(url, NAME) == placed  # a registered name: the file there is used
     assert placed.read_bytes() == b"my own weights"
     assert leftovers() == [NAME]  # no sidecar invented, nothing else created
 
@@ -230,18 +235,19 @@ def test_content_disposition_names_the_file(server):
                headers={"Content-Disposition": "attachment; filename*=UTF-8''lvvit%20m.pth"})
     url = server.url("/v1/blob?id=7")
     path = weights.download_to_cache(url, progress=False)
-    assert path == weights.weights_dir() / "lvvit m.pth" and path.read_bytes() == PAYLOAD
+    assert path.name == "lvvit m.pth" and path.parent.parent == weights.weights_dir() / "by-url"
+    assert path.read_bytes() == PAYLOAD
     assert server.count() == 2  # the name probe, then the download
-    weights.download_to_cache(url, progress=False)
-    assert server.count() == 3  # the name needs the server; the body is not fetched again
+    assert weights.download_to_cache(url, progress=False) == path
+    assert server.count() == 2  # the URL's folder already holds its file: no network
 
 
 def test_bce_url_name_needs_no_network():
-    weights.weights_dir().mkdir(parents=True)
-    (weights.weights_dir() / NAME).write_bytes(b"x")
     url = (f"http://127.0.0.1:{unused_port()}/v1/ai-studio-online/0a1b2c"
            "?responseContentDisposition=attachment%3B%20filename%3Dlvvit_s_224.pdparams")
-    assert weights.download_to_cache(url).name == NAME
+    cached(url).parent.mkdir(parents=True)
+    cached(url).write_bytes(b"x")
+    assert weights.download_to_cache(url) == cached(url) and cached(url).name == NAME
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -310,6 +316,6 @@ def test_concurrent_processes_download_once(server, tmp_path, home):
         outputs.append(out.strip())
 
     assert server.count() == 1
-    assert outputs == [str(weights.weights_dir() / NAME)] * 4
+    assert outputs == [str(cached(server.url("/" + NAME)))] * 4
     assert Path(outputs[0]).read_bytes() == PAYLOAD
     assert leftovers() == [NAME, NAME + ".sha256"]

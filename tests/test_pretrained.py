@@ -106,7 +106,8 @@ def test_local_path_and_url(tmp_path):
     with LocalServer() as server:
         server.add("/weights/mine.pdparams", path.read_bytes())
         assert_same_weights(tiny(pretrained=server.url("/weights/mine.pdparams")), source)
-    assert (weights.weights_dir() / "mine.pdparams").is_file()
+        url = server.url("/weights/mine.pdparams")
+    assert weights.download.cache_path_for(url).is_file()  # kept under a folder keyed by the URL
     with pytest.raises(FileNotFoundError, match="no such file"):
         tiny(pretrained=str(tmp_path / "missing.pdparams"))
 

@@ -326,7 +326,7 @@ def test_allowlisted_callables_are_stand_ins_not_torch(tmp_path, monkeypatch):
         (tensor(Storage("FloatStorage", "0", 4), 0, (2, 2), (1,)), "differ in length"),
         (tensor("not a storage", 0, (1,), (1,)), "storage"),
         (tensor(Storage("OrderedDict", "0", 4, module="collections"), 0, (1,), (1,)), "malformed storage"),
-        (tensor(Storage("FloatStorage", "0", 99), 0, (1,), (1,)), "holds 16 bytes, expected 396"),
+        (tensor(Storage("FloatStorage", "0", 99), 0, (1,), (1,)), "declares 16 bytes, its tensor needs 396"),
         (tensor(Storage("FloatStorage", "missing", 1), 0, (1,), (1,)), "'archive/data/missing' is missing"),
         ([tensor(Storage("FloatStorage", "0", 4), 0, (1,), (1,)),
           tensor(Storage("IntStorage", "0", 4), 0, (1,), (1,))], "both float32 and int32"),

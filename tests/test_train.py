@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ppim
-from ppim.weights import read_pdparams
+from ppim.weights import read_weights
 from ppim.training.checkpoint import load_checkpoint
 from ppim.training.run import TrainConfig, build_trainer, train
 from shapes import write_dataset
@@ -160,7 +160,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_last_one(tmp_path):
         proc.communicate()
     assert (out / "last.pdparams").read_bytes() == before  # untouched by the half-written one
     assert load_checkpoint(out / "last.pdparams")["epoch"] == 1
-    assert read_pdparams(out / "last.pdparams")  # and it loads as weights
+    assert read_weights(out / "last.pdparams", ema=None).state  # and it loads as weights
 
     resumed = run([*command, "--epochs", "2", "--resume", str(out / "last.pdparams")], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -253,7 +253,7 @@ def test_records_and_checkpoint_contents(tmp_path):
     # best.pdparams holds the weights its metric was measured on (the EMA's here)
     best = load_checkpoint(tmp_path / "run" / "best.pdparams")
     assert best["eval_weights"] == "model_ema"
-    weights = read_pdparams(tmp_path / "run" / "best.pdparams")
+    weights = read_weights(tmp_path / "run" / "best.pdparams", ema=None).state
     assert_states_equal(weights, best["model_ema"])
     mode = os.stat(tmp_path / "run" / "last.pdparams").st_mode & 0o777
     umask = os.umask(0)

@@ -78,7 +78,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    parser.add_argument("--subnets", default="all", type=_subnets, help="SuperViT: all (default) or a list like 224x1.0,160x0.7")
+    parser.add_argument("--subnets", default="all", type=_subnets,
+                        help="SuperViT: all (default) or a list like 224x1.0,160x0.7")
     parser.add_argument("--gmacs", type=float, help="override the model's GMACs per image (non-super models)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
     parser.add_argument("--json", help="write the rows and the environment to this JSON file")

@@ -1,7 +1,7 @@
 """Convert a PyTorch checkpoint (official release, SuperViT file, your fine-tune) to .pdparams.
 
     ppim-convert lvvit_s-26M-224-83.3.pth.tar lvvit_s.pdparams --model lvvit_s
-    ppim-convert supervit_lvvit_s.pth super_lvvit_s.pdparams --model super_lvvit_s --ema
+    ppim-convert supervit_lvvit_s.pth super_lvvit_s.pdparams --model super_lvvit_s   # its EMA weights, as published
 
 (python tools/convert.py takes the same arguments.) torch is not needed (except for checkpoints in
 the pre-1.6 format), and nothing in the file runs. The output is written atomically and never over
@@ -18,7 +18,11 @@ def main(argv=None) -> int:
     parser.add_argument("source", help="PyTorch checkpoint (.pth, .pth.tar, .bin)")
     parser.add_argument("output", help="the .pdparams file to write")
     add_model_arguments(parser, weights=False)
-    parser.add_argument("--ema", action="store_true", help="take the EMA weights (state_dict_ema / model_ema)")
+    ema = parser.add_mutually_exclusive_group()
+    ema.add_argument("--ema", dest="ema", action="store_true", default=None,
+                     help="take the EMA weights (state_dict_ema / model_ema / ema)")
+    ema.add_argument("--no-ema", dest="ema", action="store_false",
+                     help="take the model weights even where the model's published accuracy is the EMA's")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="convert for another head size: the classifier weights are dropped")
     parser.add_argument("--no-strict", dest="strict", action="store_false",

@@ -260,9 +260,10 @@ def _subnet_top1(table: Sequence[Sequence[float]]) -> dict:
     return {subnet_key((s, r)): top1 for s, row in zip(IMG_SIZES, table) for r, top1 in zip(KEEP_RATIOS, row)}
 
 
-def _weights(file_id: str, file_name: str, params_m: float, flops_g: float, table: Sequence[Sequence[float]]) -> dict:
+def _weights(file_id: str, file_name: str, params_m: float, flops_g: float, table: Sequence[Sequence[float]],
+             prefer_ema: bool = False) -> dict:
     subnet_top1 = _subnet_top1(table)
-    return {"url": _DRIVE + file_id, "file_name": file_name, "format": "pth",
+    return {"url": _DRIVE + file_id, "file_name": file_name, "format": "pth", "prefer_ema": prefer_ema,
             "source_url": f"https://drive.google.com/file/d/{file_id}/view", "sha256": None,
             "top1": subnet_top1["224x1.0"], "top5": None, "params_m": params_m, "flops_g": flops_g,
             "subnet_top1": subnet_top1}
@@ -291,7 +292,8 @@ def super_deit_s(pretrained=False, return_transforms=False, **kwargs):
 
 @register_model(make_cfg("super_lvvit_s", 224, 248, _weights(
     "1xjKrelbFQchaaulMm0bLUftD0h10hRJa", "super_lvvit_s.pth", 26.27, 6.6,
-    [[76.64, 79.82, 80.71], [79.81, 81.73, 82.24], [81.12, 82.59, 82.94], [82.11, 83.15, 83.47]]),
+    [[76.64, 79.82, 80.71], [79.81, 81.73, 82.24], [81.12, 82.59, 82.94], [82.11, 83.15, 83.47]],
+    prefer_ema=True),  # the published table validates model_ema (main_lvvit.py, use_ema=True)
     architecture="supervit", model_class="SuperViT", paper=_PAPER))
 def super_lvvit_s(pretrained=False, return_transforms=False, **kwargs):
     """SuperViT over LV-ViT-S: D 384, depth 16, 6 heads, dense aux head (weight 0.25)."""

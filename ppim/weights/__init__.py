@@ -12,22 +12,23 @@
 * :mod:`.conversion`   ``convert_file``: PyTorch checkpoint -> .pdparams (tools/convert.py)
 * :mod:`.pretrained`   ``load_pretrained``: the orchestration the model builder calls
 """
-from .cache import cached_file_path, ppim_home, sha256_file, weights_dir
-from .checkpoint import select_state_dict
+from .cache import cached_file_path, ppim_home, sha256_file, verify_sidecar, weights_dir
+from .checkpoint import Selected, select_state_dict
 from .conversion import ConversionReport, convert_file
-from .download import download_to_cache
+from .download import cache_path_for, download_to_cache
 from .errors import (CheckpointError, CorruptWeightsError, InvalidWeightsError, UnsafeCheckpointError,
-                     WeightsDownloadError, WeightsError)
-from .formats import read_weights
-from .pdparams import read_pdparams, save_pdparams
-from .pretrained import load_pretrained, weights_info
+                     WeightsDownloadError, WeightsError, WeightsLockError)
+from .formats import detect_format, read_weights
+from .pdparams import read_pdparams, read_pickle, save_pdparams
+from .pretrained import load_pretrained, state_budget, weights_info
 from .state import StateReport, adapt_state, check_state, set_weights
 from .torch_reader import load_torch_checkpoint
 
 __all__ = [
-    "WeightsError", "WeightsDownloadError", "CorruptWeightsError", "InvalidWeightsError", "CheckpointError",
-    "UnsafeCheckpointError", "ppim_home", "weights_dir", "cached_file_path", "sha256_file", "download_to_cache",
-    "read_pdparams", "save_pdparams", "load_torch_checkpoint", "select_state_dict", "read_weights",
+    "WeightsError", "WeightsDownloadError", "WeightsLockError", "CorruptWeightsError", "InvalidWeightsError",
+    "CheckpointError", "UnsafeCheckpointError", "ppim_home", "weights_dir", "cached_file_path", "sha256_file",
+    "verify_sidecar", "cache_path_for", "download_to_cache", "read_pickle", "read_pdparams", "save_pdparams",
+    "load_torch_checkpoint", "Selected", "select_state_dict", "detect_format", "read_weights", "state_budget",
     "StateReport", "check_state", "adapt_state", "set_weights", "ConversionReport", "convert_file",
     "load_pretrained", "weights_info",
 ]

@@ -17,12 +17,14 @@ import errno
 import hashlib
 import logging
 import os
+import socket
 import sys
+import time
 from pathlib import Path
 from typing import Iterator, Optional
 
 from ..fileio import write_atomic
-from .errors import CorruptWeightsError
+from .errors import CorruptWeightsError, WeightsLockError
 
 try:  # POSIX
     import fcntl
@@ -34,7 +36,7 @@ except ImportError:
     msvcrt = None
 
 __all__ = ["ENV_PPIM_HOME", "ppim_home", "weights_dir", "cached_file_path", "sha256_file", "sidecar_path",
-           "write_sidecar", "use_cached", "file_lock"]
+           "write_sidecar", "verify_sidecar", "use_cached", "file_lock"]
 
 _logger = logging.getLogger(__name__)
 
@@ -42,6 +44,9 @@ ENV_PPIM_HOME = "PPIM_HOME"
 DEFAULT_PPIM_HOME = "~/.cache/ppim"
 SHA256_SUFFIX = ".sha256"
 LOCK_SUFFIX = ".lock"
+#: Seconds to wait for another process holding a cache lock (a download of a large file takes minutes).
+LOCK_TIMEOUT = 1800.0
+ENV_LOCK_TIMEOUT = "PPIM_LOCK_TIMEOUT"
 
 #: Bytes read from disk at a time when hashing.
 CHUNK_SIZE = 1 << 20
@@ -87,6 +92,33 @@ def write_sidecar(path: Path, sha256: str) -> None:
     write_atomic(sidecar_path(path), f"{sha256}  {path.name}\n".encode("utf-8"))
 
 
+def verify_sidecar(path: Path) -> str:
+    """The sha256 of ``path``, checked against its ``.sha256`` sidecar when there is one (ppim writes
+    one beside every file it writes); raises CorruptWeightsError on a mismatch or a garbled sidecar."""
+    actual = sha256_file(path)
+    sidecar = sidecar_path(Path(path))
+    if not sidecar.is_file():
+        return actual
+    try:
+        with open(sidecar, "rb") as f:
+            text = f.read(1024).decode("ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        text, reason = "", str(e)
+    else:
+        reason = "it is not a sha256 line"
+    fields = text.split()
+    expected = fields[0].lower() if fields else ""
+    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+        raise CorruptWeightsError(f"The sidecar {sidecar} of {path} is garbled ({reason}). Delete it (and {path} "
+                                  "if you did not put it there) to use or download the file again.")
+    if actual != expected:
+        raise CorruptWeightsError(
+            f"Weights file {path} is corrupt or was replaced: its sha256 is {actual}, but {expected} was "
+            f"recorded in {sidecar.name} when ppim wrote it. Delete {path} (and {sidecar}) "
+            f"to download or convert it again.")
+    return actual
+
+
 def use_cached(path: Path) -> bool:
     """True if ``path`` is in the cache and intact; raises CorruptWeightsError if it is not intact.
 
@@ -95,37 +127,39 @@ def use_cached(path: Path) -> bool:
     """
     if not path.is_file():
         return False
-    sidecar = sidecar_path(path)
-    if not sidecar.is_file():
-        return True
-    recorded = sidecar.read_text(encoding="utf-8").split()
-    expected = recorded[0].lower() if recorded else "<empty sidecar>"
-    actual = sha256_file(path)
-    if actual != expected:
-        raise CorruptWeightsError(
-            f"Cached weights file {path} is corrupt: its sha256 is {actual}, but {expected} was "
-            f"recorded in {sidecar.name} when it was downloaded. Delete {path} (and {sidecar}) "
-            f"to download it again."
-        )
+    verify_sidecar(path)
     return True
 
 
+def _holder(fd: int) -> str:
+    """Who holds a lock file, as its holder wrote it ("process 123 on host, since ...")."""
+    try:
+        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+    except OSError:
+        return "another process"
+
+
 @contextlib.contextmanager
-def file_lock(lock_path: Path, waiting_note: Optional[str] = None) -> Iterator[None]:
+def file_lock(lock_path: Path, waiting_note: Optional[str] = None,
+              timeout: Optional[float] = None) -> Iterator[None]:
     """Hold an exclusive OS lock on ``lock_path`` (flock on POSIX; msvcrt, best effort, on Windows).
 
-    ``waiting_note`` is printed to stderr if another process holds the lock.
+    The holder writes its pid and host into the file, so a waiter can say whom it waits for
+    (``waiting_note`` is printed to stderr with that). After ``timeout`` seconds (default
+    ``$PPIM_LOCK_TIMEOUT`` or LOCK_TIMEOUT) of waiting it gives up with WeightsLockError naming the
+    holder and the way out. A holder that dies releases the lock with its descriptor.
     """
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    if timeout is None:
+        timeout = float(os.environ.get(ENV_LOCK_TIMEOUT) or LOCK_TIMEOUT)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         if fcntl is not None:
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    if waiting_note:
-                        print(waiting_note, file=sys.stderr, flush=True)
-                    fcntl.flock(fd, fcntl.LOCK_EX)
+                _flock_waiting(fd, lock_path, waiting_note, timeout)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}, since "
+                                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
             except OSError as e:  # e.g. a network file system without locks: go on unlocked
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                     raise
@@ -145,3 +179,25 @@ def file_lock(lock_path: Path, waiting_note: Optional[str] = None) -> Iterator[N
                 os.lseek(fd, 0, os.SEEK_SET)
                 msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
         os.close(fd)  # closing the descriptor also releases a flock
+
+
+def _flock_waiting(fd: int, lock_path: Path, waiting_note: Optional[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    noted = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if waiting_note and not noted:
+            print(f"{waiting_note} (held by {_holder(fd)}; waiting up to {timeout:g} s)", file=sys.stderr, flush=True)
+            noted = True
+        if time.monotonic() >= deadline:
+            raise WeightsLockError(
+                f"Gave up after {timeout:g} s waiting for {lock_path}, held by {_holder(fd)}. If that process "
+                f"is stopped or hung, end it (or wait for it and retry); set {ENV_LOCK_TIMEOUT} to wait longer.",
+                lock_path)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)

@@ -17,27 +17,31 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit
 
 import requests
+import urllib3
 from tqdm import tqdm
 
-from ..fileio import PART_SUFFIX, remove_quietly
-from .cache import LOCK_SUFFIX, cached_file_path, file_lock, use_cached, weights_dir, write_sidecar
+from ..fileio import atomic_path, remove_stale_parts
+from .cache import LOCK_SUFFIX, SHA256_SUFFIX, cached_file_path, file_lock, use_cached, weights_dir, write_sidecar
 from .errors import InvalidWeightsError, WeightsDownloadError
 
-__all__ = ["download_to_cache", "file_name_from_url", "is_url"]
+__all__ = ["cache_path_for", "download_to_cache", "file_name_from_url", "is_url"]
 
 _logger = logging.getLogger(__name__)
 
 #: Seconds before the first retry; retry k waits RETRY_BASE_DELAY * 2 ** (k - 1) (1 s, 2 s, 4 s).
 RETRY_BASE_DELAY = 1.0
-#: Bytes read from the network at a time.
+#: Bytes read from the network at a time (at most).
 CHUNK_SIZE = 1 << 20
+#: Seconds a whole download (all attempts) may take by default.
+DOWNLOAD_DEADLINE = 3 * 3600.0
+#: Most bytes of a web page (Google Drive's confirmation page) read and parsed.
+MAX_PAGE_BYTES = 1 << 20
 
 _T = TypeVar("_T")
 
@@ -94,7 +98,7 @@ def _file_name_from_server(url: str, *, timeout: float, retries: int) -> str:
     """Ask the server (Content-Disposition of a GET whose body is not read) for the file name."""
 
     def probe() -> str:
-        with _open(url, timeout) as response:
+        with _open(url, timeout, time.monotonic() + timeout) as response:
             header = response.headers.get("Content-Disposition")
         name = _content_disposition_file_name(header) or _safe_file_name(unquote(urlsplit(url).path))
         if not name:
@@ -116,12 +120,17 @@ class _TruncatedError(Exception):
     pass
 
 
+class _DeadlineError(Exception):
+    pass
+
+
 # Failures worth another attempt (besides HTTP 5xx).
 _NETWORK_ERRORS = (
     requests.ConnectionError,  # includes ConnectTimeout and read timeouts raised mid-body
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,  # connection closed mid-body
     requests.exceptions.ContentDecodingError,
+    urllib3.exceptions.HTTPError,  # raised by the raw reads of _chunks (read timeouts, broken bodies)
     _TruncatedError,
 )
 
@@ -138,23 +147,69 @@ def _get(url: str, timeout: float, cookies=None) -> requests.Response:
     return response
 
 
-def _confirmation_url(response: requests.Response) -> Optional[str]:
+_ATTRIBUTE = re.compile(r"""([A-Za-z_:][-\w:.]*)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""")
+
+
+def _page_tags(page: str) -> Iterator["tuple[str, dict[str, str]]"]:
+    """(tag name, attributes) of the start tags of a web page, in one linear pass: the text between
+    each '<' and the next '>' (html.parser and backtracking regexes over the whole page take
+    minutes on a page of unclosed tags)."""
+    for piece in page.split("<")[1:]:
+        body = piece.partition(">")[0]
+        name, _, rest = body.partition(" ")
+        if not name or not name[0].isalpha():
+            continue
+        attrs = {m.group(1).lower(): html.unescape(m.group(2) or m.group(3) or m.group(4) or "")
+                 for m in _ATTRIBUTE.finditer(rest[:4096])}
+        yield name.lower().rstrip("/"), attrs
+
+
+def _drive_confirmation(page: str) -> "tuple[Optional[str], dict[str, str], Optional[str]]":
+    """What Google Drive's "can't scan this file for viruses" page carries: the download form's
+    action and hidden fields, or a link with a confirm token."""
+    action, fields, link, in_form = None, {}, None, False
+    for name, attrs in _page_tags(page):
+        if name == "form":
+            in_form = attrs.get("id") == "download-form"
+            if in_form:
+                action = attrs.get("action")
+        elif name == "input" and in_form and attrs.get("type") == "hidden" and attrs.get("name"):
+            fields[attrs["name"]] = attrs.get("value", "")
+        elif name == "a" and link is None and "confirm=" in attrs.get("href", ""):
+            link = attrs["href"]
+    return action, fields, link
+
+
+def _looks_like_html(head: bytes) -> bool:
+    start = head.lstrip()[:15].lower()
+    return start.startswith((b"<!doctype html", b"<html", b"<head", b"<body"))
+
+
+def _read_page(response: requests.Response, deadline: float) -> str:
+    """At most MAX_PAGE_BYTES of a web page's body, as text."""
+    data = bytearray()
+    for chunk in _chunks(response, deadline):
+        data += chunk
+        if len(data) > MAX_PAGE_BYTES:
+            break
+    return bytes(data[:MAX_PAGE_BYTES]).decode(response.encoding or "utf-8", "replace")
+
+
+def _confirmation_url(response: requests.Response, deadline: float) -> Optional[str]:
     """Google Drive answers a download of a large file with an HTML page ("can't scan this file
     for viruses") whose form, or older cookie/link, carries a confirm token. Returns the URL that
-    downloads the file, or None when the response is not such a page."""
-    if not response.headers.get("Content-Type", "").startswith("text/html"):
+    downloads the file, or None when the response is not a web page. Any other web page is an
+    error: servers answer HTML for logins, quotas and missing files, never weights."""
+    if not response.headers.get("Content-Type", "").lower().startswith(("text/html", "application/xhtml")):
         return None
     for name, value in response.cookies.items():
         if name.startswith("download_warning"):
             return _with_query(response.url, {"confirm": value})
-    page = response.text
-    form = re.search(r'<form[^>]*id="download-form"[^>]*action="([^"]+)"', page)
-    if form:
-        fields = dict(re.findall(r'<input[^>]*type="hidden"[^>]*name="([^"]+)"[^>]*value="([^"]*)"', page))
-        return _with_query(html.unescape(form.group(1)), fields)
-    link = re.search(r'href="([^"]*confirm=[^"]+)"', page)
+    action, fields, link = _drive_confirmation(_read_page(response, deadline))
+    if action:
+        return _with_query(urljoin(response.url, action), fields)
     if link:
-        return urljoin(response.url, html.unescape(link.group(1)))
+        return urljoin(response.url, link)
     raise WeightsDownloadError(
         f"{response.url} answered with a web page instead of the file (for Google Drive: the file "
         "is not shared publicly or its download quota is exceeded). Download it in a browser and "
@@ -169,17 +224,17 @@ def _with_query(url: str, fields: "dict[str, str]") -> str:
 
 
 @contextlib.contextmanager
-def _open(url: str, timeout: float) -> Iterator[requests.Response]:
+def _open(url: str, timeout: float, deadline: float) -> Iterator[requests.Response]:
     """A streamed GET, through Google Drive's confirmation page if one comes; raises
     _HTTPStatusError for status >= 400."""
     response = _get(url, timeout)
     try:
-        confirmed = _confirmation_url(response)
+        confirmed = _confirmation_url(response, deadline)
         if confirmed is not None:
             cookies = response.cookies
             response.close()
             response = _get(confirmed, timeout, cookies)
-            if _confirmation_url(response) is not None:
+            if _confirmation_url(response, deadline) is not None:
                 raise WeightsDownloadError(f"{url}: the download was not confirmed", url=url)
         yield response
     finally:
@@ -202,8 +257,10 @@ def _attempts(n: int) -> str:
     return f"{n} attempt" if n == 1 else f"{n} attempts"
 
 
-def _with_retries(url: str, path: Optional[Path], retries: int, attempt: Callable[[], _T]) -> _T:
-    """Run ``attempt`` up to ``retries + 1`` times, with exponential backoff between attempts.
+def _with_retries(url: str, path: Optional[Path], retries: int, attempt: Callable[[], _T],
+                  deadline: Optional[float] = None) -> _T:
+    """Run ``attempt`` up to ``retries + 1`` times, with exponential backoff between attempts, all
+    before ``deadline`` (time.monotonic()).
 
     Network errors, timeouts, truncated bodies and HTTP 5xx are retried; HTTP 4xx is not.
     All failures end in WeightsDownloadError naming the URL and where a hand-placed file would go.
@@ -212,6 +269,10 @@ def _with_retries(url: str, path: Optional[Path], retries: int, attempt: Callabl
     for number in range(1, attempts + 1):
         try:
             return attempt()
+        except _DeadlineError:
+            raise WeightsDownloadError(
+                f"Downloading {url} did not finish in the time allowed (deadline=); the server is too "
+                f"slow. Try again later, or {_hand_place_hint(path)}", url=url, path=path) from None
         except _HTTPStatusError as e:
             if e.status < 500:
                 raise WeightsDownloadError(
@@ -234,39 +295,78 @@ def _with_retries(url: str, path: Optional[Path], retries: int, attempt: Callabl
                 f"Cannot download {url} ({_describe(e)}). Check the URL, "
                 f"or {_hand_place_hint(path)}", url=url, path=path) from e
         delay = RETRY_BASE_DELAY * 2 ** (number - 1)
+        if deadline is not None and time.monotonic() + delay > deadline:
+            raise WeightsDownloadError(
+                f"Downloading {url} failed ({_describe(error)}) and no time is left for another attempt "
+                f"(deadline=). Try again later, or {_hand_place_hint(path)}", url=url, path=path)
         _logger.warning("Downloading %s failed (%s); retrying in %.3g s (attempt %d of %d)",
                         url, _describe(error), delay, number + 1, attempts)
         time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _download_once(url: str, path: Path, *, timeout: float, progress: bool) -> "tuple[str, str]":
-    """One GET of ``url`` into a fresh temp file next to ``path``.
+def _chunks(response: requests.Response, deadline: float) -> Iterator[bytes]:
+    """The body as it arrives (read1: a slow server cannot make one read wait for a full chunk),
+    checked against the overall ``deadline`` (time.monotonic()) between reads."""
+    raw = response.raw
+    read = getattr(raw, "read1", None) or raw.read
+    while True:
+        if time.monotonic() > deadline:
+            raise _DeadlineError()
+        chunk = read(CHUNK_SIZE)
+        if not chunk:
+            return
+        yield chunk
 
-    Returns (temp file path, sha256). The temp file is removed if anything goes wrong.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f, _open(url, timeout) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            digest = hashlib.sha256()
-            received = 0
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc=path.name, disable=not progress, file=sys.stderr) as bar:
-                for chunk in response.iter_content(CHUNK_SIZE):
-                    f.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-            if total is not None and received != total:
-                raise _TruncatedError(f"received {received} of {total} bytes")
-            f.flush()
-            os.fsync(f.fileno())
-        return tmp, digest.hexdigest()
-    except BaseException:
-        remove_quietly(tmp)
-        raise
+
+def _download_once(url: str, tmp: Path, name: str, *, timeout: float, deadline: float,
+                   progress: bool) -> str:
+    """One GET of ``url`` into ``tmp`` (truncated first); returns its sha256."""
+    with open(tmp, "wb") as f, _open(url, timeout, deadline) as response:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        digest = hashlib.sha256()
+        received = 0
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                  desc=name, disable=not progress, file=sys.stderr) as bar:
+            for chunk in _chunks(response, deadline):
+                if received == 0 and _looks_like_html(chunk[:64]):
+                    raise WeightsDownloadError(
+                        f"{url} answered with a web page (a login, error or quota page?) instead of the "
+                        f"weights file; nothing was kept. Check the URL in a browser", url=url)
+                f.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+        if total is not None and received != total:
+            raise _TruncatedError(f"received {received} of {total} bytes")
+        f.flush()
+        os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+def cache_path_for(url: str, file_name: Optional[str] = None) -> Optional[Path]:
+    """Where ``url``'s file lives in the cache. With ``file_name`` (a registered model's weights):
+    ``weights_dir()/file_name``. Otherwise the URL keys the folder, ``by-url/<sha256(url)[:16]>/``,
+    and the name is the one the URL tells (None when only the server can tell it)."""
+    if file_name is not None:
+        return cached_file_path(file_name)
+    name = file_name_from_url(url)
+    return _url_dir(url) / cached_file_path(name).name if name else None
+
+
+def _url_dir(url: str) -> Path:
+    return weights_dir() / "by-url" / hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+
+
+def _cached_in_url_dir(url: str) -> Optional[Path]:
+    """The file already downloaded for ``url`` whose name came from the server, if any."""
+    folder = _url_dir(url)
+    if not folder.is_dir():
+        return None
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+             and not p.name.endswith((LOCK_SUFFIX, SHA256_SUFFIX))]
+    return files[0] if len(files) == 1 else None
 
 
 def download_to_cache(
@@ -277,34 +377,40 @@ def download_to_cache(
     progress: bool = True,
     timeout: float = 30.0,
     retries: int = 3,
+    deadline: Optional[float] = None,
 ) -> Path:
     """Return the cached path of ``url``'s file, downloading it first if it is not cached.
 
     Args:
         url: http(s) URL of the file.
-        file_name: name in the cache. Default: the name the URL tells (a
-            ``responseContentDisposition`` query parameter, else the last path segment if it has an
-            extension); failing that, the server's Content-Disposition file name.
+        file_name: the registered name of the file (``weights_dir()/file_name``). Default: the file
+            goes under a folder keyed by the URL (see :func:`cache_path_for`), named as the URL
+            tells (a ``responseContentDisposition`` query parameter, else the last path segment if
+            it has an extension), failing that as the server's Content-Disposition says.
         validate: called with the downloaded temp file before it enters the cache; an exception
             from it rejects the file (:class:`InvalidWeightsError`, nothing cached).
         progress: show a tqdm progress bar on stderr.
         timeout: seconds for connecting and for each read.
         retries: attempts after the first one on network errors, timeouts, truncated bodies and
             HTTP 5xx, waiting RETRY_BASE_DELAY * 1, 2, 4, ... seconds; HTTP 4xx is not retried.
+        deadline: seconds for the whole download, all attempts (default DOWNLOAD_DEADLINE), so a
+            server that trickles bytes cannot hold us forever.
 
     A cached file is checked against its sha256 sidecar (:class:`CorruptWeightsError` on mismatch);
     a hand-placed file (no sidecar) is used as it is. Neither touches the network, unless the name
-    can only come from the server's Content-Disposition (then one GET asks for it first).
-    Concurrent callers (threads or processes) wait on ``<file_name>.lock``; one downloads.
+    can only come from the server's Content-Disposition and nothing was downloaded from this URL yet.
+    Concurrent callers (threads or processes) wait on ``<file_name>.lock``; one downloads. Temp
+    files of downloads killed earlier are removed; the file is created with the user's umask.
 
     Raises:
-        WeightsDownloadError, CorruptWeightsError, InvalidWeightsError (all WeightsError).
+        WeightsDownloadError, WeightsLockError, CorruptWeightsError, InvalidWeightsError (all WeightsError).
     """
-    if file_name is None:
-        file_name = file_name_from_url(url)
-    if file_name is None:  # only then is the network needed to tell the name
-        file_name = _file_name_from_server(url, timeout=timeout, retries=retries)
-    path = cached_file_path(file_name)
+    end = time.monotonic() + (DOWNLOAD_DEADLINE if deadline is None else deadline)
+    path = cache_path_for(url, file_name)
+    if path is None:
+        path = _cached_in_url_dir(url)
+    if path is None:  # only then is the network needed to tell the name
+        path = _url_dir(url) / cached_file_path(_file_name_from_server(url, timeout=timeout, retries=retries)).name
     if use_cached(path):
         return path
 
@@ -314,23 +420,21 @@ def download_to_cache(
     with file_lock(lock, note):
         if use_cached(path):  # another process downloaded it while we waited
             return path
+        remove_stale_parts(path)
         if progress:
             print(f"Downloading {url} to {path}", file=sys.stderr, flush=True)
-        tmp, sha256 = _with_retries(
-            url, path, retries, lambda: _download_once(url, path, timeout=timeout, progress=progress))
-        try:
+        with atomic_path(path) as tmp:
+            sha256 = _with_retries(url, path, retries, lambda: _download_once(
+                url, tmp, path.name, timeout=timeout, deadline=end, progress=progress), end)
             if validate is not None:
                 try:
-                    validate(Path(tmp))
+                    validate(tmp)
                 except Exception as e:
                     raise InvalidWeightsError(
                         f"The file downloaded from {url} for {path.name} is not valid weights: "
                         f"{e}. Nothing was kept in the cache; check the URL or the file."
                     ) from e
-            # Sidecar first: a crash between the two leaves a sidecar without its file (re-downloaded
-            # next time), never an unverifiable file.
+            # Sidecar first: a crash before the rename leaves a sidecar without its file (downloaded
+            # again next time), never an unverifiable file.
             write_sidecar(path, sha256)
-            os.replace(tmp, path)
-        finally:
-            remove_quietly(tmp)  # already gone after os.replace
     return path

@@ -6,7 +6,7 @@ from typing import Optional
 
 from ..errors import PpimError
 
-__all__ = ["WeightsError", "WeightsDownloadError", "CorruptWeightsError", "InvalidWeightsError",
+__all__ = ["WeightsError", "WeightsDownloadError", "WeightsLockError", "CorruptWeightsError", "InvalidWeightsError",
            "CheckpointError", "UnsafeCheckpointError"]
 
 
@@ -27,6 +27,14 @@ class WeightsDownloadError(WeightsError):
         self.url = url
         self.path = path
         self.status = status
+
+
+class WeightsLockError(WeightsError):
+    """Waiting for another process's cache lock timed out; ``lock_path`` is the lock file."""
+
+    def __init__(self, message: str, lock_path: Path):
+        super().__init__(message)
+        self.lock_path = lock_path
 
 
 class CorruptWeightsError(WeightsError):

@@ -1,91 +1,159 @@
-"""``load_pretrained``: from ``pretrained=`` (True, a path or a URL) to weights set in a model."""
+"""``load_pretrained``: from ``pretrained=`` (True, a path or a URL) to checked weights set in a model.
+
+Where things live (all under ``$PPIM_HOME/weights``, every file ppim writes with a sha256 sidecar
+that is verified on each use):
+
+* the registered weights of a model: ``<file_name>`` (a file put there by hand, without a
+  sidecar, is used as it is: offline machines);
+* any other URL: ``by-url/<sha256(url)[:16]>/<file name>``, so two URLs ending in the same name,
+  or a server naming its file after a registered one, can never stand in for each other;
+* PyTorch checkpoints converted to Paddle's layout: ``converted/<model>-<sha256(source)[:32]>-<ema>.pdparams``,
+  keyed by the source's content, so a replaced source is converted again.
+"""
 from __future__ import annotations
 
-import hashlib
+import logging
 import os
+import sys
+import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from .cache import cached_file_path, sha256_file, use_cached, weights_dir
-from .download import download_to_cache, file_name_from_url, is_url
-from .formats import TORCH_SUFFIXES, is_torch_checkpoint, read_weights
-from .pdparams import read_pdparams, save_pdparams
+from ..registry import model_name
+from .cache import cached_file_path, sha256_file, use_cached, verify_sidecar, weights_dir
+from .checkpoint import Selected
+from .download import cache_path_for, download_to_cache, is_url
+from .errors import CorruptWeightsError, WeightsDownloadError, WeightsError
+from .formats import PYTORCH, detect_format, read_weights
+from .pdparams import save_pdparams
 from .state import adapt_state, set_weights
+from .unpickler import DEFAULT_MAX_BYTES
 
-__all__ = ["load_pretrained", "weights_info"]
+__all__ = ["load_pretrained", "state_budget", "weights_info"]
 
+_logger = logging.getLogger(__name__)
 
-def _converted_name(file_name: str) -> str:
-    """Cache name of a converted PyTorch checkpoint: lvvit_t.pth -> lvvit_t.pdparams."""
-    lower = file_name.lower()
-    suffix = max((s for s in TORCH_SUFFIXES if lower.endswith(s)), key=len)
-    return file_name[: -len(suffix)] + ".pdparams"
-
-
-def _local_converted_name(path: str) -> str:
-    """Cache name for a converted local checkpoint, tied to that file's path, size and mtime."""
-    stat = os.stat(path)
-    key = hashlib.sha256(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
-    return _converted_name(f"{os.path.basename(path).split('.')[0]}-{key[:12]}.pth")
+#: A weights file may make us allocate this many times the model's own parameter bytes (model, EMA,
+#: two Adam moments and slack), plus BUDGET_SLACK.
+BUDGET_FACTOR = 6
+BUDGET_SLACK = 64 << 20
 
 
-def _read_checked(model, path: "str | os.PathLike[str]", converted: Optional[Path],
-                  name: Optional[str] = None) -> "dict[str, np.ndarray]":
-    """Read and check a weights file (its format told by ``name``, default the path); a PyTorch
-    checkpoint is converted once and its Paddle layout cached at ``converted`` (unadapted, so it
-    serves any head size or input size)."""
-    state = read_weights(path, model, name)
-    adapted = adapt_state(model, state, path)
-    if converted is not None:
-        save_pdparams(state, converted)
-    return adapted
+def state_budget(model) -> int:
+    """Bytes a weights file for ``model`` may make us allocate: BUDGET_FACTOR x its parameters and
+    buffers (float32) + BUDGET_SLACK, at most DEFAULT_MAX_BYTES."""
+    numel = sum(int(np.prod(value.shape)) for value in model.state_dict().values())
+    return min(DEFAULT_MAX_BYTES, BUDGET_FACTOR * 4 * numel + BUDGET_SLACK)
 
 
-def _fetch_and_read(model, url: str, file_name: Optional[str], progress: bool) -> "dict[str, np.ndarray]":
-    """Download (or find in the cache) and read; a downloaded file is checked against the model
-    before it is kept, and the state read for that check is the one returned."""
-    file_name = file_name or file_name_from_url(url)
+def _converted_path(model, source_sha256: str, ema: Optional[bool], prefer_ema: bool) -> Path:
+    mode = {True: "ema", False: "model", None: "auto-ema" if prefer_ema else "auto"}[ema]
+    return weights_dir() / "converted" / f"{model_name(model)}-{source_sha256[:32]}-{mode}.pdparams"
+
+
+def _read_and_fit(model, path: Path, ema: Optional[bool], prefer_ema: bool, sha256: Optional[str] = None
+                  ) -> Tuple[Dict[str, np.ndarray], Selected]:
+    """Read ``path`` (any format), check it against ``model`` and adapt it. A PyTorch checkpoint is
+    converted once: its Paddle layout (unadapted, so it serves any head or input size) is cached
+    under the source's content hash. A cache that cannot be written (read-only or full) only costs
+    the conversion next time."""
+    budget = state_budget(model)
     converted = None
-    if file_name and is_torch_checkpoint(file_name):
-        converted = cached_file_path(_converted_name(file_name))
-        if use_cached(converted):
-            return adapt_state(model, read_pdparams(converted), converted)
-    checked = {}
+    if detect_format(path) == PYTORCH:
+        converted = _converted_path(model, sha256 or sha256_file(path), ema, prefer_ema)
+        try:
+            if use_cached(converted):
+                selected = read_weights(converted, model, ema=ema, prefer_ema=prefer_ema, max_bytes=budget)
+                return adapt_state(model, selected.state, path), selected
+        except CorruptWeightsError as e:
+            _logger.warning("%s; converting %s again", e, path)
+    selected = read_weights(path, model, ema=ema, prefer_ema=prefer_ema, max_bytes=budget)
+    adapted = adapt_state(model, selected.state, path)
+    if converted is not None:
+        try:
+            save_pdparams({selected.entry: selected.state} if selected.entry else selected.state, converted)
+        except OSError as e:
+            warnings.warn(f"could not cache the conversion of {path} at {converted} ({e.strerror or e}); "
+                          "it is converted again next time", stacklevel=4)
+    return adapted, selected
 
-    def validate(path: Path) -> None:
-        checked["state"] = _read_checked(model, path, converted, file_name)
 
-    path = download_to_cache(url, file_name, validate=validate, progress=progress)
-    return checked["state"] if "state" in checked else _read_checked(model, path, converted, file_name)
+def _manual_download_hint(model, weights: Dict[str, Any], path: Path) -> str:
+    browser = weights.get("source_url") or weights.get("url")
+    return (f"Download {weights['file_name']} by hand: open {browser} in a browser, download the file, "
+            f"and save it as exactly {path} (create the folder if needed); "
+            f"ppim.create_model({model_name(model)!r}, pretrained=True) then uses it without the network.")
 
 
 def load_pretrained(model, cfg: dict, pretrained: "bool | str | os.PathLike[str]" = True,
-                    progress: bool = True) -> None:
-    """Load weights into ``model`` in place. ``pretrained``: True (the weights registered in
-    ``cfg``), or a local file or URL (.pdparams, or a PyTorch checkpoint, converted once and cached
-    as .pdparams in the weights directory)."""
+                    progress: bool = True, ema: Optional[bool] = None) -> Dict[str, Any]:
+    """Load weights into ``model`` in place and return what was loaded (also kept as
+    ``model.pretrained_info``): source, path, sha256, format, the container entry and whether
+    the weights are EMA weights.
+
+    ``pretrained``: True (the weights registered in ``cfg``), or a local file or URL (.pdparams, a
+    PyTorch checkpoint, or a training checkpoint of either). ``ema``: True/False picks the EMA or
+    the model weights of a checkpoint that holds both; None follows the cfg (``weights["prefer_ema"]``:
+    EMA when the file has it, as for super_lvvit_s, whose published accuracy is the EMA's) and a
+    ppim training checkpoint's own "eval_weights".
+    """
+    weights = cfg.get("weights") or {}
+    prefer_ema = bool(weights.get("prefer_ema"))
+    checked = None
     if pretrained is True:
-        weights = cfg["weights"]
-        state = _fetch_and_read(model, weights["url"], weights["file_name"], progress)
+        url, file_name = weights.get("url"), weights.get("file_name")
+        if not file_name:
+            raise WeightsError(f"{model_name(model)} has no registered weights; pass pretrained= a path or URL "
+                               "of its weights")
+        path = cached_file_path(file_name)
+        source = url or str(path)
+        if url:
+            try:
+                path, sha256, checked = _fetch(model, url, file_name, ema, prefer_ema, progress)
+            except WeightsDownloadError as e:
+                if "drive.google.com" not in f"{url} {weights.get('source_url') or ''}":
+                    raise
+                raise WeightsDownloadError(f"{e} {_manual_download_hint(model, weights, path)}",
+                                           url=e.url, path=path, status=e.status) from e
+        elif path.is_file():
+            sha256 = verify_sidecar(path)
+        else:
+            raise WeightsError(f"{model_name(model)}'s weights have no download address; "
+                               f"{_manual_download_hint(model, weights, path)}")
     else:
         source = os.fspath(pretrained)
         if is_url(source):
-            state = _fetch_and_read(model, source, None, progress)
+            path, sha256, checked = _fetch(model, source, None, ema, prefer_ema, progress)
         elif not os.path.isfile(source):
             raise FileNotFoundError(f"pretrained={source!r}: no such file (pass True for the "
                                     f"registered weights, or a path or URL of a weights file)")
-        elif is_torch_checkpoint(source):
-            converted = cached_file_path(_local_converted_name(source))
-            if use_cached(converted):
-                state = adapt_state(model, read_pdparams(converted), converted)
-            else:
-                weights_dir().mkdir(parents=True, exist_ok=True)
-                state = _read_checked(model, source, converted)
         else:
-            state = adapt_state(model, read_weights(source, model), source)
+            path = Path(source)
+            sha256 = verify_sidecar(path)  # a file ppim wrote (convert_file) is checked against its sidecar
+    state, selected = checked or _read_and_fit(model, path, ema, prefer_ema, sha256)
     set_weights(model, state)
+    info = {"source": source, "path": str(Path(path).resolve()), "sha256": sha256,
+            "format": detect_format(path), "entry": selected.entry or None, "ema": selected.ema}
+    model.pretrained_info = info
+    if selected.ema:
+        message = f"{model_name(model)}: loaded the EMA weights ({selected.entry!r}) of {path}"
+        _logger.info(message)
+        if progress:
+            print(message, file=sys.stderr, flush=True)
+    return info
+
+
+def _fetch(model, url: str, file_name: Optional[str], ema: Optional[bool], prefer_ema: bool, progress: bool
+           ) -> Tuple[Path, str, Optional[Tuple[Dict[str, np.ndarray], Selected]]]:
+    """Download ``url`` into the cache (or find it there): (path, sha256, the checked state if it
+    was just downloaded). A downloaded file is read and checked against the model before it is kept,
+    so nothing that does not fit enters the cache, and that read is not repeated."""
+    checked = []
+    path = download_to_cache(url, file_name, progress=progress,
+                             validate=lambda tmp: checked.append(_read_and_fit(model, tmp, ema, prefer_ema)))
+    return path, verify_sidecar(path), (checked[0] if checked else None)
 
 
 def weights_info(pretrained: Any, cfg: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
@@ -93,6 +161,7 @@ def weights_info(pretrained: Any, cfg: Optional[Dict[str, Any]] = None) -> Optio
     True -> the registered file in the cache, a path -> that file, a URL -> its cached copy."""
     if not pretrained:
         return None
+    url = None
     if pretrained is True:
         if not cfg:
             return {"path": None, "sha256": None}
@@ -100,10 +169,9 @@ def weights_info(pretrained: Any, cfg: Optional[Dict[str, Any]] = None) -> Optio
         url = cfg["weights"].get("url")
     else:
         source = os.fspath(pretrained)
-        url = source if is_url(source) else None
-        if url:
-            name = file_name_from_url(url)
-            path = cached_file_path(name) if name else None
+        if is_url(source):
+            url = source
+            path = cache_path_for(url)
         else:
             path = Path(source).resolve()
     info: Dict[str, Any] = {"path": str(path) if path else None, "sha256": None}

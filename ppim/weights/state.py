@@ -59,7 +59,9 @@ class StateReport:
 
 def check_state(model, state: "dict[str, np.ndarray]") -> StateReport:
     """Compare ``state`` (Paddle layout) with ``model``'s parameters and buffers."""
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    model_state = model.state_dict()
+    expected = {key: tuple(value.shape) for key, value in model_state.items()}
+    kinds = {key: "f" if "float" in str(value.dtype) else "i" for key, value in model_state.items()}
     classifier = tuple(f"{name}." for name in model.pretrained_cfg.get("classifier", ()))
     report = StateReport([], [], [], [], [], [])
     for key, value in state.items():
@@ -68,6 +70,8 @@ def check_state(model, state: "dict[str, np.ndarray]") -> StateReport:
             report.dropped.append(key)  # another class count, or a model built without heads
         elif key not in expected:
             report.unexpected.append(key)
+        elif shape == expected[key] and value.dtype.kind != "f" and kinds[key] == "f":
+            report.mismatched.append(f"{key}: file {value.dtype}, model floating point")
         elif shape == expected[key]:
             report.matched.append(key)
         elif key == "pos_embed" and len(shape) == 3 and shape[2] == expected[key][2]:
@@ -85,6 +89,7 @@ def adapt_state(model, state: "dict[str, np.ndarray]", source: "str | os.PathLik
     another grid is resized. Anything else that differs raises InvalidWeightsError naming ``source``
     and the keys."""
     report = check_state(model, state)
+    model_state = model.state_dict()
     if not report.ok:
         name = model_name(model)
         raise InvalidWeightsError(f"{source} does not fit {name}: {report.problems()}. Check that the "
@@ -93,10 +98,20 @@ def adapt_state(model, state: "dict[str, np.ndarray]", source: "str | os.PathLik
         warnings.warn(f"{source}: classifier weights not loaded (the model has "
                       f"{model.pretrained_cfg.get('num_classes')} classes, so they stay freshly "
                       f"initialised): {', '.join(report.dropped)}", stacklevel=3)
-    adapted = {key: state[key] for key in report.matched}
+    adapted = {key: _as_model_dtype(state[key], model_state[key]) for key in report.matched}
     for key in report.resized:
-        adapted[key] = resize_pos_embed(state[key], int(round(math.sqrt(model.state_dict()[key].shape[1] - 1))))
+        adapted[key] = resize_pos_embed(_as_model_dtype(state[key], model_state[key]),
+                                        int(round(math.sqrt(model_state[key].shape[1] - 1))))
     return adapted
+
+
+def _as_model_dtype(value: np.ndarray, target) -> np.ndarray:
+    """Floating-point weights in the model parameter's precision (fp16 or float64 files load into
+    float32 models; Paddle's set_state_dict would otherwise stop on an assertion)."""
+    if value.dtype.kind != "f":
+        return value
+    dtype = np.dtype(str(target.dtype).replace("paddle.", "")) if "bfloat16" not in str(target.dtype) else np.float32
+    return value if value.dtype == dtype else value.astype(dtype)
 
 
 def set_weights(model, state: "dict[str, np.ndarray]") -> None:
