@@ -77,11 +77,17 @@ setup(
     package_data={"ppim": ["assets/*.txt", "assets/*.md", "assets/sample/*", "assets/sample/*/*"]},
     install_requires=["numpy", "pillow", "tqdm", "requests"],
     extras_require={
+        # training records: curves.png (matplotlib) and --visualdl logs; training itself needs neither.
+        "train": ["matplotlib", "visualdl"],
         # torch only writes reference checkpoints and models in the tests; ppim never imports it.
         "test": ["pytest", "pytest-timeout", "torch==2.13.0", "nbclient", "nbformat", "ipykernel", "matplotlib"],
         "plot": ["matplotlib"],  # ppim.visualize / ppim-visualize
+        # Optional engines over ppim's export (ppim.deploy.engines), converted by paddle2onnx.
+        "openvino": ["openvino", "paddle2onnx"],
+        "onnxruntime": ["onnxruntime", "paddle2onnx"],
     },
-    cmdclass={"build_py": BuildPyWithStartup, **({"editable_wheel": EditableWheelWithStartup} if editable_wheel else {})},
+    cmdclass={"build_py": BuildPyWithStartup,
+              **({"editable_wheel": EditableWheelWithStartup} if editable_wheel else {})},
     entry_points={
         "console_scripts": [
             "ppim-eval=ppim.cli.eval:main",

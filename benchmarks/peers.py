@@ -7,7 +7,7 @@ Every engine runs in a worker process of its own (so each has its own peak RSS a
 all started first; then, round after round, the parent asks each worker in turn for a few timed
 calls, so slow and fast moments of a shared machine fall on every engine alike. Reported: the
 median over rounds of each round's median call. Engines: ppim eager, ppim Paddle Inference (our
-export), the PyTorch reference model (tests/torch_reference.py, eager and torch.compile with
+export), the PyTorch reference model (benchmarks/torch_reference.py, eager and torch.compile with
 freezing), ONNX Runtime and OpenVINO over paddle2onnx's conversion of our export (OpenVINO with the
 LATENCY hint, and for batches > 1 the THROUGHPUT hint with the batch split over its requests).
 The GEMM ceiling is the best rate any of these libraries reaches on the model's own dense shapes
@@ -77,7 +77,7 @@ def _torch_model(model):
     """The PyTorch reference LV-ViT with the ppim model's dimensions."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     from torch_reference import TorchLVViT
 
     if type(model).__name__ != "LVViT":
@@ -190,10 +190,12 @@ def worker(args) -> int:
         from ppim.deploy import cached_export
         from ppim.deploy.engines import engine_available, onnx_file
 
-        model_dir = cached_export(_ppim_model(args.model, model_kwargs))
+        model = _ppim_model(args.model, model_kwargs)
+        for precision in ("fp32", "bf16"):  # the attention layout differs (see ppim.deploy.attention_layout)
+            cached_export(model, precision=precision)
         if engine_available("onnxruntime") or engine_available("openvino"):
-            onnx_file(model_dir)
-        _reply(ready=True, model_dir=str(model_dir))
+            onnx_file(cached_export(model, engine="openvino"))
+        _reply(ready=True)
         return 0
     model = _ppim_model(args.model, model_kwargs)
     size = model.pretrained_cfg["input_size"][-1]
@@ -204,7 +206,7 @@ def worker(args) -> int:
     elif engine == "openvino-tput":
         from ppim.deploy import cached_export
 
-        run = _openvino_tput(cached_export(model), precision, threads)
+        run = _openvino_tput(cached_export(model, engine="openvino"), precision, threads)
     else:
         from ppim.deploy import create_runner
 

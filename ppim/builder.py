@@ -18,7 +18,11 @@ def build_model(model_cls: Callable[..., Any], name: str, pretrained: Any = Fals
     num_classes (ppim 1.x), ``pretrained`` is False, True (the registered weights) or a path/URL
     (``checkpoint_path=`` is accepted as an alias of a local path, as timm users write it), and
     ``return_transforms`` adds the eval transforms of the cfg. What was loaded is kept as
-    ``model.pretrained_info``."""
+    ``model.pretrained_info``. ``features_only=True`` (timm's): the model, weights loaded, wrapped to
+    return per-block feature maps for ``out_indices`` (default: the last 3 blocks), see
+    ``TokenViT.feature_extractor``."""
+    features_only = kwargs.pop("features_only", False)
+    out_indices = kwargs.pop("out_indices", 3)
     if "checkpoint_path" in kwargs:
         checkpoint_path = kwargs.pop("checkpoint_path")
         if checkpoint_path:
@@ -40,6 +44,8 @@ def build_model(model_cls: Callable[..., Any], name: str, pretrained: Any = Fals
     model.pretrained_cfg["num_classes"] = kwargs["num_classes"]
     if pretrained:
         load_pretrained(model, cfg, pretrained)
+    if features_only:
+        model = model.feature_extractor(out_indices)
     if return_transforms:
         return model, create_transforms(model.pretrained_cfg)
     return model

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .data import SAMPLE_DIR, EvalLoader, ImageDataset, open_dataset, shard_indices
 from .errors import InputError
-from .fileio import write_json
+from .fileio import check_writable, write_json
 from .models.supervit import is_supernet, parse_subnet_spec, subnet_key
 from .registry import model_name
 from .weights import weights_info
@@ -291,6 +291,8 @@ def evaluate(model: Any, data: Any = None, *, val_list: Optional[str] = None, ba
     engine, precision, and for super models ``subnets`` (one entry per sub-network).
     """
     rank, world = dist_info(distributed)
+    if results_file and rank == 0:
+        check_writable(results_file)  # now, not after the whole evaluation
     is_layer = _is_paddle_layer(model)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     name = name or cfg.get("name") or type(model).__name__

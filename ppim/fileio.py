@@ -5,6 +5,7 @@ Used for weights, conversions, results and export manifests alike. Imports nothi
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -16,7 +17,8 @@ from typing import Iterator, Union
 
 import numpy as np
 
-__all__ = ["PART_SUFFIX", "atomic_path", "remove_quietly", "remove_stale_parts", "write_atomic", "write_json"]
+__all__ = ["PART_SUFFIX", "atomic_path", "check_writable", "remove_quietly", "remove_stale_parts", "write_atomic",
+           "write_json"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -83,6 +85,25 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         remove_quietly(tmp)  # already gone after os.replace
+
+
+def check_writable(path: PathLike) -> Path:
+    """Fail now, not after a long run, if :func:`write_atomic` could not write ``path``: its folder
+    is created if needed and a temp file is made and removed there, as the write will. Raises
+    OSError naming ``path`` (IsADirectoryError for a folder); returns ``path`` as a Path."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    try:
+        if path.parent.exists() and not path.parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as error:  # named by the target, not by the temp file
+        raise OSError(error.errno, error.strerror, str(path)) from None
+    return path
 
 
 def write_atomic(path: PathLike, data: bytes) -> None:

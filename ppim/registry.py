@@ -8,6 +8,7 @@ import copy
 import difflib
 import fnmatch
 import math
+import textwrap
 from typing import Any, Callable, Dict, List, Sequence, Union
 
 from .errors import PpimError
@@ -67,8 +68,20 @@ def make_cfg(name: str, img_size: int, resize: int, weights: Dict[str, Any], **e
     }
 
 
+def _usage(cfg: Dict[str, Any]) -> str:
+    """The arguments every constructor takes and its weights, appended to its docstring (what
+    ``help(ppim.lvvit_s)`` and ``paddle.hub.help`` show)."""
+    weights = cfg["weights"]
+    top1 = f", published top-1 {weights['top1']}%" if weights.get("top1") is not None else ""
+    text = (f"pretrained: False, True (the registered weights, {weights['file_name']} in "
+            f"$PPIM_HOME/weights{top1}) or a path or URL of a .pdparams or PyTorch file. return_transforms: "
+            f"also return the eval transforms. num_classes (alias class_dim), img_size and the other "
+            f"{cfg.get('model_class', 'model')} constructor arguments as keywords.")
+    return "\n\n" + textwrap.fill(text, 100, initial_indent="    ", subsequent_indent="    ") + "\n"
+
+
 def register_model(cfg: Dict[str, Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register ``fn`` under its own name with ``cfg``."""
+    """Decorator: register ``fn`` under its own name with ``cfg`` (its docstring gains the usage)."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         name = fn.__name__
@@ -76,6 +89,7 @@ def register_model(cfg: Dict[str, Any]) -> Callable[[Callable[..., Any]], Callab
             raise ValueError(f"model {name!r} is registered twice")
         _MODELS[name] = fn
         _CFGS[name] = dict(cfg, name=name)
+        fn.__doc__ = (fn.__doc__ or name) + _usage(cfg)
         return fn
 
     return decorate

@@ -40,7 +40,7 @@ DROPPED = (235, 235, 235)   # colour of the tokens a sub-network dropped
 CURVE_SIZE = (900, 600)     # pixels of the accuracy-vs-cost plot
 LEGEND_WIDTH = 300          # pixels of the class legend right of the token-class panels
 TOP_CLASSES = 10            # classes named in the legend (the others are drawn grey)
-OTHER = (128, 128, 128)
+OTHER = (200, 200, 200)     # colour of the tokens of the classes not in the legend
 
 ImageSource = Union[str, os.PathLike, Image.Image]
 
@@ -72,7 +72,7 @@ def load_crop(image: ImageSource, model: paddle.nn.Layer) -> Tuple[np.ndarray, p
     image = load_image(image) if isinstance(image, (str, os.PathLike)) else image.convert("RGB")
     resized = image.resize(resized_shape(*image.size, transforms.resize), Image.BICUBIC)
     shown = np.asarray(resized.crop(center_crop_box(*resized.size, transforms.crop)))
-    return shown, paddle.to_tensor(transforms(image)[None])
+    return shown, paddle.to_tensor(transforms.to_numpy(image)[None])
 
 
 def kept_token_masks(model: paddle.nn.Layer, x: paddle.Tensor, img_size: Optional[int] = None,
@@ -166,11 +166,12 @@ def draw_kept_tokens(crop: np.ndarray, masks: Dict[Tuple[int, float], np.ndarray
 
 
 def class_colours(count: int) -> np.ndarray:
-    """``count`` distinct RGB uint8 colours (tab10, then tab20b/c), for the most frequent classes."""
+    """``count`` distinct RGB uint8 colours for the most frequent classes: tab10, then tab20b and
+    tab20c, without their greys (grey is for the other classes)."""
     from matplotlib import colormaps
 
-    colours = [colormaps["tab10"](i) for i in range(10)]
-    colours += [colormaps["tab20b"](i) for i in range(20)] + [colormaps["tab20c"](i) for i in range(20)]
+    colours = [colormaps["tab10"](i) for i in range(10) if i != 7]
+    colours += [colormaps["tab20b"](i) for i in range(20)] + [colormaps["tab20c"](i) for i in range(16)]
     if count > len(colours):
         raise ValueError(f"at most {len(colours)} classes can be coloured, asked for {count}")
     return (np.array(colours[:count])[:, :3] * 255).round().astype(np.uint8)
@@ -204,6 +205,11 @@ def draw_token_classes(crop: np.ndarray, classes: np.ndarray, class_names: Seque
         fig.text(left / width, y, "\u25a0", color=colour / 255, fontsize=12, va="center")
         name = class_names[cls] if cls < len(class_names) else f"class {cls}"
         fig.text((left + 18) / width, y, f"{cls} {name[:28]} ({tokens})", fontsize=8, va="center")
+    others = classes.size - sum(tokens for _, tokens in legend)
+    if others:
+        y = 1 - (MARGIN + TITLE + 8 + len(legend) * 20) / height
+        fig.text(left / width, y, "\u25a0", color=np.array(OTHER) / 255, fontsize=12, va="center")
+        fig.text((left + 18) / width, y, f"other classes ({others})", fontsize=8, va="center")
     return fig
 
 

@@ -6,6 +6,8 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES / "ppim110"))
+# The PyTorch reference models are shared with the benchmarks (benchmarks/torch_reference.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.fixture(autouse=True)

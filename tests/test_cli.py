@@ -139,6 +139,7 @@ def test_refuse_same_file_and_writable_file(tmp_path):
 # ---- every tool, as a subprocess -------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_predict_expected_errors(tmp_path, tiny_checkpoint):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -224,6 +225,16 @@ def test_benchmark_usage_errors(tmp_path):
     assert proc.stdout == ""
 
 
+def test_train_visualize_and_token_labels_expected_errors(tmp_path):
+    missing = tmp_path / "missing"
+    assert_one_error_line(tool("train", missing, *TINY_ARGS, "--output", tmp_path / "out"), "missing")
+    assert_one_error_line(tool("visualize", missing / "x.jpg", *TINY_ARGS, "--output", tmp_path / "vis"),
+                          "x.jpg", "No such file")
+    proc = tool("make_token_labels", missing, "--teacher", "lvvit_ss", "--output", tmp_path / "labels")
+    assert_one_error_line(proc, "lvvit_ss")
+    assert not (tmp_path / "vis").exists() and not (tmp_path / "labels").exists()
+
+
 def test_eval_with_a_fifo_named_like_an_image(tmp_path):
     write_jpeg(tmp_path / "val" / "cat" / "a.jpg")
     fifo = tmp_path / "val" / "cat" / "x.JPEG"
@@ -282,3 +293,26 @@ def test_ctrl_c_stops_eval_and_its_workers(tmp_path):
     while any(map(_alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(map(_alive, workers)), "orphaned data-loader workers"
+
+
+def test_evaluate_checks_the_results_file_before_the_run(tmp_path):
+    """The library call too (a notebook loses the run as well): nothing is run."""
+    from ppim.evaluate import evaluate
+    from ppim.transforms import create_transforms
+
+    calls = []
+
+    def runner(images):
+        calls.append(len(images))
+        return np.zeros((len(images), 1000), dtype=np.float32)
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    transforms = create_transforms(ppim.get_model_cfg("lvvit_s"))
+    with pytest.raises(NotADirectoryError) as info:
+        evaluate(runner, transforms=transforms, name="zeros", num_workers=0, progress=False,
+                 results_file=blocker / "r.json")
+    assert info.value.filename == str(blocker / "r.json") and calls == []
+    results = evaluate(runner, transforms=transforms, name="zeros", num_workers=0, progress=False, verbose=False,
+                       results_file=tmp_path / "out" / "r.json")
+    assert calls and json.loads((tmp_path / "out" / "r.json").read_text())["num_images"] == results["num_images"]

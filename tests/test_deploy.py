@@ -8,10 +8,11 @@ import numpy as np
 import paddle
 import pytest
 
-import ppim
 from ppim import deploy
-from ppim.flops import count_macs
 from ppim.deploy import Predictor, create_runner, export, load_manifest
+from ppim.flops import count_macs
+
+from deploy_utils import eager, images, rel_error, tiny, tiny_super
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
@@ -21,35 +22,6 @@ def load_tool(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def tiny(**kwargs):
-    paddle.seed(0)
-    args = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8, num_classes=10)
-    args.update(kwargs)
-    model = ppim.create_model("lvvit_s", **args)
-    model.eval()
-    return model
-
-
-def tiny_super():
-    paddle.seed(0)
-    model = ppim.create_model("super_lvvit_s", embed_dim=48, depth=10, num_heads=3, num_classes=10, stem_dim=8)
-    model.eval()
-    return model
-
-
-def eager(model, batch, **kwargs):
-    with paddle.no_grad():
-        return model(paddle.to_tensor(batch), **kwargs).numpy()
-
-
-def rel_error(got, expected):
-    return float(np.abs(got - expected).max() / np.abs(expected).max())
-
-
-def images(n, size, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, 3, size, size), dtype=np.float32)
 
 
 @pytest.mark.smoke
@@ -65,7 +37,7 @@ def test_export_round_trip_and_predictor_matches_eager(tmp_path):
     assert manifest["model"] == "lvvit_s" and manifest["input_name"] == "x"
     assert manifest["input_shape"] == [-1, 3, 64, 64] and manifest["subnet"] is None
     assert manifest["cfg"]["crop"] == 64 and manifest["num_classes"] == 10
-    assert manifest["optimized"] and manifest["deploy_attention"]
+    assert manifest["optimized"] and manifest["deploy_attention"] == deploy.attention_layout("fp32", "cpu")
     assert manifest["paddle_version"] == paddle.__version__
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
 
@@ -78,6 +50,22 @@ def test_export_round_trip_and_predictor_matches_eager(tmp_path):
     assert predictor.transforms.crop == 64
     with pytest.raises(ValueError, match="64x64"):
         predictor(images(1, 32))
+
+
+def test_attention_layouts_match_eager(tmp_path):
+    """Every export layout of attention (the fused CPU kernel, the matmul chain for bf16/ONNX, the
+    model's own) gives the eager numbers, lvvit_t-like heads of 20 (a scale that is no power of two)."""
+    model = tiny(embed_dim=60, num_heads=3)
+    batch = images(3, 64)
+    expected = eager(model, batch)
+    layouts = {}
+    for name, kwargs in {"fp32": {}, "bf16": {"precision": "bf16"}, "onnx": {"engine": "openvino"},
+                         "own": {"optimize": False}}.items():
+        out = export(model, tmp_path / name, **kwargs)
+        layouts[name] = load_manifest(out)["deploy_attention"]
+        assert rel_error(Predictor(out)(batch), expected) < 1e-4, name
+    assert layouts == {"fp32": "fused" if deploy.fused_attention_available() else "matmul", "bf16": "matmul",
+                       "onnx": "matmul", "own": None}
 
 
 def test_export_fixed_batch_and_unoptimized_graph(tmp_path):

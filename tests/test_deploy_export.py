@@ -11,23 +11,7 @@ import pytest
 import ppim
 from ppim.deploy import Predictor, cached_export, create_runner, export, export_key, load_manifest
 
-
-def tiny(**kwargs):
-    paddle.seed(0)
-    args = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8, num_classes=10)
-    args.update(kwargs)
-    model = ppim.create_model("lvvit_s", **args)
-    model.eval()
-    return model
-
-
-def images(n, size, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, 3, size, size), dtype=np.float32)
-
-
-def eager(model, batch):
-    with paddle.no_grad():
-        return model(paddle.to_tensor(batch)).numpy()
+from deploy_utils import eager, images, tiny
 
 
 @pytest.mark.smoke

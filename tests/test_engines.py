@@ -10,26 +10,7 @@ import ppim
 from ppim.deploy import AUTO_ORDER, cpu_supports_bf16, create_runner, export, load_manifest, resolve_engine
 from ppim.deploy import engines as engines_module
 
-
-def tiny():
-    paddle.seed(0)
-    model = ppim.create_model("lvvit_s", img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8,
-                              num_classes=10)
-    model.eval()
-    return model
-
-
-def images(n, size, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, 3, size, size), dtype=np.float32)
-
-
-def eager(model, batch, **kwargs):
-    with paddle.no_grad():
-        return model(paddle.to_tensor(batch), **kwargs).numpy()
-
-
-def rel_error(got, expected):
-    return float(np.abs(got - expected).max() / np.abs(expected).max())
+from deploy_utils import eager, images, rel_error, tiny
 
 
 @pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
@@ -101,3 +82,29 @@ def test_auto_runner_matches_eager(tmp_path):
     assert rel_error(runner(batch), eager(model, batch)) < 1e-4
     export(model, tmp_path / "m")  # re-export over it: the ONNX file of the previous export goes
     assert not (tmp_path / "m" / "model.onnx").exists()
+
+
+def test_classify_defaults_to_the_fast_engine_and_falls_back_to_eager(monkeypatch):
+    from ppim.data import sample_images
+    from ppim.deploy import classify
+
+    model = ppim.create_model("lvvit_s", embed_dim=48, depth=2, num_heads=3, stem_dim=8)  # 224, 1000 classes
+    model.eval()
+    photos = [str(path) for path, _ in sample_images()][:3]
+    expected = classify(model, photos, topk=3, engine="eager")
+    fast = classify(model, photos, topk=3)
+    for want, got in zip(expected, fast):
+        assert [i for i, _, _ in got] == [i for i, _, _ in want]
+        np.testing.assert_allclose([p for _, _, p in got], [p for _, _, p in want], atol=1e-5)
+
+    def broken_save(*args, **kwargs):
+        raise RuntimeError("cannot trace")
+
+    monkeypatch.setattr(paddle.jit, "save", broken_save)
+    model.head.bias.set_value(model.head.bias.numpy() + 0.5)  # new weights: not in the export cache
+    expected = classify(model, photos, topk=3, engine="eager")
+    with pytest.warns(RuntimeWarning, match="cannot trace"):
+        fallback = classify(model, photos, topk=3)
+    assert fallback == expected
+    with pytest.raises(RuntimeError, match="cannot trace"):
+        classify(model, photos, engine="inference")

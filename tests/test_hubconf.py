@@ -30,6 +30,8 @@ def test_list_is_every_registered_model():
 def test_help_is_the_constructor_docstring():
     text = paddle.hub.help(str(ROOT), "super_lvvit_s", source="local")
     assert text == ppim.super_lvvit_s.__doc__ and "LV-ViT-S" in text
+    words = " ".join(text.split())  # the usage paragraph is wrapped
+    assert "super_lvvit_s.pth in $PPIM_HOME/weights, published top-1 83.47%" in words and "num_classes" in words
 
 
 def test_load_builds_the_model_with_hand_placed_weights():
@@ -53,7 +55,8 @@ def test_load_from_a_copy_of_the_clone_in_a_fresh_interpreter(tmp_path):
     shutil.copy(ROOT / "hubconf.py", clone)
     source = ppim.lvvit_s(**TINY)
     place_weights(source, "lvvit_s_224.pdparams")
-    expected = source.eval()(paddle.ones([1, 3, 64, 64])).numpy()
+    source.eval()
+    expected = source(paddle.ones([1, 3, 64, 64])).numpy()
     script = (
         "import sys, numpy as np, paddle\n"
         f"model = paddle.hub.load({str(clone)!r}, 'lvvit_s', source='local', pretrained=True, **{TINY!r})\n"
@@ -65,3 +68,14 @@ def test_load_from_a_copy_of_the_clone_in_a_fresh_interpreter(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-c", script, str(out)], cwd=tmp_path, env=env, check=True)
     np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_offline_doc_snippet_reports_hand_placed_files(capsys):
+    """docs/offline.md's "check what is in place" block, run as a user would after copying one file."""
+    text = (ROOT / "docs" / "offline.md").read_text(encoding="utf-8")
+    snippet = text.split("Check what is in place:\n\n```python\n", 1)[1].split("```", 1)[0]
+    place_weights(ppim.lvvit_s(**TINY), "lvvit_s_224.pdparams")
+    exec(compile(snippet, "offline.md", "exec"), {})
+    lines = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()}
+    assert lines["lvvit_s"] == "found" and lines["super_lvvit_s"] == "missing"
+    assert sorted(lines) == ppim.list_models()

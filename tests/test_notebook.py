@@ -80,3 +80,35 @@ def test_quickstart_notebook_runs_offline(tmp_path, monkeypatch):
     assert not any(path.name.endswith(".part") for path in weights.rglob("*"))
     np.testing.assert_array_equal(ppim.lvvit_t(pretrained=str(work / "lvvit_t.pdparams")).head.weight.numpy(),
                                   ppim.lvvit_t(pretrained=str(work / "lvvit_t.pth")).head.weight.numpy())
+
+
+def test_every_cell_needs_only_the_setup_cell():
+    """Offline, a section whose weights file is missing fails alone: no code cell uses a variable that
+    a cell other than the setup cell (the first code cell, which loads no weights) defines."""
+    import ast
+    import builtins
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [cell.source for cell in nb.cells if cell.cell_type == "code"]
+
+    def names(source):
+        tree = ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("!", "%"))))
+        stored, loaded = set(), set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                (stored if isinstance(node.ctx, ast.Store) else loaded).add(node.id)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                stored.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                stored.add(node.name)
+            elif isinstance(node, ast.arg):
+                stored.add(node.arg)
+        return stored, loaded
+
+    setup, _ = names(code[0])
+    assert {"names", "photos", "np", "paddle", "ppim"} <= setup
+    assert "pretrained" not in code[0]
+    for source in code[1:]:
+        stored, loaded = names(source)
+        missing = loaded - stored - setup - set(dir(builtins)) - {"display"}
+        assert not missing, f"cell uses {sorted(missing)} from another cell:\n{source}"

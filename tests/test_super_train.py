@@ -141,6 +141,20 @@ def test_training_subnets_follow_the_official_draws():
         assert subnets == [(224, 1.0), (224, r1), (s, 1.0), (s, r2)]
         seen.add(subnets[2][0])
     assert seen == {128, 160, 192}
+    assert training_subnets((32,), ratios, random.Random(0))[0] == (32, 1.0)  # one size: the full-size pair
+    assert len(training_subnets((32,), ratios, random.Random(0))) == 2
+    assert training_subnets((32, 64), (1.0,), random.Random(0)) == [(64, 1.0), (32, 1.0)]
+
+
+def test_super_step_draws_resume_from_its_state():
+    step = SuperStep(soft_target_cross_entropy, rng=random.Random(3))
+    model = ppim.create_model("super_deit_s", embed_dim=DIM, depth=1, num_heads=HEADS, num_classes=CLASSES)
+    step.draw(model)
+    state = step.state_dict()
+    ahead = [step.draw(model)[0] for _ in range(5)]
+    resumed = SuperStep(soft_target_cross_entropy, rng=random.Random(99))
+    resumed.set_state_dict({"rng": list(state["rng"])})  # as a checkpoint may hand it back
+    assert [resumed.draw(model)[0] for _ in range(5)] == ahead
 
 
 def test_mixtoken_boxes_scale_one_box_per_grid():

@@ -45,7 +45,7 @@ def expected_token_counts(img_size, keep_ratio, depth=12):
     return counts
 
 
-# ---- the independent PyTorch reference (tests/torch_reference.py) with our weights --------------
+# ---- the independent PyTorch reference (benchmarks/torch_reference.py) with our weights --------------
 
 def torch_copy(model, name):
     ref = TorchSuperViT(ARCH[name], SMALL["embed_dim"], SMALL["depth"], SMALL["num_heads"], SMALL["num_classes"]).eval()

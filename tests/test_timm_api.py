@@ -215,7 +215,8 @@ def test_no_weight_decay_names_are_parameters():
 @pytest.mark.smoke
 @pytest.mark.parametrize("name", ["lvvit_s", "super_lvvit_s"])
 def test_input_mistakes_say_what_was_passed_and_the_fix(name):
-    model = ppim.create_model(name, **(TINY if name == "lvvit_s" else SUPER)).eval()
+    model = ppim.create_model(name, **(TINY if name == "lvvit_s" else SUPER))
+    model.eval()  # (Paddle 2.6's eval() returns None: not chained)
     size = 64 if name == "lvvit_s" else 224
     chw = images((3, size, size))
     with pytest.raises(TypeError, match=r"numpy array of shape \(1, 3, .*paddle\.to_tensor"):
@@ -232,3 +233,23 @@ def test_input_mistakes_say_what_was_passed_and_the_fix(name):
         model([chw])
     # The right input still works.
     assert model(paddle.to_tensor(chw[None])).shape == [1, 10]
+
+
+def test_features_only_returns_the_intermediate_maps(tmp_path):
+    source = randomize(ppim.lvvit_s(**TINY), seed=5)
+    checkpoint = tmp_path / "tiny.pdparams"
+    paddle.save(source.state_dict(), str(checkpoint))
+    backbone = ppim.create_model("lvvit_s", features_only=True, out_indices=(0, -1), checkpoint_path=str(checkpoint),
+                                 **TINY)
+    backbone.eval()
+    assert [info["module"] for info in backbone.feature_info] == ["blocks.0", "blocks.2"]
+    assert {info["num_chs"] for info in backbone.feature_info} == {48}
+    x = paddle.to_tensor(images((2, 3, 64, 64), seed=6))
+    with paddle.no_grad():
+        maps = backbone(x)
+        expected = source.forward_intermediates(x, [0, 2], intermediates_only=True)
+    assert [m.shape for m in maps] == [[2, 48, 4, 4]] * 2
+    for got, want in zip(maps, expected):  # the loaded weights, not random ones
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    assert len(ppim.create_model("lvvit_s", features_only=True, **TINY)(x)) == 3  # default: the last 3 blocks
+    assert ppim.create_transforms(backbone).crop == 64

@@ -63,7 +63,7 @@ def position_image(width=40, height=30):
 
 def test_flip_moves_the_map_and_the_crop_coordinates_travel_with_the_sample():
     base = train_transforms(16, scale=(0.3, 0.6), interpolation="bilinear", hflip=1.0, auto_augment=None,
-                            re_prob=0.0)
+                            color_jitter=None, re_prob=0.0)
     label = np.random.default_rng(1).uniform(0, 1, (2, 3, 5, 5)).astype(np.float16)
     image = position_image()
     chw, moved, coords = TokenLabelTransforms(base)(image, label)
@@ -80,7 +80,7 @@ def test_randaugment_moves_image_and_map_with_the_same_draw():
     op = AugmentOp("TranslateXRel", prob=1.0, magnitude=10, hparams={"img_mean": (0, 0, 0),
                                                                       "interpolation": Image.NEAREST})
     base = train_transforms(8, scale=(1.0, 1.0), ratio=(1.0, 1.0), interpolation="bilinear", hflip=0.0,
-                            auto_augment=None, re_prob=0.0)
+                            auto_augment=None, color_jitter=None, re_prob=0.0)
     base.augment = RandAugment([op], num_layers=1)
     label = np.random.default_rng(2).uniform(1, 2, (2, 1, 8, 8)).astype(np.float32)
     _, moved, coords = TokenLabelTransforms(base)(position_image(8, 8), label)

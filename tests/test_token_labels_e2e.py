@@ -11,7 +11,7 @@ from PIL import Image
 from ppim.cli import eval as eval_cli
 from ppim.cli import make_token_labels as labels_cli
 from ppim.cli import train as train_cli
-from ppim.training.token_labels.formats import open_token_labels
+from ppim.training.token_labels.formats import open_token_labels, write_official_label
 
 TINY = {"img_size": 64, "embed_dim": 48, "depth": 2, "num_heads": 3, "stem_dim": 8}
 SUPER = {"img_size": 64, "img_sizes": [32, 48, 64], "embed_dim": 48, "depth": 5, "num_heads": 3}
@@ -94,7 +94,18 @@ def test_token_label_flags_refuse_what_cannot_work(data, tmp_path, capsys):
                            "--token-label"]) == 2
     assert "has none; use an LV-ViT model" in capsys.readouterr().err
     assert train_cli.main([*base, "--model", "lvvit_s", "--model-kwargs", json.dumps(TINY), "--token-label",
-                           "--token-label-data", str(tmp_path / "nowhere")]) == 2
+                           "--token-label-data", str(tmp_path / "nowhere"), "--token-label-size", "4"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --token-label-data") and "no such token-label folder" in err
     assert err.count("\n") == 1
+    labels = tmp_path / "labels"  # official labels with one image's file missing: found when it is read
+    for path in sorted((data / "train").glob("*/*"))[1:]:
+        write_official_label(labels / path.parent.name / f"{path.name.split('.')[0]}.pt",
+                             np.zeros((2, 3, 4, 4), np.float16))
+    assert train_cli.main([*base, "--model", "lvvit_s", "--model-kwargs", json.dumps(TINY), "--token-label",
+                           "--token-label-data", str(labels)]) == 2
+    assert "pass --token-label-size 4" in capsys.readouterr().err
+    assert train_cli.main([*base, "--model", "lvvit_s", "--model-kwargs", json.dumps(TINY), "--token-label",
+                           "--token-label-data", str(labels), "--token-label-size", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no token label for image" in err and err.count("\n") == 1

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ppim
-from ppim.weights import read_pdparams
+from ppim.weights import read_weights
 from ppim.training.checkpoint import load_checkpoint
 from ppim.training.run import TrainConfig, build_trainer, train
 from shapes import write_dataset
@@ -22,7 +22,7 @@ from shapes import write_dataset
 ROOT = Path(__file__).resolve().parents[1]
 TINY_LVVIT = dict(depth=2, embed_dim=32, num_heads=2, stem_dim=8, patch_size=8)
 # No BatchNorm (which would see per-process batches): the data-parallel test's model.
-TINY_DEIT = dict(depth=10, embed_dim=32, num_heads=2, img_sizes=[32])
+TINY_DEIT = dict(depth=10, embed_dim=32, num_heads=2, img_sizes=[16, 32], patch_size=8)
 
 
 def config(data, output, **overrides):
@@ -39,7 +39,11 @@ def rows(output):
 
 
 def run(command, cwd, env=None, timeout=300):
-    env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+    # Without the launcher variables an in-process test may have left behind (they would make
+    # paddle.distributed.launch join another job's layout).
+    inherited = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("PADDLE_", "FLAGS_selected_", "POD_", "TRAINER")) and k != "CUDA_VISIBLE_DEVICES"}
+    env = dict(inherited, PYTHONWARNINGS="ignore", **(env or {}))
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -81,26 +85,39 @@ def test_resume_is_exact(tmp_path):
 
 # ---- data parallel --------------------------------------------------------------------------------
 
+TRAIN_SCRIPT = """
+import sys
+from ppim.training.engine import ClassificationStep
+from ppim.training.losses import LabelSmoothingCrossEntropy
+from ppim.training.run import TrainConfig, train
+
+data, output, batch_size, kwargs = sys.argv[1], sys.argv[2], int(sys.argv[3]), eval(sys.argv[4])
+config = TrainConfig(data=data, model="super_deit_s", output=output, model_kwargs=kwargs, img_size=32,
+                     batch_size=batch_size, workers=1, epochs=1, opt="sgd", lr=0.05, warmup_epochs=0,
+                     cooldown_epochs=0, smoothing=0.1, drop_path=0.0, seed=3, progress=False)
+# The plain classification step (one forward of the current sub-network, one backward).
+train(config, step=ClassificationStep(LabelSmoothingCrossEntropy(0.1)))
+"""
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
-    """2 CPU processes (gloo, paddle.DataParallel) with -b 4 each == 1 process with -b 8, after one
-    epoch of 3 steps. Each global batch holds the same images with the same augmentations (per-sample
-    seeds), the gradients are the mean of the two halves' means, i.e. the mean over the 8 images, so
-    the only difference is the order of float32 summation (all-reduce, batched matmuls of 4 vs 8):
-    relative 1e-6 per step, amplified by nothing in plain SGD over 3 steps: atol 1e-5 at lr 0.05 on
-    weights of magnitude ~0.02-1. (BatchNorm would see per-process batches, so the model has none;
-    Adam's division by small second moments would amplify rounding, so SGD.)"""
+    """2 CPU processes (gloo, paddle.DataParallel) with batch 4 each == 1 process with batch 8, after
+    one epoch of 3 steps. Each global batch holds the same images with the same augmentations
+    (per-sample seeds), the gradients are the mean of the two halves' means, i.e. the mean over the 8
+    images, so the only difference is the order of float32 summation (all-reduce, batched matmuls of
+    4 vs 8): relative 1e-6 per step, amplified by nothing in plain SGD over 3 steps: atol 1e-5 at
+    lr 0.05 on weights of magnitude ~0.02-1. (BatchNorm would see per-process batches, so the model
+    has none; Adam's division by small second moments would amplify rounding, so SGD.)"""
     data = write_dataset(tmp_path / "data", train_per_class=8, val_per_class=2, classes=3, size=40)
-    args = [str(data), "--model", "super_deit_s", "--model-kwargs", json.dumps(TINY_DEIT), "--img-size", "32",
-            "--epochs", "1", "--opt", "sgd", "--lr", "0.05", "--warmup-epochs", "0", "--cooldown-epochs", "0",
-            "--smoothing", "0.1", "-j", "1", "--no-progress", "--seed", "3"]
-    single = run([sys.executable, str(ROOT / "tools" / "train.py"), *args, "-b", "8",
-                  "--output", str(tmp_path / "one")], tmp_path)
+    script = tmp_path / "train_script.py"
+    script.write_text(TRAIN_SCRIPT)
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    single = run([sys.executable, str(script), str(data), str(tmp_path / "one"), "8", repr(TINY_DEIT)], tmp_path, env)
     assert single.returncode == 0, single.stderr[-3000:]
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
-               str(tmp_path / "log"), str(ROOT / "tools" / "train.py"), *args, "-b", "4",
-               "--output", str(tmp_path / "two")]
-    proc = run(command, tmp_path, timeout=400)
+               str(tmp_path / "log"), str(script), str(data), str(tmp_path / "two"), "4", repr(TINY_DEIT)]
+    proc = run(command, tmp_path, env, timeout=400)
     logs = "".join(p.read_text() for p in sorted((tmp_path / "log").glob("workerlog.*")))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs[-4000:]
     one = load_checkpoint(tmp_path / "one" / "last.pdparams")
@@ -143,7 +160,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_last_one(tmp_path):
         proc.communicate()
     assert (out / "last.pdparams").read_bytes() == before  # untouched by the half-written one
     assert load_checkpoint(out / "last.pdparams")["epoch"] == 1
-    assert read_pdparams(out / "last.pdparams")  # and it loads as weights
+    assert read_weights(out / "last.pdparams", ema=None).state  # and it loads as weights
 
     resumed = run([*command, "--epochs", "2", "--resume", str(out / "last.pdparams")], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -222,6 +239,10 @@ def test_records_and_checkpoint_contents(tmp_path):
     assert {"model", "model_ema", "optimizer", "scheduler", "rng", "epoch", "args", "best", "metrics"} <= set(checkpoint)
     assert checkpoint["args"]["model"] == "lvvit_s" and checkpoint["epoch"] == 2
     assert checkpoint["model_name"] == "lvvit_s" and checkpoint["num_classes"] == 2
+    import paddle
+
+    loaded = paddle.load(str(tmp_path / "run" / "last.pdparams"))  # paddle.load reads it too
+    np.testing.assert_array_equal(loaded["model"]["head.weight"].numpy(), checkpoint["model"]["head.weight"])
     table = rows(tmp_path / "run")
     assert list(table[0]) == ["epoch", "train_loss", "lr", "top1", "top5", "ema_top1", "ema_top5",
                               "images_per_sec", "seconds"]
@@ -232,7 +253,7 @@ def test_records_and_checkpoint_contents(tmp_path):
     # best.pdparams holds the weights its metric was measured on (the EMA's here)
     best = load_checkpoint(tmp_path / "run" / "best.pdparams")
     assert best["eval_weights"] == "model_ema"
-    weights = read_pdparams(tmp_path / "run" / "best.pdparams")
+    weights = read_weights(tmp_path / "run" / "best.pdparams", ema=None).state
     assert_states_equal(weights, best["model_ema"])
     mode = os.stat(tmp_path / "run" / "last.pdparams").st_mode & 0o777
     umask = os.umask(0)

@@ -150,3 +150,24 @@ def test_ppim_1x_readme_finetuning_runs_unchanged(tmp_path):
     )
     assert (tmp_path / "save_models" / "final.pdparams").is_file()
     assert set(model.evaluate(val_dataset, batch_size=3, verbose=0)) == {"loss", "acc_top1", "acc_top5"}
+
+
+def test_dense_logits_gradient_is_the_max_gradient():
+    """Training takes the max over tokens by a gather (Paddle's max_grad kernel is very slow on CPU):
+    the same values and the max's gradient (1 at each class's arg-max token), against numpy."""
+    from ppim.layers import dense_logits
+
+    rng = np.random.default_rng(0)
+    cls_np, aux_np = rng.standard_normal((2, 3)), rng.standard_normal((2, 5, 3))
+    cls = paddle.to_tensor(cls_np.astype("float32"), stop_gradient=False)
+    aux = paddle.to_tensor(aux_np.astype("float32"), stop_gradient=False)
+    out = dense_logits(cls, aux, 0.5)
+    np.testing.assert_allclose(out.numpy(), cls_np + 0.5 * aux_np.max(axis=1), rtol=1e-6)
+    (out * paddle.to_tensor([[1.0, 2.0, 3.0]])).sum().backward()
+    expected = np.zeros_like(aux_np)
+    for b in range(2):
+        for c in range(3):
+            expected[b, aux_np[b, :, c].argmax(), c] = 0.5 * (c + 1)
+    np.testing.assert_allclose(aux.grad.numpy(), expected, rtol=1e-6)
+    with paddle.no_grad():
+        np.testing.assert_allclose(dense_logits(cls, aux, 0.5).numpy(), out.numpy())

@@ -16,6 +16,8 @@ try:
 except ImportError:  # the Paddle 2.6 smoke environment has no torch: the rest still runs there
     torch = None
 needs_torch = pytest.mark.skipif(torch is None, reason="the reference needs torch")
+# paddle.DataParallel outside a multi-process launch runs single-card and says so
+single_card = pytest.mark.filterwarnings("ignore:The program will return to single-card")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -269,6 +271,7 @@ def test_per_update_schedule_and_exact_resume():
 # ------------------------------------------------------------------------------------------------
 
 
+@single_card
 def test_weight_decay_groups_follow_timm():
     model = ppim.lvvit_s(depth=1, embed_dim=48, num_heads=2, num_classes=10)
     groups = param_groups_weight_decay(model, 0.05, no_weight_decay_list=("head.weight",))
@@ -281,6 +284,8 @@ def test_weight_decay_groups_follow_timm():
     assert all(len(p.shape) > 1 for p in groups[1]["params"])
     trainable = {n for n, p in model.named_parameters() if not p.stop_gradient}  # not BN running statistics
     assert decay | no_decay == trainable and not decay & no_decay
+    wrapped = param_groups_weight_decay(paddle.DataParallel(model), 0.05, no_weight_decay_list=("head.weight",))
+    assert [len(group["params"]) for group in wrapped] == [len(group["params"]) for group in groups]
     supernet = ppim.super_deit_s(depth=1, embed_dim=48, num_heads=2, num_classes=10)
     names = {id(p): n for n, p in supernet.named_parameters()}
     skipped = {names[id(p)] for p in param_groups_weight_decay(supernet, 0.05)[0]["params"]}
@@ -324,6 +329,7 @@ def test_gradient_clipping_by_global_norm():
 
 
 @pytest.mark.smoke
+@single_card
 def test_model_ema_matches_numpy_for_parameters_and_batchnorm_statistics():
     paddle.seed(0)
     model = nn.Sequential(nn.Conv2D(3, 4, 3), nn.BatchNorm2D(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
@@ -344,6 +350,9 @@ def test_model_ema_matches_numpy_for_parameters_and_batchnorm_statistics():
     for k, v in got.items():
         np.testing.assert_allclose(v.numpy(), expected[k], rtol=1e-5, atol=1e-6, err_msg=k)
         assert not np.allclose(v.numpy(), model.state_dict()[k].numpy())  # really an average, not a copy
+    wrapped = ModelEma(paddle.DataParallel(model), decay=0.5)  # multi-GPU training wraps the model
+    wrapped.update(paddle.DataParallel(model))
+    assert set(wrapped.state_dict()) == set(model.state_dict())
     restored = ModelEma(model, decay=0.9)
     restored.set_state_dict(got)
     for k, v in restored.state_dict().items():

@@ -54,7 +54,8 @@ def test_kept_token_pictures_show_the_models_own_kept_tokens(photo, tmp_path, ca
 
     # The same model again (same seed): its kept positions, straight from the model.
     paddle.seed(0)
-    model = ppim.super_lvvit_s(**SUPER).eval()
+    model = ppim.super_lvvit_s(**SUPER)
+    model.eval()
     _, x = visualize.load_crop(photo, model)
     for row, (img_size, keep_ratio) in enumerate([(224, 0.5), (160, 0.7)]):
         kept = [set(k[0].tolist()) for k in model.kept_tokens(x, img_size=img_size, keep_ratio=keep_ratio)]
@@ -70,7 +71,8 @@ def test_kept_token_pictures_show_the_models_own_kept_tokens(photo, tmp_path, ca
 
 def test_token_class_picture_paints_the_aux_head_classes(photo, tmp_path):
     paddle.seed(1)
-    model = ppim.lvvit_s(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8, num_classes=30).eval()
+    model = ppim.lvvit_s(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8, num_classes=30)
+    model.eval()
     crop, x = visualize.load_crop(photo, model)
     assert crop.shape == (64, 64, 3)
     written = visualize.visualize(photo, model, tmp_path)

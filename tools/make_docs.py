@@ -2,6 +2,7 @@
 
     python tools/make_docs.py            # rewrite every generated table in place
     python tools/make_docs.py --check    # exit 1 (and show a diff) if any table is out of date
+    python tools/make_docs.py --images   # also redraw docs/images/accuracy_vs_gflops.png (matplotlib)
 
 A generated table sits between two markers; everything outside them is hand-written prose:
 
@@ -9,7 +10,7 @@ A generated table sits between two markers; everything outside them is hand-writ
     ...generated...
     <!-- /ppim:table -->
 
-KINDs: models (the README table of every model), family FAMILY (the model table of a family page),
+KINDs: models (the README table of every model), weights (the file each model needs offline), family FAMILY (the model table of a family page),
 transforms FAMILY (the eval transforms of its models, as paddle.vision code), subnet_top1 MODEL (the
 published top-1 of the 12 sub-networks), subnet_flops MODEL (their cost). Params are counted from
 the model, FLOPs (multiply-accumulates, the papers' convention) by ppim.flops on models built
@@ -35,6 +36,7 @@ BEGIN = re.compile(r"<!-- ppim:table ([^>]*?) -->")
 END = "<!-- /ppim:table -->"
 
 FAMILIES = {"lvvit": "LV-ViT", "supervit": "SuperViT"}
+CURVE = "docs/images/accuracy_vs_gflops.png"  # the one picture drawn from published figures only
 
 _TEXT = {
     "en": {"grid": "token grid \\ keep ratio", "cost": "GFLOPs (share of the full sub-network)",
@@ -200,8 +202,24 @@ def table_subnet_flops(name: str, lang: str) -> List[str]:
                     + semicolon.join(schedules) + stop.strip()]
 
 
+def table_weights(lang: str) -> List[str]:
+    """Offline use: the file each model loads from $PPIM_HOME/weights and where to download it."""
+    rows = []
+    for name in ppim.list_models():
+        weights = ppim.get_model_cfg(name)["weights"]
+        if "drive.google.com" in (weights.get("source_url") or ""):
+            where = f"[Google Drive]({weights['source_url']})" + (" (手动下载见下文)" if lang == "zh" else " (by hand: see below)")
+        else:
+            where = f"[{weights['format']}]({weights['url']})"
+        rows.append([f"`{name}`", f"`{weights['file_name']}`", where])
+    header = (["模型", "放进 `$PPIM_HOME/weights/` 的文件", "下载地址"] if lang == "zh"
+              else ["model", "file in `$PPIM_HOME/weights/`", "download"])
+    return _table(header, rows)
+
+
 KINDS = {
     "models": (0, table_models),
+    "weights": (0, table_weights),
     "family": (1, table_family),
     "transforms": (1, table_transforms),
     "subnet_top1": (1, table_subnet_top1),
@@ -285,8 +303,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 if a generated table differs from the registry")
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose docs to process (default: this one)")
+    parser.add_argument("--images", action="store_true",
+                        help=f"also redraw {CURVE} from the registry (needs matplotlib)")
     args = parser.parse_args(argv)
     root = args.root.resolve()
+    if args.images:
+        from ppim import visualize
+
+        visualize.save_png(visualize.draw_accuracy_vs_flops(), root / CURVE)
+        print(f"drew {CURVE}")
     try:
         outdated = stale(root)
     except ValueError as e:

@@ -78,11 +78,18 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    parser.add_argument("--subnets", default="all", type=_subnets, help="SuperViT: all (default) or a list like 224x1.0,160x0.7")
+    parser.add_argument("--subnets", default="all", type=_subnets,
+                        help="SuperViT: all (default) or a list like 224x1.0,160x0.7")
     parser.add_argument("--gmacs", type=float, help="override the model's GMACs per image (non-super models)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
     parser.add_argument("--json", help="write the rows and the environment to this JSON file")
+    parser.add_argument("--train", action="store_true",
+                        help="training step throughput instead (fp32; bf16 where eager Paddle has CPU kernels), "
+                             "with its breakdown, against the PyTorch reference when torch is installed")
+    parser.add_argument("--rounds", type=int, default=3, help="--train: interleaved rounds (default 3)")
     args = parser.parse_args(argv)
+    if args.train:
+        return _train(args)
     from ..deploy import benchmark, format_rows
     from ..fileio import write_json
 
@@ -101,6 +108,54 @@ def main(argv=None) -> int:
         write_json(args.json, {"environment": env, "rows": rows})
         print(f"wrote {args.json}")
     return 1 if rows and all("error" in row or "skipped" in row for row in rows) else 0
+
+
+def _torch_peers(threads) -> dict:
+    """The PyTorch reference's train step (benchmarks/torch_train_step.py of a checkout), fp32 and
+    bf16 where the CPU has it; empty without torch or outside a checkout."""
+    import importlib.util
+
+    from ..deploy import cpu_supports_bf16
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "torch_train_step.py"
+    if importlib.util.find_spec("torch") is None or not path.is_file():
+        print("note: no PyTorch peer (needs torch and a ppim checkout's benchmarks/)", file=sys.stderr)
+        return {}
+    spec = importlib.util.spec_from_file_location("ppim_bench_torch_train_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    peers = {"torch eager fp32": module.torch_step_factory(threads=threads)}
+    if cpu_supports_bf16():
+        peers["torch eager bf16 autocast"] = module.torch_step_factory(amp="bfloat16", threads=threads)
+    return peers
+
+
+def _train(args) -> int:
+    from ..deploy.runner import set_eager_threads
+    from ..fileio import write_json
+    from ..training.benchmark import format_train_rows, train_benchmark
+    from ..training.engine import cpu_bf16_training_supported
+
+    if args.json:
+        writable_file(args.json, "--json")
+    threads = set_eager_threads(args.threads)
+    env = environment(threads)
+    batch_size = args.batch_size[-1]
+    variants = [("paddle fp32", {}), ("paddle fp32 +oneDNN", {"flags": {"FLAGS_use_mkldnn": True}})]
+    if cpu_bf16_training_supported():
+        variants.append(("paddle bf16 autocast", {"amp": "bfloat16"}))
+    else:
+        print("note: no paddle bf16 row: this Paddle has no eager bfloat16 CPU matmul kernel", file=sys.stderr)
+    print(f"{args.model} training step, batch {batch_size}, {threads} threads, on {env['cpu'] or 'this CPU'}, "
+          f"Paddle {env['paddle_version']}", flush=True)
+    rows = train_benchmark(lambda: create_model(args, warn=False), batch_size, variants=variants,
+                           peers=_torch_peers(threads), rounds=args.rounds, iters=args.iters, warmup=args.warmup,
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_train_rows(rows))
+    if args.json:
+        write_json(args.json, {"environment": env, "train_rows": rows})
+        print(f"wrote {args.json}")
+    return 1 if rows and all("error" in row for row in rows) else 0
 
 
 if __name__ == "__main__":

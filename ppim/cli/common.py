@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -187,23 +186,15 @@ def create_model(args: argparse.Namespace, warn: bool = True, **kwargs: Any) -> 
 
 
 def writable_file(path: "str | os.PathLike[str]", flag: str = "output") -> Path:
-    """Check now, before a long run, that ``path`` can be written (its folder is created if needed;
-    a temp file is made and removed there). Returns it as a Path; raises InputError naming ``flag``."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{flag} {path} is a folder: give a file name")
+    """ppim.fileio.check_writable for a command-line ``flag``: checked before the work starts."""
+    from ..fileio import check_writable
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
-            pass
-        if path.exists() and not os.access(path, os.W_OK):
-            # Written by rename, so the file itself need not be writable, but its owner meant it not to be.
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-    except OSError as error:  # named by the target, not by the probe file
+        return check_writable(path)
+    except OSError as error:
         hint = _OS_HINTS.get(error.errno or 0, "choose another location")
         raise InputError(f"{flag} {path} cannot be written: {error.strerror or error} ({hint}); "
                          f"nothing was run") from None
-    return path
 
 
 def refuse_same_file(source: "str | os.PathLike[str]", output: "str | os.PathLike[str]",

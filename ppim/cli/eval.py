@@ -31,13 +31,14 @@ def build_parser() -> ArgumentParser:
                         help="data-loading processes (default: one per CPU, at most 4; 0 decodes in the "
                              "main process)")
     parser.add_argument("--val-list", metavar="FILE", help='list file of "relative/path label" lines')
-    parser.add_argument("--engine", choices=("eager", "inference"), default="eager",
-                        help="eager Paddle, or Paddle Inference on the exported model (default eager)")
+    parser.add_argument("--engine", choices=("eager", "inference", "openvino", "onnxruntime", "auto"),
+                        default="eager", help="eager Paddle (default); inference, openvino, onnxruntime: the "
+                        "exported model (the last two: optional extras); auto: the fastest installed")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--device", choices=("cpu", "gpu"), default=None,
                         help="default: gpu when Paddle has CUDA and sees a GPU, else cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU math threads (default: the engine's)")
-    parser.add_argument("--workdir", metavar="DIR", help="where --engine inference keeps the exported model")
+    parser.add_argument("--workdir", metavar="DIR", help="where an exported engine keeps the model (default: the export cache)")
     parser.add_argument("--subnets", metavar="LIST",
                         help="super models: 'all' or e.g. 224x1.0,128x0.5; all in one pass over the data")
     parser.add_argument("--img-size", type=int, default=None,

@@ -21,9 +21,9 @@ from .common import ArgumentParser, add_model_arguments, command, create_model, 
 def build(args) -> Any:
     """The model to export: super models get the sub-network (--img-size, --keep-ratio); other models
     are built for --img-size (pretrained positional embeddings resized)."""
-    import ppim
+    from ..registry import get_model_cfg
 
-    if ppim.get_model_cfg(args.model).get("architecture") == "supervit":
+    if get_model_cfg(args.model).get("architecture") == "supervit":
         model = create_model(args)
         model.set_subnet(args.img_size or max(model.img_sizes), 1.0 if args.keep_ratio is None else args.keep_ratio)
         return model

@@ -26,14 +26,16 @@ def main(argv=None) -> int:
     parser.add_argument("images", nargs="*", help="image files (default: the sample shipped with ppim)")
     add_model_arguments(parser)
     parser.add_argument("--topk", type=int, default=5)
-    parser.add_argument("--engine", default="eager", choices=["eager", "inference"],
-                        help="eager: the Paddle model; inference: exported and run by Paddle Inference")
+    parser.add_argument("--engine", default="auto", choices=["auto", "eager", "inference", "openvino", "onnxruntime"],
+                        help="auto (default): the fastest installed engine on the cached export, eager if the "
+                             "model cannot be exported; eager: the Paddle model; inference: Paddle Inference; "
+                             "openvino, onnxruntime: the optional extras")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="inference engine: bf16 on CPUs with avx512_bf16/amx_bf16, fp16 on GPU")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     args = parser.parse_args(argv)
     from ..data import imagenet_class_names, sample_images
-    from ..deploy import classify, create_runner
+    from ..deploy import classify
 
     if args.images:
         paths, labels = args.images, [None] * len(args.images)
@@ -43,8 +45,8 @@ def main(argv=None) -> int:
     images = [_read(path) for path in paths]  # a bad file is reported before the model is built
     model = create_model(args)
     names = imagenet_class_names()
-    runner = create_runner(model, engine=args.engine, precision=args.precision, device=args.device)
-    for path, label, top in zip(paths, labels, classify(model, images, topk=args.topk, runner=runner)):
+    top_k = classify(model, images, topk=args.topk, engine=args.engine, precision=args.precision, device=args.device)
+    for path, label, top in zip(paths, labels, top_k):
         truth = f"  (true class: {label} {names[label]})" if label is not None else ""
         print(f"{path}{truth}")
         for rank, (index, name, prob) in enumerate(top, 1):

@@ -15,11 +15,12 @@ from .benchmark import CeilingProbe, DenseChain, benchmark, ceiling_engines, den
 from .classify import classify
 from .common import ENGINE_CHOICES, ENGINES, PRECISIONS, cpu_supports_bf16
 from .engines import OnnxRuntimePredictor, OpenVINOPredictor, engine_available
-from .export import cache_dir, cached_export, export, export_key, load_manifest
+from .export import attention_layout, cache_dir, cached_export, export, export_key, fused_attention_available, load_manifest
 from .predictor import Predictor
 from .runner import AUTO_ORDER, Runner, create_runner, resolve_engine
 
-__all__ = ["classify", "export", "load_manifest", "cached_export", "export_key", "cache_dir", "Predictor",
+__all__ = ["classify", "export", "load_manifest", "cached_export", "export_key", "cache_dir", "attention_layout",
+           "fused_attention_available", "Predictor",
            "OpenVINOPredictor", "OnnxRuntimePredictor", "engine_available", "Runner", "create_runner",
            "resolve_engine", "AUTO_ORDER", "benchmark", "format_rows", "CeilingProbe", "DenseChain", "dense_shapes", "measure_ceiling", "ceiling_engines", "cpu_supports_bf16",
            "ENGINES", "ENGINE_CHOICES", "PRECISIONS"]

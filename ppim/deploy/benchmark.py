@@ -22,7 +22,7 @@ from ..fileio import write_json
 from ..models.supervit import is_supernet
 from ..registry import create_model, model_name
 from .common import ENGINES, INPUT_NAME, MANIFEST, check_choice, current_subnet, default_threads, input_size
-from .export import staged_dir, export
+from .export import attention_layout, export, staged_dir
 from .runner import PREDICTORS, Runner, create_runner, set_eager_threads, unsupported
 
 __all__ = ["benchmark", "format_rows", "CeilingProbe", "DenseChain", "dense_shapes", "measure_ceiling",
@@ -195,7 +195,7 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "i
     workdir = tempfile.TemporaryDirectory(prefix="ppim-benchmark-")
     try:
         for subnet in _subnet_list(model, subnets):
-            exported = None
+            exported: Dict[str, Path] = {}
             if subnet is not None:
                 model.set_subnet(*subnet)
             if subnet is None and gmacs is not None:
@@ -217,13 +217,15 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "i
                     try:
                         if engine == "eager":
                             runner = create_runner(model, engine, precision, device, threads)
-                        else:  # one export per sub-network serves every engine and precision
-                            if exported is None:
-                                exported = export(model, Path(workdir.name) / "model")
-                            predictor = PREDICTORS[engine](exported, device=device, precision=precision,
+                        else:  # one export per sub-network and attention layout
+                            layout = attention_layout(precision, device, engine)
+                            if layout not in exported:
+                                exported[layout] = export(model, Path(workdir.name) / f"model-{layout}",
+                                                          precision=precision, device=device, engine=engine)
+                            predictor = PREDICTORS[engine](exported[layout], device=device, precision=precision,
                                                            threads=threads)
                             runner = Runner(predictor, engine, precision, device, size, subnet, predictor.threads,
-                                            predictor, exported)
+                                            predictor, exported[layout])
                     except Exception as exc:  # noqa: BLE001 - reported in the rows
                         for batch_size in batch_sizes:
                             rows.append({**base, "batch_size": batch_size, "error": f"{type(exc).__name__}: {exc}"})

@@ -52,6 +52,9 @@ def onnx_file(model_dir: Union[str, os.PathLike], engine: str = "onnxruntime") -
     path = model_dir / ONNX_FILE
     if path.is_file():
         return path
+    if load_manifest(model_dir).get("deploy_attention") == "fused":
+        raise ValueError(f"{model_dir} holds Paddle Inference's fused CPU attention, which ONNX has not: export "
+                         f"with engine={engine!r} (ppim.deploy.export(..., engine={engine!r}))")
     p2o = _require("paddle2onnx", engine)
     program = program_file(model_dir)
     params = model_dir / load_manifest(model_dir).get("params_file", PARAMS_FILE)

@@ -33,7 +33,7 @@ from .common import INPUT_NAME, MANIFEST, PARAMS_FILE, PROGRAM_FILES, current_su
 __all__ = ["export", "load_manifest", "cached_export", "export_key", "cache_dir"]
 
 # Bumped whenever the rewrites below change the exported graph, so cached exports are remade.
-EXPORT_REVISION = 2
+EXPORT_REVISION = 4
 
 
 class _DeployAttention(nn.Layer):
@@ -70,6 +70,54 @@ class _DeployAttention(nn.Layer):
         out = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([-1, tokens, dim])
         out = self.proj(out)
         return (out, attn) if return_attention else out
+
+
+class _FusedAttention(nn.Layer):
+    """Attention as one qkv fc GEMM and Paddle's CPU ``self_dp_attention`` op (scores, softmax and
+    the weighted sum of v in one kernel, the scale applied to the scores), numerically
+    ``layers.Attention`` in eval mode. About 1.4x faster than the matmul/softmax/matmul chain in
+    fp32 on lvvit_s's shapes; it has no bf16 kernel (fp32 exports only) and no GPU kernel. A call
+    that needs the probabilities (SuperViT's token keeping) gets the cls query's row of them only,
+    all that token keeping reads."""
+
+    def __init__(self, attn: nn.Layer):
+        super().__init__()
+        self.attn = attn
+        self.num_heads, self.head_dim, self.scale = attn.num_heads, attn.head_dim, float(attn.scale)
+        self.qkv = attn.qkv
+        if attn.qkv.bias is None:  # a zero bias makes it an fc GEMM (a bias-less Linear stays a slower matmul)
+            dim = attn.qkv.weight.shape[0]
+            self.qkv = nn.Linear(dim, 3 * dim)
+            self.qkv.weight.set_value(attn.qkv.weight)
+            self.qkv.bias.set_value(np.zeros([3 * dim], dtype="float32"))
+
+    def forward(self, x: paddle.Tensor, return_attention: bool = False):
+        tokens, dim = x.shape[1], x.shape[2]
+        qkv = self.qkv(x).reshape([-1, tokens, 3, self.num_heads, self.head_dim])
+        out = paddle._C_ops.self_dp_attention(qkv, self.scale, self.num_heads)  # (B, N, heads, head_dim)
+        out = self.attn.proj(out.reshape([-1, tokens, dim]))
+        if not return_attention:
+            return out
+        # Token keeping reads only the cls query's row of the probabilities: (B, heads, 1, N)
+        # instead of the N x N matrix.
+        q_cls = qkv[:, :1, 0].transpose([0, 2, 1, 3]) * self.scale  # (B, heads, 1, head_dim)
+        keys = qkv[:, :, 1].transpose([0, 2, 3, 1])  # (B, heads, head_dim, N)
+        return out, F.softmax(paddle.matmul(q_cls, keys), axis=-1)
+
+
+def attention_layout(precision: str = "fp32", device: str = "cpu", engine: str = "inference") -> str:
+    """The attention layout an optimised export uses: 'fused' (_FusedAttention) for Paddle Inference
+    fp32 on CPU where Paddle has the op, else 'matmul' (_DeployAttention: bf16 runs it faster, the
+    fused kernel being fp32 only, and paddle2onnx converts it for the other engines)."""
+    fused = engine == "inference" and precision == "fp32" and device == "cpu" and fused_attention_available()
+    return "fused" if fused else "matmul"
+
+
+def fused_attention_available() -> bool:
+    """Paddle 3.x (PIR programs) with the ``self_dp_attention`` CPU op."""
+    in_pir = getattr(paddle.framework, "in_pir_mode", None)
+    return in_pir is not None and hasattr(paddle._C_ops, "self_dp_attention") and \
+        paddle.get_flags("FLAGS_enable_pir_api").get("FLAGS_enable_pir_api", False)
 
 
 def _resize_matrix(src: int, dst: int) -> np.ndarray:
@@ -117,17 +165,18 @@ def _attention_layers(model: nn.Layer) -> List[Tuple[nn.Layer, str, nn.Layer]]:
 
 
 @contextlib.contextmanager
-def _deploy_layout(model: nn.Layer, enabled: bool = True):
-    """Swap every Attention for its _DeployAttention while the block runs (export only)."""
+def _deploy_layout(model: nn.Layer, layout: Optional[str]):
+    """Swap every Attention for its export ``layout`` ('fused': _FusedAttention, 'matmul':
+    _DeployAttention, None: none) while the block runs (export only)."""
     swapped = []
     try:
-        if enabled:
+        if layout:
             for parent, name, attn in _attention_layers(model):
-                deploy = _DeployAttention(attn)
+                deploy = _FusedAttention(attn) if layout == "fused" else _DeployAttention(attn)
                 deploy.eval()
                 setattr(parent, name, deploy)
                 swapped.append((parent, name, attn))
-        yield bool(swapped)
+        yield layout if swapped else None
     finally:
         for parent, name, attn in swapped:
             setattr(parent, name, attn)
@@ -257,17 +306,19 @@ def check_output_dir(output_dir: Path, sources: Sequence[Union[str, os.PathLike]
 
 
 def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optional[int] = None,
-           batch_size: Optional[int] = None, optimize: bool = True,
-           sources: Sequence[Union[str, os.PathLike]] = (), cache_key: Optional[str] = None) -> Path:
+           batch_size: Optional[int] = None, optimize: bool = True, precision: str = "fp32", device: str = "cpu",
+           engine: str = "inference", sources: Sequence[Union[str, os.PathLike]] = (), cache_key: Optional[str] = None) -> Path:
     """Save ``model`` (in eval mode) for Paddle Inference and return the directory.
 
     ``output_dir`` receives the program (``model.json`` on Paddle 3.x, ``model.pdmodel`` on 2.x),
     ``model.pdiparams`` and ``ppim.json`` (model name, transforms cfg, input shape, sub-network, Paddle
     version). The input is ``x``: float32 (batch_size or any, 3, S, S), S the model's input size;
     super models always take the 224 crop and have their current sub-network (``set_subnet``) baked
-    in. ``optimize`` (default) exports an inference layout with the same numbers: attention as
-    _DeployAttention (q, k, v as three fc GEMMs, the q scale folded in, head split and merge folded
-    into the attention matmuls by the oneDNN passes) and, for a SuperViT sub-network smaller than
+    in. ``optimize`` (default) exports an inference layout with the same numbers, chosen for the
+    ``precision``, ``device`` and ``engine`` the export will run with (see attention_layout): attention as
+    _FusedAttention (one fused CPU kernel; fp32 on CPU) or _DeployAttention (q, k, v as three fc
+    GEMMs, the q scale folded in, head split and merge folded into the attention matmuls by the
+    oneDNN passes; bf16 and GPU) and, for a SuperViT sub-network smaller than
     its input, the bilinear resize as two GEMMs (_DeployResize; Paddle 3.x's oneDNN predictor cannot
     run F.interpolate). With ``optimize=False`` the model's own graph is saved as it is.
 
@@ -291,7 +342,8 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
             if optimize and subnet is not None and subnet[0] != size:
                 target = _DeployResize(model, size, subnet[0])
                 target.eval()
-            with _preserve_forwards(model), _deploy_layout(model, optimize) as deploy_attention:
+            layout = attention_layout(precision, device, engine) if optimize else None
+            with _preserve_forwards(model), _deploy_layout(model, layout) as deploy_attention:
                 paddle.jit.save(target, str(tmp / "model"), input_spec=[spec])
             program = program_file(tmp)
             if not (tmp / PARAMS_FILE).is_file():  # a model without parameters still gets a params file
@@ -315,7 +367,10 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
                 "params_file": PARAMS_FILE,
                 "ir": "pir" if program.suffix == ".json" else "legacy",
                 "optimized": bool(optimize),
-                "deploy_attention": bool(deploy_attention),
+                "deploy_attention": deploy_attention,  # fused, matmul or None (the model's own)
+                "precision": precision,
+                "device": device,
+                "engine": engine,
                 "paddle_version": paddle.__version__,
                 "ppim_version": ppim_version,
                 "export_revision": EXPORT_REVISION,
@@ -339,15 +394,18 @@ def load_manifest(model_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # the export cache
 # ------------------------------------------------------------------------------------------------
-def export_key(model: nn.Layer, img_size: Optional[int] = None, optimize: bool = True) -> str:
+def export_key(model: nn.Layer, img_size: Optional[int] = None, optimize: bool = True, precision: str = "fp32",
+               device: str = "cpu", engine: str = "inference") -> str:
     """What identifies an export: the model's class and name, every parameter and buffer (names,
-    shapes, dtypes, values), the sub-network, the input size, the rewrites (``optimize``,
-    EXPORT_REVISION), and the Paddle and ppim versions. 32 hex digits (BLAKE2b)."""
+    shapes, dtypes, values), the sub-network, the input size, the rewrites (``optimize``, the
+    attention layout for ``precision``, ``device`` and ``engine``, EXPORT_REVISION), and the Paddle and
+    ppim versions. 32 hex digits (BLAKE2b)."""
     from ..version import __version__ as ppim_version
 
     digest = hashlib.blake2b(digest_size=16)
     meta = {"model": model_name(model), "class": type(model).__name__, "subnet": current_subnet(model),
             "input_size": input_size(model, img_size), "optimize": bool(optimize), "revision": EXPORT_REVISION,
+            "layout": attention_layout(precision, device, engine) if optimize else None,
             "paddle": paddle.__version__, "ppim": ppim_version}
     digest.update(json.dumps(meta, sort_keys=True).encode("utf-8"))
     for name, value in model.state_dict().items():
@@ -362,15 +420,15 @@ def cache_dir() -> Path:
     return ppim_home() / "exports"
 
 
-def cached_export(model: nn.Layer, img_size: Optional[int] = None, optimize: bool = True,
-                  root: Optional[Union[str, os.PathLike]] = None) -> Path:
+def cached_export(model: nn.Layer, img_size: Optional[int] = None, optimize: bool = True, precision: str = "fp32",
+                  device: str = "cpu", engine: str = "inference", root: Optional[Union[str, os.PathLike]] = None) -> Path:
     """The export of ``model`` from the cache (``root``, default ``$PPIM_HOME/exports``), made once.
 
     Keyed by export_key (weights, sub-network, input size, rewrites, Paddle and ppim versions) in a
     directory of its own, ``<model>-<key>``, published whole by one rename, so concurrent processes
-    and readers never see a partial export. The export is the same for every precision (bf16 is
-    chosen when the predictor is built)."""
-    key = export_key(model, img_size, optimize)
+    and readers never see a partial export. Targets (precision, device, engine) that share an
+    attention layout share the export."""
+    key = export_key(model, img_size, optimize, precision, device, engine)
     safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name(model))
     path = Path(root or cache_dir()) / f"{safe_name}-{key}"
     if load_manifest(path).get("cache_key") == key:
@@ -379,4 +437,5 @@ def cached_export(model: nn.Layer, img_size: Optional[int] = None, optimize: boo
             return path
         except FileNotFoundError:
             pass  # damaged by hand: export again
-    return export(model, path, img_size, optimize=optimize, cache_key=key)
+    return export(model, path, img_size, optimize=optimize, precision=precision, device=device, engine=engine,
+                  cache_key=key)

@@ -107,6 +107,10 @@ class Predictor(ExportPredictor):
             self.threads = int(threads or default_threads())
             config = self._cpu_config(program, params)
         else:
+            check_gpu("device='gpu'")
+            if self.manifest.get("deploy_attention") == "fused":
+                raise ValueError(f"{self.model_dir} holds the fused CPU attention (an fp32 CPU export): export "
+                                 f"with device='gpu' for GPUs")
             config = self._gpu_config(program, params, device_id)
         if memory_optim and program.suffix != ".json":
             # (Paddle 3.x PIR programs get their buffer reuse from the inplace pass; their predictor

@@ -146,13 +146,14 @@ def create_runner(model: nn.Layer, engine: str = "eager", precision: str = "fp32
                       None if device == "gpu" else int(threads or default_threads()))
     keep = None
     try:
+        target = {"precision": precision, "device": device, "engine": engine}  # the export's layout is for them
         if workdir is not None:
-            model_dir = export(model, workdir)
+            model_dir = export(model, workdir, **target)
         elif cache:
-            model_dir = cached_export(model)
+            model_dir = cached_export(model, **target)
         else:
             keep = tempfile.TemporaryDirectory(prefix="ppim-export-")
-            model_dir = export(model, Path(keep.name) / "model")
+            model_dir = export(model, Path(keep.name) / "model", **target)
         predictor = PREDICTORS[engine](model_dir, device=device, precision=precision, threads=threads)
     except BaseException:
         if keep is not None:

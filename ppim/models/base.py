@@ -72,6 +72,23 @@ def scatter_tokens(tokens: paddle.Tensor, positions: Optional[paddle.Tensor], gr
     return tokens.transpose([0, 2, 1]).reshape([batch, dim, grid, grid])
 
 
+def block_indices(indices: Union[int, Sequence[int], None], depth: int) -> List[int]:
+    """timm's ``indices`` of intermediate blocks as 0-based block indices: None all, an int n the last
+    n, else a list (negative counts from the end)."""
+    if indices is None:
+        return list(range(depth))
+    if isinstance(indices, int):
+        if not 0 < indices <= depth:
+            raise ValueError(f"indices={indices}: the last n blocks, n in 1..{depth}")
+        return list(range(depth - indices, depth))
+    wanted = []
+    for i in indices:
+        if not -depth <= i < depth:
+            raise ValueError(f"block index {i} out of range for {depth} blocks")
+        wanted.append(i % depth)
+    return wanted
+
+
 class TokenViT(nn.Layer):
     """Base of the ppim vision transformers: a token stack (``blocks``, ``norm``) with a cls token,
     ``head`` on it and, with ``aux_weight`` set, ``aux_head`` on every patch token.
@@ -149,16 +166,17 @@ class TokenViT(nn.Layer):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them (Paddle's
-        ``recompute``): less memory in training, the same gradients, about a third more compute."""
+        ``recompute``, RNG replayed): less memory in training, the same gradients, about a third more
+        compute. Applies to forward, forward_features and forward_train (not forward_intermediates)."""
         self.grad_checkpointing = bool(enable)
 
     # -- the token stack ----------------------------------------------------------------------------
     def _block(self, block: nn.Layer, x: paddle.Tensor, keep_ratio: Optional[float], return_index: bool):
-        if self.grad_checkpointing and self.training and not x.stop_gradient:
+        if self.grad_checkpointing and self.training and not x.stop_gradient and not return_index:
             from paddle.distributed.fleet.utils import recompute
 
-            out = recompute(block, x, keep_ratio, True, use_reentrant=False)
-            return out if return_index else out[0]
+            # The reentrant form: the other one cannot replay the RNG (dropout, drop-path) on CPU in Paddle 2.6.
+            return recompute(block, x, keep_ratio)
         return block(x, keep_ratio, return_index)
 
     def run_blocks(self, x: paddle.Tensor, keep_ratio: Optional[float] = None) -> paddle.Tensor:
@@ -199,19 +217,7 @@ class TokenViT(nn.Layer):
         """
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        depth = len(self.blocks)
-        if indices is None:
-            wanted = list(range(depth))
-        elif isinstance(indices, int):
-            if not 0 < indices <= depth:
-                raise ValueError(f"indices={indices}: the last n blocks, n in 1..{depth}")
-            wanted = list(range(depth - indices, depth))
-        else:
-            wanted = []
-            for i in indices:
-                if not -depth <= i < depth:
-                    raise ValueError(f"block index {i} out of range for {depth} blocks")
-                wanted.append(i % depth)
+        wanted = block_indices(indices, len(self.blocks))
         maps = {}
         last = max(wanted) if intermediates_only else None
         for index, tokens, positions, grid in self._walk(x, last, **subnet):
@@ -223,6 +229,11 @@ class TokenViT(nn.Layer):
         if intermediates_only:
             return intermediates
         return self.norm(tokens), intermediates
+
+    def feature_extractor(self, out_indices: Union[int, Sequence[int]] = 3) -> "FeatureExtractor":
+        """This model as a backbone whose forward returns the maps of ``forward_intermediates`` for
+        ``out_indices`` (what ``create_model(..., features_only=True, out_indices=...)`` returns)."""
+        return FeatureExtractor(self, out_indices)
 
     def _walk(self, x: paddle.Tensor, last: Optional[int] = None, img_size: Optional[int] = None,
               keep_ratio: Optional[float] = None) -> Iterator[Tuple[int, paddle.Tensor, Optional[paddle.Tensor], int]]:
@@ -239,3 +250,22 @@ class TokenViT(nn.Layer):
             if kept is not None:
                 positions = kept if positions is None else paddle.take_along_axis(positions, kept, axis=1)
             yield index, tokens, positions, grid
+
+
+class FeatureExtractor(nn.Layer):
+    """timm's ``features_only`` model: ``forward(x)`` -> [feature map (B, D, H/16, W/16)] for the
+    blocks in ``out_indices`` (an int n: the last n blocks), the blocks after the last one not run.
+    ``feature_info``: per output {"module", "num_chs", "reduction"}. SuperViT: its current
+    sub-network, dropped tokens as zeros (see ``TokenViT.forward_intermediates``)."""
+
+    def __init__(self, model: TokenViT, out_indices: Union[int, Sequence[int]] = 3):
+        super().__init__()
+        self.model = model
+        self.out_indices = tuple(block_indices(out_indices, len(model.blocks)))
+        self.feature_info = [{"module": f"blocks.{i}", "num_chs": model.embed_dim, "reduction": model.patch_size}
+                             for i in self.out_indices]
+        self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+
+    def forward(self, x: paddle.Tensor) -> List[paddle.Tensor]:
+        return self.model.forward_intermediates(x, list(self.out_indices), intermediates_only=True)
+

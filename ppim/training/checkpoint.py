@@ -14,7 +14,7 @@ import pickle
 import random
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import numpy as np
 import paddle
@@ -103,13 +103,16 @@ def load_checkpoint(path: "str | os.PathLike[str]") -> Dict[str, Any]:
 
 def rng_state() -> Dict[str, Any]:
     """The states of Python's, numpy's and Paddle's global generators (Paddle's as plain tuples)."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    # int64, not numpy's uint32: paddle.load cannot make a tensor of uint32 (and reads the file too)
+    return {"python": random.getstate(), "numpy": (name, keys.astype(np.int64), position, has_gauss, gauss),
             "paddle": [state.__getstate__() for state in paddle.get_rng_state()]}
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate(_tuples(state["python"]))
-    np.random.set_state(tuple(state["numpy"]))
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys).astype(np.uint32), position, has_gauss, gauss))
     generator_state = type(paddle.get_rng_state()[0])
     states = []
     for saved in state["paddle"]:

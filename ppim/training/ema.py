@@ -9,24 +9,27 @@ from typing import Dict
 import paddle
 from paddle import nn
 
+from .optim import unwrap_model
+
 
 class ModelEma:
     """``ModelEma(model, decay)``: ``.module`` is a deep copy of ``model`` in eval mode holding the
     average; call ``update(model)`` after each optimizer step. ``state_dict()`` / ``set_state_dict()``
-    are the EMA model's (what checkpoints store as state_dict_ema)."""
+    are the EMA model's (what checkpoints store as state_dict_ema). A paddle.DataParallel model is
+    unwrapped: the EMA holds (and is updated from) the plain model."""
 
     def __init__(self, model: nn.Layer, decay: float = 0.99992):
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
         self.decay = decay
-        self.module = copy.deepcopy(model)
+        self.module = copy.deepcopy(unwrap_model(model))
         self.module.eval()
         for param in self.module.parameters():
             param.stop_gradient = True
 
     @paddle.no_grad()
     def _update(self, model: nn.Layer, weight: float) -> None:
-        source = model.state_dict()
+        source = unwrap_model(model).state_dict()
         for name, ema_value in self.module.state_dict().items():
             if name not in source:
                 raise KeyError(f"ModelEma: the model has no {name!r}; was it built like the EMA copy?")

@@ -3,7 +3,8 @@ EMA weights too), checkpoints (last and best, atomically) with exact resume, and
 
 The work of one step is pluggable: ``step(model, images, targets, backward) -> loss`` (see
 ClassificationStep) computes the loss(es) and calls ``backward`` on each, so steps with several
-forward passes per batch (SuperViT's sub-networks, token labelling) reuse this loop unchanged.
+forward passes per batch (SuperViT's sub-networks, token labelling) reuse this loop unchanged. A
+step with random state of its own gives ``state_dict()`` / ``set_state_dict()`` (checkpointed).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 import paddle
 
-from ..errors import PpimError
+from ..errors import InputError, PpimError
 from .checkpoint import (ResumeError, optimizer_state, rng_state, save_checkpoint, set_optimizer_state,
                          set_rng_state)
 
@@ -45,6 +46,17 @@ class ClassificationStep:
 def unwrap(model: paddle.nn.Layer) -> paddle.nn.Layer:
     """The model inside paddle.DataParallel (its own name for its parameters and state)."""
     return model._layers if isinstance(model, paddle.DataParallel) else model
+
+
+def cpu_bf16_training_supported() -> bool:
+    """Whether eager Paddle multiplies bfloat16 matrices on this CPU, i.e. autocast to bf16 is real
+    (Paddle 3.3's CPU wheel has no eager bf16 matmul kernel: autocast then silently stays fp32)."""
+    try:
+        with paddle.amp.auto_cast(enable=True, dtype="bfloat16", level="O1"):
+            out = paddle.nn.functional.linear(paddle.ones([2, 4]), paddle.ones([4, 4]))
+        return out.dtype == paddle.bfloat16
+    except Exception:  # kernels missing or not runnable on this CPU
+        return False
 
 
 def current_lr(optimizer) -> float:
@@ -85,6 +97,7 @@ class Trainer:
         self.epoch = 0  # the next epoch to train
         self.best: Optional[Dict[str, Any]] = None  # {"epoch", "metric", "weights"}
         self.global_step = 0
+        self._is_best = False  # the epoch just finished has the best metric so far
 
     # ------------------------------------------------------------------------------------------
     # one epoch
@@ -98,7 +111,7 @@ class Trainer:
     def _backward(self, loss: paddle.Tensor) -> None:
         if not math.isfinite(float(loss)):
             raise DivergedError(f"the loss is {float(loss)} at epoch {self.epoch}, step {self.global_step}: "
-                                     f"lower --lr, add --clip-grad, or check the data")
+                                f"lower --lr, add --clip-grad, or check the data")
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def train_one_epoch(self, epoch: int) -> Dict[str, float]:
@@ -106,14 +119,14 @@ class Trainer:
         self.model.train()
         self.loader.set_epoch(epoch)
         if len(self.loader) == 0:
-            raise ValueError(f"batch size {self.loader.batch_size} is larger than this process's "
+            raise InputError(f"batch size {self.loader.batch_size} is larger than this process's "
                              f"{len(self.loader.indices)} training images: lower -b")
         bar = None
         if self.progress and self.rank == 0:
             from tqdm import tqdm
 
             bar = tqdm(total=len(self.loader), desc=f"epoch {epoch}", unit="step", dynamic_ncols=True)
-        lr = current_lr(self.optimizer)
+        lr = current_lr(self.optimizer)  # the epoch's (timm's per-epoch schedule; per-step ones move it)
         losses, images_seen, start = [], 0, time.perf_counter()
         try:
             for batch in self.loader:
@@ -133,7 +146,7 @@ class Trainer:
                     self.ema.update(self.module)
                 if hasattr(self.scheduler, "step_update"):  # per-update schedules (no-op per epoch)
                     self.scheduler.step_update(self.global_step + 1)
-                value = float(loss)
+                value, lr = float(loss), current_lr(self.optimizer)
                 losses.append(value)
                 images_seen += len(batch.labels)
                 self.global_step += 1
@@ -202,7 +215,7 @@ class Trainer:
             return
         state = self.state(row)
         save_checkpoint(self.output / "last.pdparams", state)
-        if getattr(self, "_is_best", False):
+        if self._is_best:
             save_checkpoint(self.output / "best.pdparams", state)
 
     # ------------------------------------------------------------------------------------------
@@ -211,19 +224,20 @@ class Trainer:
 
     def state(self, row: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Everything an exact resume needs, as a checkpoint dict (see checkpoint.save_checkpoint).
-        "eval_weights" names the weights its metric was measured on (what eval --checkpoint loads)."""
-        best = self.best or {}
+        "eval_weights" names the weights eval --checkpoint loads: the EMA's when there is one (best is
+        chosen by their top-1 then), else the model's."""
         return {
             **self.identity,
             "epoch": self.epoch,
             "global_step": self.global_step,
             "model": self.module.state_dict(),
             "model_ema": self.ema.state_dict() if self.ema is not None else None,
-            "eval_weights": best.get("weights", "model") if getattr(self, "_is_best", False) else "model",
+            "eval_weights": "model_ema" if self.ema is not None else "model",
             "optimizer": optimizer_state(self.optimizer, self.module),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng_state(),
+            "step": self.step.state_dict() if hasattr(self.step, "state_dict") else None,
             "best": self.best,
             "metrics": row or {},
             "args": self.args,
@@ -261,6 +275,8 @@ class Trainer:
         if self.scaler is not None and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"])
+        if hasattr(self.step, "set_state_dict") and checkpoint.get("step") is not None:
+            self.step.set_state_dict(checkpoint["step"])  # a step's own generator (e.g. SuperStep's draws)
         self.epoch = int(checkpoint["epoch"])
         self.global_step = int(checkpoint.get("global_step", 0))
         self.best = checkpoint.get("best")

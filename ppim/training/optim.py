@@ -12,12 +12,20 @@ from paddle import nn
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum")
 
 
+def unwrap_model(model: nn.Layer) -> nn.Layer:
+    """The model inside a paddle.DataParallel wrapper (whose parameter names gain a '_layers.'
+    prefix and which hides ``no_weight_decay``), else ``model``."""
+    return model._layers if isinstance(model, paddle.DataParallel) else model
+
+
 def param_groups_weight_decay(model: nn.Layer, weight_decay: float = 1e-5,
                               no_weight_decay_list: Iterable[str] = ()) -> List[Dict[str, Any]]:
     """Two parameter groups, timm's add_weight_decay: [{'params': no-decay, 'weight_decay': 0.0},
     {'params': the rest, 'weight_decay': weight_decay}]. No decay: 1-D parameters (biases, norm
     weights), names ending in '.bias', and names in ``no_weight_decay_list`` or
-    ``model.no_weight_decay()``. Frozen parameters (stop_gradient) are left out."""
+    ``model.no_weight_decay()``. Frozen parameters (stop_gradient) are left out. A DataParallel
+    model is unwrapped first, so names match."""
+    model = unwrap_model(model)
     skip = set(no_weight_decay_list)
     if hasattr(model, "no_weight_decay"):
         skip |= set(model.no_weight_decay())

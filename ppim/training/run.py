@@ -5,8 +5,6 @@ shard per epoch, gradients all-reduced by paddle.DataParallel)."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import random
 import tempfile
 from pathlib import Path
@@ -21,7 +19,7 @@ from ..evaluate import dist_info, evaluate
 from ..registry import create_model, model_name
 from .checkpoint import load_checkpoint
 from .data import open_train_val
-from .engine import ClassificationStep, Trainer
+from .engine import ClassificationStep, Trainer, cpu_bf16_training_supported
 from .records import Records
 
 
@@ -127,16 +125,6 @@ def _amp_dtype(config: TrainConfig, device: str) -> Optional[str]:
             raise ConfigError("--amp on the CPU: this Paddle has no eager bfloat16 CPU kernels for matmul, so "
                               "autocast would silently run fp32; drop --amp (or train on a GPU)")
     return dtype
-
-
-def cpu_bf16_training_supported() -> bool:
-    """Whether eager Paddle multiplies bfloat16 matrices on this CPU (autocast to bf16 is real)."""
-    try:
-        with paddle.amp.auto_cast(enable=True, dtype="bfloat16", level="O1"):
-            out = paddle.nn.functional.linear(paddle.ones([2, 4]), paddle.ones([4, 4]))
-        return out.dtype == paddle.bfloat16
-    except Exception:
-        return False
 
 
 def _seed_everything(seed: int) -> None:
@@ -278,16 +266,3 @@ def train(config: TrainConfig, **hooks: Any) -> Dict[str, Any]:
         if trainer.records is not None:
             trainer.records.close()
     return {**result, "output": str(config.output)}
-
-
-def parse_model_kwargs(text: Optional[str]) -> Dict[str, Any]:
-    """--model-kwargs JSON -> dict (a clear error for anything but a JSON object)."""
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"--model-kwargs is not valid JSON ({error}); e.g. '{{\"depth\": 2}}'") from None
-    if not isinstance(value, dict):
-        raise ConfigError("--model-kwargs must be a JSON object, e.g. '{\"depth\": 2}'")
-    return value

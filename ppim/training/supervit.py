@@ -2,7 +2,7 @@
 main_lvvit.py and deit/engine.py), one backward each, then one optimizer step by the loop.
 
 Sub-networks, drawn per step: (224, 1), (224, r), (s, 1), (s, r') with s from the smaller sizes
-and r, r' from the keep ratios below 1 (Python's ``random``, as the official code).
+and r, r' from the keep ratios below 1 (a ``random.Random``, drawn as the official code draws).
 
 LV-ViT (token labeling, MixToken): one box is drawn on the 14 x 14 grid and scaled to each
 sub-network's grid. (224, 1): the token-label loss; (s, 1): soft-target CE against the cls target
@@ -32,13 +32,21 @@ Box = Tuple[int, int, int, int]
 
 def training_subnets(img_sizes: Sequence[int], keep_ratios: Sequence[float],
                      rng: random.Random = random) -> List[Subnet]:  # type: ignore[assignment]
-    """The four sub-networks of one step, drawn in the official order (keep ratio, size, keep ratio)."""
+    """The sub-networks of one step, drawn in the official order (keep ratio, size, keep ratio):
+    (full, 1), (full, r), (s, 1), (s, r'). A model without smaller sizes or without keep ratios
+    below 1 trains the ones it has."""
     full = max(img_sizes)
     ratios = [float(r) for r in keep_ratios if r < 1]
     sizes = [int(s) for s in img_sizes if s != full]
-    first = rng.choice(ratios)
-    size = rng.choice(sizes)
-    return [(full, 1.0), (full, first), (size, 1.0), (size, rng.choice(ratios))]
+    subnets = [(full, 1.0)]
+    if ratios:
+        subnets.append((full, rng.choice(ratios)))
+    if sizes:
+        size = rng.choice(sizes)
+        subnets.append((size, 1.0))
+        if ratios:
+            subnets.append((size, rng.choice(ratios)))
+    return subnets
 
 
 def mixtoken_boxes(img_sizes: Sequence[int], patch_size: int = 16) -> Dict[int, Box]:
@@ -68,6 +76,16 @@ class SuperStep:
         self.targets = targets
         self.rng = rng or random.Random(0)
         self.last_losses: List[paddle.Tensor] = []
+
+    def state_dict(self) -> Dict[str, object]:
+        """The draw generator's state (the Trainer checkpoints it, so a resumed run draws on)."""
+        return {"rng": self.rng.getstate()}
+
+    def set_state_dict(self, state: Dict[str, object]) -> None:
+        def tuples(value):  # the checkpoint round trip may turn the state's tuples into lists
+            return tuple(tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+        self.rng.setstate(tuples(state["rng"]))
 
     def draw(self, model: paddle.nn.Layer) -> Tuple[List[Subnet], Dict[int, Box]]:
         """This step's sub-networks and MixToken boxes."""

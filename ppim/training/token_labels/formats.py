@@ -24,9 +24,10 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ...errors import InputError
+from ...fileio import atomic_path, write_atomic, write_json
 from ...weights.errors import CheckpointError
 from ...weights.torch_reader import load_torch_checkpoint
-from ...fileio import write_atomic, write_json
 
 __all__ = ["TokenLabelError", "LabelShape", "label_key", "check_shape", "check_key", "check_label", "read_official_label",
            "write_official_label", "OfficialLabels", "PackedLabels", "PackedLabelWriter",
@@ -42,7 +43,7 @@ _MAX_SIDE = 512         # score-map side (official: 18; 14 for a 224 LV-ViT teac
 LabelShape = Tuple[int, int, int, int]
 
 
-class TokenLabelError(ValueError):
+class TokenLabelError(InputError):
     """A token-label file or folder is missing, malformed or inconsistent."""
 
 
@@ -257,6 +258,12 @@ class PackedLabels:
     def __contains__(self, key: str) -> bool:
         return key in self._index
 
+    def __getstate__(self) -> dict:
+        return {"root": self.root}  # spawned loader workers map the files again instead of copying them
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["root"])
+
     def keys(self) -> List[str]:
         return sorted(self._index)
 
@@ -334,18 +341,17 @@ class PackedLabelWriter:
             self.done = np.load(self.done_path, allow_pickle=False)
         else:
             write_atomic(keys_path, "".join(f"{k}\n" for k in self.keys).encode())
-            tmp = self.array_path.with_name(self.array_path.name + ".tmp")
-            self.array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                                   shape=(len(self.keys),) + self.shape)
-            os.replace(tmp, self.array_path)
+            with atomic_path(self.array_path) as tmp:  # a zero-filled array of every row
+                np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                          shape=(len(self.keys),) + self.shape).flush()
+            self.array = np.load(self.array_path, mmap_mode="r+", allow_pickle=False)
             self.done = np.zeros(len(self.keys), dtype=bool)
             self._save_done()
 
     def _save_done(self) -> None:
         self.array.flush()  # rows reach the file before they are marked done
-        tmp = self.done_path.with_name(self.done_path.name + ".tmp.npy")
-        np.save(tmp, self.done)
-        os.replace(tmp, self.done_path)
+        with atomic_path(self.done_path) as tmp, open(tmp, "wb") as file:
+            np.save(file, self.done)
 
     def pending(self) -> List[int]:
         return [int(i) for i in np.flatnonzero(~self.done)]

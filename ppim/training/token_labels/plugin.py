@@ -77,12 +77,17 @@ def plan_training(config, model, train_set, num_classes: int, criterion, mixup, 
     if dense:
         shape = None
         if config.token_label_data:
+            grid = max(getattr(model, "img_sizes", [model.img_size])) // model.patch_size
+            if config.token_label_size != grid:
+                raise InputError(f"--token-label-size {config.token_label_size}: the labels are aligned to "
+                                 f"the model's token grid, {grid} x {grid} for {config.model} at this size; "
+                                 f"pass --token-label-size {grid}")
             try:
                 labels = open_token_labels(config.token_label_data)
                 train_set = TokenLabelDataset(train_set, labels, TokenLabelTransforms(train_set.transforms),
                                               num_classes)
             except TokenLabelError as error:
-                raise InputError(f"--token-label-data: {error}") from None
+                raise TokenLabelError(f"--token-label-data: {error}") from None
             shape = train_set.shape
         targets = TokenLabelTargets(num_classes, shape, config.token_label_size, config.smoothing)
         criterion = TokenLabelCrossEntropy(config.dense_weight, config.cls_weight, mixup is not None,

@@ -4,7 +4,7 @@ and the per-batch step that trains ``forward_train``'s (cls, aux, box) with Toke
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import paddle
 
