@@ -83,9 +83,11 @@ def _eager_fn(model: nn.Layer, precision: str, device: str, threads: Optional[in
     return run
 
 
-# The engines ``engine='auto'`` tries, fastest first, per (device, precision), as measured by
-# benchmarks/peers.py on lvvit_s (see its results in README's benchmark section).
-AUTO_ORDER = {("cpu", "fp32"): ("openvino", "onnxruntime", "inference"), ("cpu", "bf16"): ("openvino", "inference")}
+# The engines ``engine='auto'`` tries, fastest first, per (device, precision). Measured on lvvit_s,
+# batch 16, interleaved in one run on a loaded 2-core machine: fp32 OpenVINO 1.75, Paddle Inference
+# (fused attention export) 1.49, ONNX Runtime 1.26 img/s; bf16 OpenVINO 2.01, Paddle Inference 1.84.
+# Rerun benchmarks/peers.py to check on other machines.
+AUTO_ORDER = {("cpu", "fp32"): ("openvino", "inference"), ("cpu", "bf16"): ("openvino", "inference")}
 PREDICTORS = {"inference": Predictor, "openvino": OpenVINOPredictor, "onnxruntime": OnnxRuntimePredictor}
 
 
