@@ -37,7 +37,7 @@ def torch_step_factory(amp=None, threads=None):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bfloat16"):
                 logits = net(images)
             loss = torch.sum(-targets * torch.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-            float(loss)
+            float(loss.detach())
             forward = time.perf_counter()
             loss.backward()
             backward = time.perf_counter()

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..fileio import atomic_path, remove_stale_parts
 from .cache import sha256_file, write_sidecar
+from .checkpoint import select_state_dict
 from .errors import InvalidWeightsError
 from .unpickler import DEFAULT_MAX_BYTES, AllowlistUnpickler, check_structure, latin1_encode, numpy_dtype, short_repr
 
@@ -107,17 +108,10 @@ def read_pickle(path: "str | os.PathLike[str]", max_bytes: int = DEFAULT_MAX_BYT
 
 
 def read_pdparams(path: "str | os.PathLike[str]", max_bytes: int = DEFAULT_MAX_BYTES) -> "dict[str, np.ndarray]":
-    """A .pdparams file (paddle.save of a state dict) -> {name: array}, without running pickled code."""
-    state = read_pickle(path, max_bytes)
-    if not isinstance(state, dict):
-        raise InvalidWeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
-    arrays = {}
-    for key, value in state.items():
-        if not isinstance(value, np.ndarray):
-            raise InvalidWeightsError(f"{path}: entry {key!r} is a {short_repr(value)}, not an array "
-                                      "(a training checkpoint? ppim.weights.select_state_dict picks its weights)")
-        arrays[key] = value
-    return arrays
+    """A .pdparams file -> {name: array}, without running pickled code: a state dict as it is, a
+    training checkpoint's weights as :func:`.checkpoint.select_state_dict` picks them (a ppim
+    checkpoint's: those its metric was measured on)."""
+    return select_state_dict(read_pickle(path, max_bytes), None, str(path)).state
 
 
 def save_pdparams(state: "dict[str, np.ndarray]", path: "str | os.PathLike[str]") -> str:
