@@ -115,9 +115,12 @@ def attention_layout(precision: str = "fp32", device: str = "cpu", engine: str =
 
 def fused_attention_available() -> bool:
     """Paddle 3.x (PIR programs) with the ``self_dp_attention`` CPU op."""
-    in_pir = getattr(paddle.framework, "in_pir_mode", None)
-    return in_pir is not None and hasattr(paddle._C_ops, "self_dp_attention") and \
-        paddle.get_flags("FLAGS_enable_pir_api").get("FLAGS_enable_pir_api", False)
+    if getattr(paddle.framework, "in_pir_mode", None) is None or not hasattr(paddle._C_ops, "self_dp_attention"):
+        return False
+    try:
+        return bool(paddle.get_flags("FLAGS_enable_pir_api").get("FLAGS_enable_pir_api", False))
+    except ValueError:  # a Paddle without the flag: no PIR programs
+        return False
 
 
 def _resize_matrix(src: int, dst: int) -> np.ndarray:
