@@ -316,3 +316,22 @@ def test_evaluate_checks_the_results_file_before_the_run(tmp_path):
     results = evaluate(runner, transforms=transforms, name="zeros", num_workers=0, progress=False, verbose=False,
                        results_file=tmp_path / "out" / "r.json")
     assert calls and json.loads((tmp_path / "out" / "r.json").read_text())["num_images"] == results["num_images"]
+
+
+def test_ema_flags_pick_the_checkpoint_weights(tmp_path):
+    """--ema / --no-ema choose between a checkpoint's model and EMA weights; without either, a timm-style
+    container gives its model weights (lvvit_s does not prefer the EMA)."""
+    def state(seed):
+        paddle.seed(seed)
+        return {k: v.numpy() for k, v in ppim.create_model("lvvit_s", **TINY).state_dict().items()}
+
+    model_state, ema_state = state(1), state(2)
+    path = tmp_path / "train.pdparams"
+    paddle.save({"state_dict": model_state, "state_dict_ema": ema_state, "epoch": 3}, str(path))
+    parser = common.ArgumentParser()
+    common.add_model_arguments(parser)
+    for flags, expected in [([], model_state), (["--ema"], ema_state), (["--no-ema"], model_state)]:
+        args = parser.parse_args(TINY_ARGS + ["--checkpoint", str(path), *flags])
+        model = common.create_model(args, warn=False)
+        np.testing.assert_array_equal(model.head.weight.numpy(), expected["head.weight"], err_msg=str(flags))
+        assert model.pretrained_info["ema"] == (expected is ema_state)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 from ..errors import InputError, PpimError
 
-__all__ = ["ArgumentParser", "EXIT_ERROR", "EXIT_INTERRUPTED", "add_model_arguments", "command", "create_model",
+__all__ = ["ArgumentParser", "EXIT_ERROR", "EXIT_INTERRUPTED", "add_ema_arguments", "add_model_arguments", "command", "create_model",
            "describe_error", "model_kwargs", "refuse_same_file", "weights_of", "writable_file"]
 
 #: Exit status of an expected error (argparse uses 2 for usage errors too).
@@ -140,6 +140,18 @@ def add_model_arguments(parser: argparse.ArgumentParser, weights: bool = True) -
     parser.add_argument("--model-kwargs", default=None, metavar="JSON",
                         help='extra constructor arguments as JSON, for experiments and tests, e.g. '
                              '\'{"embed_dim": 48, "depth": 2}\'')
+    if weights:
+        add_ema_arguments(parser)
+
+
+def add_ema_arguments(parser: argparse.ArgumentParser) -> None:
+    """--ema | --no-ema (dest ``ema``: True, False, or None for the file's and the model's default)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--ema", dest="ema", action="store_true", default=None,
+                       help="take the EMA weights of a checkpoint (state_dict_ema / model_ema / ema)")
+    group.add_argument("--no-ema", dest="ema", action="store_false",
+                       help="take a checkpoint's model weights (default: a ppim training checkpoint's "
+                            "evaluated weights; the EMA's where the model's published accuracy is)")
 
 
 def model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
@@ -167,9 +179,16 @@ def create_model(args: argparse.Namespace, warn: bool = True, **kwargs: Any) -> 
     from ..registry import create_model as build
 
     pretrained = weights_of(args)
+    ema = getattr(args, "ema", None)
     kwargs = {**model_kwargs(args), **kwargs}
     try:
-        model = build(args.model, pretrained=pretrained, **kwargs)
+        # An explicit --ema/--no-ema: build, then load the chosen weights of the checkpoint.
+        model = build(args.model, pretrained=pretrained if ema is None else False, **kwargs)
+        if pretrained and ema is not None:
+            from ..registry import get_model_cfg
+            from ..weights import load_pretrained
+
+            load_pretrained(model, get_model_cfg(args.model), pretrained, ema=ema)
     except PpimError:
         raise
     except (TypeError, ValueError) as error:  # a constructor refusing its arguments

@@ -9,7 +9,7 @@ the source.
 """
 from __future__ import annotations
 
-from .common import ArgumentParser, add_model_arguments, command, create_model, refuse_same_file, writable_file
+from .common import ArgumentParser, add_ema_arguments, add_model_arguments, command, create_model, refuse_same_file, writable_file
 
 
 @command
@@ -18,11 +18,7 @@ def main(argv=None) -> int:
     parser.add_argument("source", help="PyTorch checkpoint (.pth, .pth.tar, .bin)")
     parser.add_argument("output", help="the .pdparams file to write")
     add_model_arguments(parser, weights=False)
-    ema = parser.add_mutually_exclusive_group()
-    ema.add_argument("--ema", dest="ema", action="store_true", default=None,
-                     help="take the EMA weights (state_dict_ema / model_ema / ema)")
-    ema.add_argument("--no-ema", dest="ema", action="store_false",
-                     help="take the model weights even where the model's published accuracy is the EMA's")
+    add_ema_arguments(parser)
     parser.add_argument("--num-classes", type=int, default=None,
                         help="convert for another head size: the classifier weights are dropped")
     parser.add_argument("--no-strict", dest="strict", action="store_false",
