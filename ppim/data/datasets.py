@@ -1,0 +1,345 @@
+"""ImageNet class names, the small photo sample shipped with ppim, image decoding, folder scanning
+and the datasets (ImageNet folder layout and PaddleClas list files)."""
+from __future__ import annotations
+
+import os
+import stat
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InputError, PpimError
+from ..transforms import as_numpy
+
+ASSETS = Path(__file__).parent.parent / "assets"
+SAMPLE_DIR = ASSETS / "sample"
+SAMPLE_LIST = SAMPLE_DIR / "val_list.txt"
+
+
+@lru_cache(maxsize=None)
+def _class_table() -> Tuple[Tuple[str, str], ...]:
+    rows = []
+    for line in (ASSETS / "imagenet_classes.txt").read_text(encoding="utf-8").splitlines():
+        wnid, name = line.split(" ", 1)
+        rows.append((wnid, name))
+    return tuple(rows)
+
+
+def imagenet_class_names() -> List[str]:
+    """The 1000 ImageNet-1k class names, index = class id (e.g. 281 "tabby, tabby cat")."""
+    return [name for _, name in _class_table()]
+
+
+def imagenet_wnids() -> List[str]:
+    """The 1000 WordNet ids, sorted, index = class id (e.g. 0 "n01440764")."""
+    return [wnid for wnid, _ in _class_table()]
+
+
+def read_val_list(list_file: Path, root: Path) -> List[Tuple[Path, int]]:
+    """Lines "relative/path label" -> [(root / path, label)] (PaddleClas list format)."""
+    data = Path(list_file).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        number = data.count(b"\n", 0, error.start) + 1
+        raise InputError(f"{list_file}:{number}: not UTF-8 text (byte {data[error.start]:#04x}); save the list "
+                         f"as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    samples = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            path, label = line.rsplit(maxsplit=1)
+            samples.append((Path(root) / path, int(label)))
+        except ValueError:
+            raise InputError(f"{list_file}:{number}: expected 'relative/path label', got {line[:200]!r}") from None
+    return samples
+
+
+def sample_images() -> List[Tuple[Path, int]]:
+    """The photographs shipped in ppim/assets/sample with their true ImageNet class ids."""
+    return read_val_list(SAMPLE_LIST, SAMPLE_DIR)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation datasets
+# ----------------------------------------------------------------------------------------------
+
+#: File name endings (case-insensitive) taken as images in a class folder.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class BadImageError(PpimError, RuntimeError):
+    """An image file that cannot be read or decoded; ``path`` names it, ``reason`` says why and
+    ``hint`` what to do (by default: skip_bad / --skip-bad)."""
+
+    SKIP_HINT = ("pass skip_bad=True / --skip-bad to skip unreadable images; they are then excluded and "
+                 "reported")
+
+    def __init__(self, path: str, reason: str, hint: Optional[str] = None):
+        super().__init__(path, reason, hint)
+        self.path = str(path)
+        self.reason = reason
+        self.hint = self.SKIP_HINT if hint is None else hint
+
+    def __str__(self) -> str:
+        return f"cannot read image {self.path}: {self.reason} ({self.hint})"
+
+
+def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit (and 32-bit int / float) grayscale -> 8-bit RGB by scaling 0..65535 to 0..255.
+    PIL's own conversion clips every value above 255 to white."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (values.size and values.max() > 255):
+        values = values / 257.0
+    gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, "L").convert("RGB")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: grayscale (1, L), CMYK, YCbCr, LAB, RGBA / LA / RGBa (alpha dropped, as
+    timm, torchvision and PaddleClas do), palette P / PA (with or without transparency), and 16-bit
+    or 32-bit grayscale (I;16*, I, F: scaled, not clipped)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        return _sixteen_bit_to_rgb(image)
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # same colours; avoids PIL's transparency warning
+    try:
+        return image.convert("RGB")
+    except ValueError:  # modes PIL converts only through another one (La -> LA, ...)
+        for via in ("RGBA", "LA", "L"):
+            try:
+                return image.convert(via).convert("RGB")
+            except ValueError:
+                pass
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _open_regular(path: "str | os.PathLike[str]"):
+    """``path`` opened for reading if it is a regular file (after links). Opened non-blocking and
+    checked on the open descriptor, so a FIFO or device named like an image is never waited on."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise BadImageError(str(path), f"it is {_file_kind(mode)}, not an image file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def load_image(path: "str | os.PathLike[str]") -> Image.Image:
+    """Open and fully decode an image file as RGB; any failure raises BadImageError naming it.
+    Only regular files are read: a FIFO, socket or device is refused without waiting on it."""
+    try:
+        with _open_regular(path) as file, Image.open(file) as image:
+            image.load()
+            return to_rgb(image)
+    except (KeyboardInterrupt, SystemExit, MemoryError, BadImageError):
+        raise
+    except OSError as error:
+        if error.filename is not None and error.strerror:  # from the file system, not from the decoder
+            raise BadImageError(str(path), error.strerror) from None
+        raise BadImageError(str(path), f"{type(error).__name__}: {error}") from None
+    except BaseException as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise BadImageError(str(path), f"{type(error).__name__}: {error}") from None
+
+
+class ImageDataset:
+    """Labelled image files: ``dataset[i]`` -> (transforms(RGB image), label); with no transforms
+    the RGB PIL image itself. ``samples`` is the list of (path, label). Unreadable files raise
+    BadImageError naming the path (the loader can skip and count them instead)."""
+
+    def __init__(self, samples: Sequence[Tuple[str, int]], transforms: Optional[Callable] = None):
+        self.samples = [(str(path), int(label)) for path, label in samples]
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        image = load_image(path)
+        # The numpy path of ppim's transforms: worker processes must not create Paddle tensors.
+        return (as_numpy(self.transforms)(image) if self.transforms is not None else image), label
+
+    @property
+    def labels(self) -> List[int]:
+        return [label for _, label in self.samples]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} images, root={getattr(self, 'root', None)})"
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")  # dot files, including macOS "._x.jpg" resource forks
+
+
+def _file_id(path: "str | os.PathLike[str]") -> Tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def find_images(folder: "str | os.PathLike[str]", extensions: Sequence[str] = IMG_EXTENSIONS,
+                exclude: Sequence[Tuple[int, int]] = ()) -> List[str]:
+    """Image files under ``folder``, sorted: recursively, following links, hidden entries skipped.
+
+    Each folder and each file is taken once, however many links lead to it (identified by device
+    and inode), so link loops end and no image is counted twice; folders whose (st_dev, st_ino) is
+    in ``exclude`` are not entered (the dataset root and the other class folders). A FIFO, socket
+    or device named like an image raises InputError (it is never opened); a broken link is
+    listed, for the loader to report as unreadable."""
+    extensions = tuple(e.lower() for e in extensions)
+    found: List[str] = []
+    seen_dirs, seen_files = set(exclude), set()
+    pending = [os.fspath(folder)]
+    while pending:
+        directory = pending.pop()
+        key = _file_id(directory)
+        if key in seen_dirs:
+            continue
+        seen_dirs.add(key)
+        with os.scandir(directory) as entries:
+            names = sorted(entry.name for entry in entries if not _is_hidden(entry.name))
+        subfolders = []
+        for name in names:
+            path = os.path.join(directory, name)
+            is_image = name.lower().endswith(extensions)
+            try:
+                info = os.stat(path)
+            except OSError:  # a broken link or a link loop
+                if is_image:
+                    found.append(path)
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                subfolders.append(path)
+            elif not is_image or (info.st_dev, info.st_ino) in seen_files:
+                continue
+            elif stat.S_ISREG(info.st_mode):
+                seen_files.add((info.st_dev, info.st_ino))
+                found.append(path)
+            else:
+                raise InputError(f"{path} is {_file_kind(info.st_mode)}, not an image file: remove it from "
+                                 f"the data folder")
+        pending.extend(reversed(subfolders))  # depth first in name order: a folder's own files win
+    return sorted(found)
+
+
+class ImageFolderDataset(ImageDataset):
+    """The ImageNet folder layout: ``root/<class>/<image>``; sorted class folder names give the
+    class index (for the full ImageNet val folder that is the ImageNet class id), unless
+    ``class_to_idx`` maps folder names to labels (e.g. ``imagenet_class_to_idx()`` for a subset
+    whose folders are WordNet ids). Images: IMG_EXTENSIONS, case-insensitive, in subfolders too."""
+
+    def __init__(self, root: "str | os.PathLike[str]", transforms: Optional[Callable] = None,
+                 class_to_idx: Optional[Dict[str, int]] = None,
+                 extensions: Sequence[str] = IMG_EXTENSIONS):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: no such folder")
+        self.classes = class_folders(self.root)
+        if not self.classes:
+            raise FileNotFoundError(
+                f"{self.root} has no class folders: expected the ImageNet layout root/<class>/<image> "
+                f"(or pass a list file of 'relative/path label' lines: --val-list / ImageListDataset)")
+        if class_to_idx is None:
+            class_to_idx = {name: index for index, name in enumerate(self.classes)}
+        else:
+            unknown = [name for name in self.classes if name not in class_to_idx]
+            if unknown:
+                raise InputError(f"{self.root}: class folders without a label: {', '.join(unknown[:10])}")
+        self.class_to_idx = dict(class_to_idx)
+        # A link inside one class folder to the root or to another class folder is not followed:
+        # those images belong to their own class (or to none).
+        folders = {name: _file_id(self.root / name) for name in self.classes}
+        others = {_file_id(self.root), *folders.values()}
+        samples = [(path, self.class_to_idx[name]) for name in self.classes
+                   for path in find_images(self.root / name, extensions, others - {folders[name]})]
+        if not samples:
+            raise FileNotFoundError(f"{self.root}: no images ({', '.join(extensions)}) in its "
+                                    f"{len(self.classes)} class folders")
+        super().__init__(samples, transforms)
+
+
+def class_folders(root: "str | os.PathLike[str]") -> List[str]:
+    """Sorted names of the (non-hidden) subfolders of ``root``."""
+    return sorted(entry.name for entry in os.scandir(root)
+                  if entry.is_dir() and not _is_hidden(entry.name))
+
+
+def imagenet_class_to_idx() -> Dict[str, int]:
+    """WordNet id -> ImageNet-1k class id (n01440764 -> 0, ...)."""
+    return {wnid: index for index, wnid in enumerate(imagenet_wnids())}
+
+
+class ImageListDataset(ImageDataset):
+    """A PaddleClas-style list: lines "relative/path label" (paths relative to ``root``; a path may
+    contain spaces, the label is the last field)."""
+
+    def __init__(self, root: "str | os.PathLike[str]", list_file: "str | os.PathLike[str]",
+                 transforms: Optional[Callable] = None):
+        self.root = Path(root)
+        self.list_file = Path(list_file)
+        samples = read_val_list(self.list_file, self.root)
+        if not samples:
+            raise InputError(f"{self.list_file} lists no images")
+        super().__init__(samples, transforms)
+
+
+def sample_dataset(transforms: Optional[Callable] = None) -> ImageListDataset:
+    """The photographs shipped in ppim/assets/sample, labelled with ImageNet class ids."""
+    return ImageListDataset(SAMPLE_DIR, SAMPLE_LIST, transforms)
+
+
+def open_dataset(data: "str | os.PathLike[str] | None" = None,
+                 val_list: "str | os.PathLike[str] | None" = None,
+                 transforms: Optional[Callable] = None, num_classes: Optional[int] = None) -> ImageDataset:
+    """The dataset tools/eval.py evaluates:
+
+    * no ``data`` and no ``val_list``: the sample shipped with ppim;
+    * ``val_list``: its lines, paths relative to ``data`` (default: the list's folder); a relative
+      ``val_list`` not found from the working directory is looked up in ``data``;
+    * ``data`` holding a ``val_list.txt`` (PaddleClas' layout): that list;
+    * otherwise the ImageNet folder layout, sorted class folders = class index. When the folders are
+      WordNet ids but fewer than the model's 1000 classes (an ImageNet subset), each folder gets its
+      ImageNet class id instead (``num_classes`` tells the model's class count)."""
+    if data is None and val_list is None:
+        return sample_dataset(transforms)
+    if val_list is not None:
+        list_path = Path(val_list)
+        if not list_path.is_file() and data is not None and not list_path.is_absolute():
+            list_path = Path(data) / list_path
+        if not list_path.is_file():
+            raise FileNotFoundError(f"--val-list {val_list}: no such file")
+        return ImageListDataset(data if data is not None else list_path.parent, list_path, transforms)
+    root = Path(data)
+    if root.is_file():
+        raise InputError(f"{root} is a file: DATA is a folder (pass a list file with --val-list)")
+    if (root / "val_list.txt").is_file():
+        return ImageListDataset(root, root / "val_list.txt", transforms)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    wnids = imagenet_class_to_idx()
+    folders = class_folders(root)
+    if (num_classes == len(wnids) and folders and len(folders) < len(wnids)
+            and all(name in wnids for name in folders)):
+        return ImageFolderDataset(root, transforms, class_to_idx={name: wnids[name] for name in folders})
+    return ImageFolderDataset(root, transforms)
