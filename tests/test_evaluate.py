@@ -338,6 +338,8 @@ def test_cli_pins_each_launched_process_to_its_gpu(monkeypatch):
     spec = importlib.util.spec_from_file_location("ppim_eval_tool", ROOT / "tools" / "eval.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    # The tool writes os.environ itself: give it a copy, so nothing leaks into later tests' launches.
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     cases = [({"PADDLE_TRAINERS_NUM": "4", "FLAGS_selected_gpus": "3"}, ("3", "0")),
              ({"PADDLE_TRAINERS_NUM": "2", "FLAGS_selected_gpus": "1", "CUDA_VISIBLE_DEVICES": "4,6"}, ("6", "0")),
              ({"PADDLE_TRAINERS_NUM": "1", "FLAGS_selected_gpus": "1"}, (None, "1")),
