@@ -266,10 +266,13 @@ def _alive(pid):
 def test_ctrl_c_stops_eval_and_its_workers(tmp_path):
     """Ctrl-C as a terminal sends it (SIGINT to the whole process group) while two workers decode:
     eval exits with 130 without a traceback and leaves no worker behind."""
-    for i in range(400):
-        write_jpeg(tmp_path / "val" / f"c{i % 4}" / f"{i:03d}.jpg", seed=i, size=(600, 480))
-    command = [sys.executable, str(ROOT / "tools" / "eval.py"), str(tmp_path / "val"), *TINY_ARGS,
-               "-b", "2", "-j", "2", "--no-progress"]
+    # A list of 4000 decodes of large photos keeps the workers busy for far longer than the test waits,
+    # however fast the machine (a short run could end before the signal).
+    for i in range(8):
+        write_jpeg(tmp_path / "val" / f"{i}.jpg", seed=i, size=(1600, 1200))
+    (tmp_path / "val" / "list.txt").write_text("".join(f"{i % 8}.jpg {i % 5}\n" for i in range(4000)))
+    command = [sys.executable, str(ROOT / "tools" / "eval.py"), str(tmp_path / "val"), "--val-list",
+               str(tmp_path / "val" / "list.txt"), *TINY_ARGS, "-b", "2", "-j", "2", "--no-progress"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
