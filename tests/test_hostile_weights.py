@@ -8,7 +8,6 @@ names the cause.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -29,7 +28,7 @@ import torch
 import ppim
 from ppim import registry, weights
 from http_server import LocalServer
-from test_torch_reader import Call, Global, Storage, assemble, tensor, write_zip
+from test_torch_reader import Storage, assemble, tensor, write_zip
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8)
