@@ -17,8 +17,8 @@ from typing import Iterator, Union
 
 import numpy as np
 
-__all__ = ["PART_SUFFIX", "atomic_path", "check_writable", "remove_quietly", "remove_stale_parts", "write_atomic",
-           "write_json"]
+__all__ = ["PART_SUFFIX", "atomic_path", "check_writable", "current_umask", "remove_quietly",
+           "remove_stale_parts", "write_atomic", "write_json"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -26,7 +26,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 PART_SUFFIX = ".part"
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask."""
     # os.umask can only be read by setting it; set it back at once (process-wide, so a race with
     # another thread changing the umask is possible but harmless: both restore the same value).
     mask = os.umask(0o022)
@@ -81,7 +82,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         remove_quietly(tmp)  # already gone after os.replace

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -24,7 +23,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..fileio import write_json
+from ..fileio import current_umask, write_atomic, write_json
 from ..weights.cache import ppim_home
 from ..layers import Attention
 from ..registry import cfg_for_img_size, model_name
@@ -210,36 +209,14 @@ def program_file(model_dir: Path) -> Path:
                             f"export one with ppim.deploy.export or tools/export.py")
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` by a rename from a unique temporary name beside it, created with
-    the user's umask (readers see the old file or the whole new one)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
 def add_file(model_dir: Path, name: str, data: bytes) -> Path:
     """Add a file ppim made (e.g. the ONNX conversion) to an export: written atomically, then listed
     in the manifest's files, so a later export over this one removes it."""
-    write_file(model_dir / name, data)
+    write_atomic(model_dir / name, data)
     manifest = load_manifest(model_dir)
     files = set(_ppim_files(model_dir)) | {name}
     manifest["files"] = sorted(files)
-    write_file(model_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    write_json(model_dir / MANIFEST, manifest)
     return model_dir / name
 
 
@@ -260,7 +237,7 @@ def _publish(staged: Path, target: Path) -> None:
     a manifest naming files not there yet), then the files the previous export listed and this one
     does not write are removed; files ppim did not write stay. Everything gets the user's umask
     (mkdtemp makes 0700 directories and mkstemp 0600 files)."""
-    mask = _umask()
+    mask = current_umask()
     for path in staged.iterdir():
         os.chmod(path, 0o666 & ~mask)
     os.chmod(staged, 0o777 & ~mask)
