@@ -149,6 +149,7 @@ def _ceiling_fn(library, model, precision, threads, rows):
     import numpy as np
 
     from ppim.deploy import CeilingProbe, DenseChain, dense_shapes
+    from ppim.deploy.benchmark import time_calls
 
     dim, hidden, _ = dense_shapes(model)
     engine = {"paddle-inference": "inference", "onnxruntime": "onnxruntime", "openvino": "openvino"}.get(library)
@@ -168,14 +169,7 @@ def _ceiling_fn(library, model, precision, threads, rows):
     flops = 2.0 * chain.macs_per_row * rows
 
     def measure(iters=5, warmup=1):
-        for _ in range(warmup):
-            run(x)
-        times = []
-        for _ in range(iters):
-            start = time.perf_counter()
-            run(x)
-            times.append(time.perf_counter() - start)
-        return flops / statistics.median(times) / 1e9
+        return flops / statistics.median(time_calls(lambda: run(x), iters, warmup)) / 1e9
 
     return measure, None
 

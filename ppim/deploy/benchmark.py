@@ -65,7 +65,8 @@ class DenseChain(nn.Layer):
         return self.layers(x)
 
 
-def _time_calls(fn: Callable[[], Any], iters: int, warmup: int) -> List[float]:
+def time_calls(fn: Callable[[], Any], iters: int, warmup: int) -> List[float]:
+    """Seconds of each of ``iters`` calls of ``fn`` after ``warmup`` untimed ones (at least one each)."""
     for _ in range(max(1, warmup)):
         fn()
     times = []
@@ -112,7 +113,7 @@ class CeilingProbe:
 
     def measure(self, iters: int = 5, warmup: int = 1) -> float:
         """GFLOP/s, from the median of ``iters`` timed runs."""
-        return self.flops / statistics.median(_time_calls(self._step, iters, warmup)) / 1e9
+        return self.flops / statistics.median(time_calls(self._step, iters, warmup)) / 1e9
 
 
 def measure_ceiling(model: nn.Layer, batch_size: int = 16, engines: Optional[Sequence[str]] = None,
@@ -234,7 +235,7 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "i
                     for batch_size in batch_sizes:
                         batch = batches[batch_size]
                         cpu_start, wall_start = time.process_time(), time.perf_counter()
-                        times = _time_calls(functools.partial(runner, batch), iters, warmup)
+                        times = time_calls(functools.partial(runner, batch), iters, warmup)
                         cpu_per_wall = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
                         # The ceiling is timed right after the model, so both see the same machine
                         # (other processes come and go on shared machines).
