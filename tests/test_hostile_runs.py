@@ -292,3 +292,44 @@ def test_supervit_step_state(tmp_path, capsys):
                                        "--output", run])
     assert status == 2 and "'step.rng[1]'" in error
     assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# NaN weights, refused by every tool that reads weights
+# ----------------------------------------------------------------------------------------------
+
+MODEL_KWARGS = '{"depth": 1, "embed_dim": 32, "num_heads": 2, "stem_dim": 8, "patch_size": 8, "img_size": 32, ' \
+               '"num_classes": 3}'
+
+
+@pytest.mark.parametrize("tool", ["eval", "predict", "visualize", "export", "train"])
+def test_nan_weights_refused_by_every_tool(tmp_path, base, capsys, tool):
+    """A checkpoint whose weights hold NaN (a diverged run) is refused by eval, predict, visualize,
+    export and train --checkpoint alike: one error naming the file and the key, nothing scored."""
+    import importlib
+
+    checkpoint = load_checkpoint(base / "run" / "last.pdparams")
+    checkpoint["model"]["head.weight"] = checkpoint["model"]["head.weight"] * np.nan
+    weights = tmp_path / "diverged.pdparams"
+    weights.write_bytes(pickle.dumps(checkpoint, protocol=4))
+    image = sorted((base / "data" / "val").rglob("*.png"))[0]
+    inputs = {"eval": [base / "data" / "val"], "predict": [image], "visualize": [image, "--output", tmp_path / "o"],
+              "export": ["--output", tmp_path / "o"],
+              "train": [base / "data", "--output", tmp_path / "o", "-j", "0", "--no-progress"]}[tool]
+    main = importlib.import_module(f"ppim.cli.{tool}").main
+    before = snapshot(base)
+    status, error = cli(capsys, main, [*inputs, "--model", "lvvit_s", "--model-kwargs", MODEL_KWARGS,
+                                       "--checkpoint", weights])
+    assert status == 2 and "NaN" in error and "head.weight" in error and str(weights) in error
+    assert snapshot(base) == before
+    assert not [p for p in (tmp_path / "o").rglob("*") if p.is_file() and p.name != LOCK_NAME]
+
+
+@pytest.mark.parametrize("kwargs, named", [({"num_classes": -5}, "num_classes=-5"), ({"img_size": -64}, "img_size=-64"),
+                                           ({"depth": 0}, "depth=0"), ({"drop_path_rate": 1.5}, "drop_path_rate")])
+def test_constructors_refuse_invalid_values(kwargs, named):
+    """paddle.hub.load and the constructors refuse plainly invalid sizes and counts, naming them."""
+    import paddle
+
+    with pytest.raises(ValueError, match=named):
+        paddle.hub.load(str(ROOT), "lvvit_t", source="local", **kwargs)
