@@ -15,7 +15,7 @@ from .models import __all__ as _model_all
 from .registry import available, create_model, get_model_cfg, is_model, list_models, list_pretrained
 from .transforms import create_transforms
 from .version import __version__
-from . import convert, data, deploy, evaluate, flops, weights  # noqa: E402  (ppim.flops.count, ...)
+from . import data, deploy, evaluate, flops, weights  # noqa: E402  (ppim.flops.count, ...)
 
 __all__ = ["available", "create_model", "create_transforms", "get_model_cfg", "is_model", "list_models",
            "list_pretrained", *_model_all]

@@ -21,7 +21,7 @@ import paddle
 
 from ..errors import InputError
 from ..fileio import atomic_path
-from ..weights.checkpoint import TRAIN_CHECKPOINT_FORMAT
+from ..weights.containers import TRAIN_CHECKPOINT_FORMAT
 from ..weights.errors import InvalidWeightsError
 from ..weights.pdparams import read_pickle
 
