@@ -31,6 +31,8 @@ def build_parser() -> ArgumentParser:
                         help="data-loading processes (default: one per CPU, at most 4; 0 decodes in the "
                              "main process)")
     parser.add_argument("--val-list", metavar="FILE", help='list file of "relative/path label" lines')
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="let the list name images outside DATA (absolute or ../ paths)")
     parser.add_argument("--engine", choices=("eager", "inference", "openvino", "onnxruntime", "auto"),
                         default="eager", help="eager Paddle (default); inference, openvino, onnxruntime: the "
                         "exported model (the last two: optional extras); auto: the fastest installed")
@@ -100,7 +102,8 @@ def main(argv=None) -> int:
     cfg = get_model_cfg(args.model)
     pct = None if args.crop_pct is None else crop_pct(args.crop_pct, cfg)
     num_classes = {**cfg, **model_kwargs(args), **extra}["num_classes"]
-    dataset = open_dataset(args.data, args.val_list, num_classes=num_classes)
+    dataset = open_dataset(args.data, args.val_list, num_classes=num_classes,
+                           allow_outside_root=args.allow_outside_root)
     model = create_model(args, warn=rank == 0, **extra)
     transforms = None if pct is None else create_transforms(model, crop_pct=pct)
     evaluate(model, dataset, transforms=transforms, batch_size=args.batch_size, num_workers=args.workers,

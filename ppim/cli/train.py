@@ -29,6 +29,8 @@ def build_parser() -> ArgumentParser:
     d = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     p = ArgumentParser(prog="ppim-train", description=__doc__)
     p.add_argument("data", metavar="DATA", help="folder with train/ and val/ (or train_list.txt and val_list.txt)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="let list files name images outside DATA (absolute or ../ paths)")
     add_model_arguments(p)
     model = p.add_argument_group("model")
     model.add_argument("--num-classes", type=CLASSES, help="classifier size (default: the number of train classes)")

@@ -40,6 +40,7 @@ class TrainConfig:
     resume: Optional[str] = None  # a last.pdparams / best.pdparams to continue
     overwrite: bool = False  # replace the records of another run in ``output``
     num_classes: Optional[int] = None  # default: the data's
+    allow_outside_root: bool = False  # list files may name images outside DATA
     img_size: Optional[int] = None
     model_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
     drop: float = 0.0
@@ -205,7 +206,8 @@ def _build_trainer(config: TrainConfig, device: str, amp: Optional[str], output:
         from ..deploy.runner import set_eager_threads
 
         set_eager_threads(config.threads)  # Paddle's eager CPU math starts with one thread
-    train_set, val_set, num_classes = open_train_val(config.data, num_classes=config.num_classes, val=config.val)
+    train_set, val_set, num_classes = open_train_val(config.data, num_classes=config.num_classes, val=config.val,
+                                                    allow_outside_root=config.allow_outside_root)
 
     kwargs = dict(config.model_kwargs)
     kwargs["num_classes"] = num_classes
