@@ -14,7 +14,7 @@ share of the images. Convert between the formats with --convert SRC.
 """
 from __future__ import annotations
 
-from .common import BATCH, CLASSES, WORKERS, ArgumentParser, command, create_model, integer
+from .common import BATCH, CLASSES, WORKERS, ArgumentParser, command, create_model, integer, model_kwargs
 
 
 def build_parser() -> ArgumentParser:
@@ -31,9 +31,12 @@ def build_parser() -> ArgumentParser:
                    help="packed memory-mapped arrays + index (default) or official per-image .pt files")
     p.add_argument("--convert", metavar="SRC", help="instead of generating: copy the labels in SRC (either "
                                                     "format) to --output in --format")
-    p.add_argument("--topk", type=integer(1, 1000), default=5, help="classes kept per token (default 5, as official)")
+    p.add_argument("--topk", type=integer(1, 64), default=5, help="classes kept per token (default 5, as official)")
     p.add_argument("-b", "--batch-size", type=BATCH, default=64, help="images per teacher batch (default 64)")
     p.add_argument("-j", "--workers", type=WORKERS, help="data-loading processes (default: one per CPU, at most 4)")
+    p.add_argument("--relabel", action="store_true",
+                   help="label every image again when --output holds labels of another teacher (recorded in "
+                        "OUTPUT/teacher.json: name, weights sha256, kwargs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -50,11 +53,9 @@ def main(argv=None) -> int:
         return 0
     if not args.data or not args.model:
         parser.error("DATA and --teacher are required (or --convert SRC)")
-    if not 1 <= args.topk <= 64:
-        parser.error("--topk must be in 1..64")
     from ..data import ImageFolderDataset
     from ..evaluate import dist_info
-    from ..training.token_labels.generate import make_token_labels
+    from ..training.token_labels.generate import make_token_labels, teacher_record
     from ..transforms import create_transforms
 
     rank, world = dist_info()
@@ -63,7 +64,8 @@ def main(argv=None) -> int:
     dataset = ImageFolderDataset(args.data, transforms=create_transforms(teacher))
     done = make_token_labels(teacher, dataset, args.output, fmt=args.format, topk=args.topk,
                              batch_size=args.batch_size, num_workers=args.workers, rank=rank, world_size=world,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, relabel=args.relabel,
+                             teacher=teacher_record(teacher, {**model_kwargs(args), **kwargs}, args.topk))
     print(f"rank {rank}: {done['written']} images labelled, {done['kept']} already done; labels in {args.output}"
           if world > 1 else f"{done['written']} images labelled, {done['kept']} already done; labels in "
                             f"{args.output} ({args.format})")

@@ -101,7 +101,7 @@ class TokenLabelDataset(ImageDataset):
 
     def __getitem__(self, index: int):
         path, target = self.samples[index]
-        label = check_label(self.labels_store[label_key(path)], f"token label of {path}", self.shape,
-                            self.num_classes)
+        key = label_key(path)
+        label = check_label(self.labels_store[key], self.labels_store.where(key), self.shape, self.num_classes)
         image, label, coords = self.transforms(load_image(path), label)
         return image, pack_label(target, coords, label)

@@ -220,6 +220,10 @@ class OfficialLabels:
     def keys(self) -> List[str]:
         return sorted(f"{p.parent.name}/{p.stem}" for p in self.root.glob("*/*.pt"))
 
+    def where(self, key: str) -> str:
+        """The file that holds ``key``'s label (for error messages)."""
+        return str(self.path(key))
+
     def settle_shape(self, keys: Sequence[str], samples: int = 7) -> LabelShape:
         """The set's label shape: the most common among up to ``samples`` files spread over ``keys``
         (not simply the first file read, so one odd file is blamed itself, not the normal ones)."""
@@ -276,6 +280,7 @@ class PackedLabels:
         self.root = Path(root)
         meta = _read_meta(self.root)
         self.shape = check_shape(meta["label_shape"], str(self.root / PACKED_META))
+        self._parts: List[str] = list(meta["parts"])
         self._arrays: List[np.ndarray] = []
         self._index: Dict[str, Tuple[int, int]] = {}
         for number, part in enumerate(meta["parts"]):
@@ -316,15 +321,19 @@ class PackedLabels:
     def keys(self) -> List[str]:
         return sorted(self._index)
 
+    def where(self, key: str) -> str:
+        """The part file and row that hold ``key``'s label (for error messages)."""
+        part, row = self._index[key]
+        return f"{self.root / (self._parts[part] + '.npy')} row {row} ({key})"
+
     def check(self, num_classes: int, chunk: int = 4096) -> None:
         """Every row by check_rows' rule (finite scores, class indices in 0 .. num_classes - 1), in
         chunks of the memory map; TokenLabelError naming the part file, row and key."""
         keys_by_row: Dict[Tuple[int, int], str] = {where: key for key, where in self._index.items()}
-        parts = _read_meta(self.root)["parts"]
         for number, array in enumerate(self._arrays):
             for start in range(0, len(array), chunk):
                 rows = np.asarray(array[start:start + chunk])
-                names = [f"{self.root / (parts[number] + '.npy')} row {start + i} "
+                names = [f"{self.root / (self._parts[number] + '.npy')} row {start + i} "
                          f"({keys_by_row.get((number, start + i), '?')})" for i in range(len(rows))]
                 check_rows(rows, names, num_classes)
 
