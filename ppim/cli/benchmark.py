@@ -8,7 +8,8 @@ ceiling measured in the same run, e.g.
 after --warmup), GFLOP/s achieved (2 x MACs), the ceiling (the best GFLOP/s any installed engine
 reaches on the model's own dense GEMM shapes at that batch, timed right after each point) and the
 share of it; combinations an engine cannot run here are skipped and listed; super models add each
-sub-network's speed-up over (224, 1.0) next to its FLOPs ratio. "cores" is process CPU time over wall
+sub-network's speed-up over (224, 1.0) next to its FLOPs ratio. --checkpoint of a ppim run gives the
+model (its kwargs and classes). "cores" is process CPU time over wall
 time while the model ran: below --threads, other processes took some of the CPUs (compare shares,
 which are measured under the same conditions). Weights do not change the speed: random ones are used.
 """
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
     from ..deploy import ENGINES, PRECISIONS
 
     parser = ArgumentParser(prog="ppim-benchmark", description=__doc__)
-    add_model_arguments(parser, weights=False)
+    add_model_arguments(parser)
     parser.add_argument("--engine", default="eager,inference", type=lambda t: _list(t, choices=ENGINES),
                         help="comma list of eager, inference, openvino, onnxruntime (default eager,inference)")
     parser.add_argument("--precision", default="fp32", type=lambda t: _list(t, choices=PRECISIONS),

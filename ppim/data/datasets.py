@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ..errors import InputError, PpimError
+from ..errors import InputError, ParameterError, PpimError
 from ..transforms import as_numpy
 
 ASSETS = Path(__file__).parent.parent / "assets"
@@ -72,21 +72,27 @@ def sample_images() -> List[Tuple[Path, int]]:
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class BadImageError(PpimError, RuntimeError):
+class BadImageError(ParameterError, RuntimeError):
     """An image file that cannot be read or decoded; ``path`` names it, ``reason`` says why and
-    ``hint`` what to do (by default: skip_bad / --skip-bad)."""
+    ``hint`` what to do (by default: skip_bad=True, which a command line spells --skip-bad)."""
 
-    SKIP_HINT = ("pass skip_bad=True / --skip-bad to skip unreadable images; they are then excluded and "
-                 "reported")
+    SKIP_HINT = "pass {skip_bad} to skip unreadable images; they are then excluded and reported"
 
     def __init__(self, path: str, reason: str, hint: Optional[str] = None):
-        super().__init__(path, reason, hint)
         self.path = str(path)
         self.reason = reason
-        self.hint = self.SKIP_HINT if hint is None else hint
+        self.hint = self.SKIP_HINT if hint is None else _escape(hint)
+        super().__init__(f"cannot read image {_escape(self.path)}: {_escape(reason)} ({self.hint})",
+                         **({"skip_bad": True} if hint is None else {}))
 
-    def __str__(self) -> str:
-        return f"cannot read image {self.path}: {self.reason} ({self.hint})"
+    def __reduce__(self):  # raised in loader worker processes and pickled back
+        hint = None if self.hint == self.SKIP_HINT else self.hint.replace("{{", "{").replace("}}", "}")
+        return (type(self), (self.path, self.reason, hint))
+
+
+def _escape(text: str) -> str:
+    """``text`` as literal text of a ParameterError template."""
+    return str(text).replace("{", "{{").replace("}", "}}")
 
 
 def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
