@@ -1,5 +1,4 @@
 """Export safety (never destroy, never half-written, the user's umask) and the export cache."""
-import importlib
 import json
 import os
 import stat
@@ -75,13 +74,12 @@ def test_export_cache_reuses_and_keys_by_weights_and_subnet(tmp_path, monkeypatc
     assert first.model_dir.parent == root and load_manifest(first.model_dir)["cache_key"] == export_key(model)
     stamp = (first.model_dir / "ppim.json").stat().st_mtime_ns
 
-    export_module = importlib.import_module("ppim.deploy.export")  # (the package attribute is the function)
 
     def no_export(*args, **kwargs):
         raise AssertionError("exported again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(export_module, "export", no_export)
+        patch.setattr(ppim.deploy.exporting, "export", no_export)
         second = create_runner(model, engine="inference")
     assert second.model_dir == first.model_dir
     assert (first.model_dir / "ppim.json").stat().st_mtime_ns == stamp

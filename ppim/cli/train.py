@@ -54,6 +54,8 @@ def build_parser() -> ArgumentParser:
     run.add_argument("--output", default=d["output"], help=f"folder for checkpoints and records (default {d['output']})")
     run.add_argument("--resume", metavar="CKPT",
                      help="continue the run of a last.pdparams / best.pdparams in its folder, with its settings")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the records (checkpoints, summary.csv) of another run in --output")
     run.add_argument("--recipe", choices=RECIPES,
                      help="preset filling the flags not given: official (default: the model's published recipe), "
                           "finetune (from a pretrained model: lr 1e-4 per 64 images, 1 warm-up epoch, 30 epochs) "

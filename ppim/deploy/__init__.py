@@ -11,11 +11,11 @@ interface over the engines, top-k classification and the benchmark.
 Modules: common (names, checks), export (+ cache), predictor (Paddle Inference), engines
 (OpenVINO, ONNX Runtime), runner, classify, benchmark; each imports only the ones before it.
 """
-from .benchmark import CeilingProbe, DenseChain, benchmark, ceiling_engines, dense_shapes, format_rows, measure_ceiling
-from .classify import classify
+from .throughput import CeilingProbe, DenseChain, benchmark, ceiling_engines, dense_shapes, format_rows, measure_ceiling
+from .classification import classify
 from .common import ENGINE_CHOICES, ENGINES, PRECISIONS, cpu_supports_bf16
 from .engines import OnnxRuntimePredictor, OpenVINOPredictor, engine_available
-from .export import attention_layout, cache_dir, cached_export, export, export_key, fused_attention_available, load_manifest
+from .exporting import attention_layout, cache_dir, cached_export, export, export_key, fused_attention_available, load_manifest
 from .predictor import Predictor
 from .runner import AUTO_ORDER, Runner, create_runner, resolve_engine
 

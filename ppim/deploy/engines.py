@@ -20,7 +20,7 @@ import numpy as np
 import paddle
 
 from .common import BF16_CPU_FLAGS, PARAMS_FILE, check_choice, cpu_supports_bf16, default_threads, native_stdout_silenced
-from .export import add_file, load_manifest, program_file
+from .exporting import add_file, load_manifest, program_file
 from .predictor import ExportPredictor
 
 __all__ = ["ONNX_FILE", "EXTRA_ENGINES", "engine_available", "onnx_file", "OpenVINOPredictor",

@@ -17,7 +17,7 @@ import paddle
 from ..transforms import create_transforms
 from .common import (BF16_CPU_FLAGS, DEVICES, INPUT_NAME, PARAMS_FILE, PRECISIONS, check_choice, check_gpu,
                      default_threads, native_stdout_silenced, onednn_compiled, cpu_supports_bf16)
-from .export import program_file, load_manifest
+from .exporting import program_file, load_manifest
 
 __all__ = ["ExportPredictor", "Predictor"]
 

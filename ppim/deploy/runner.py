@@ -17,7 +17,7 @@ import paddle.nn as nn
 from .common import (BF16_CPU_FLAGS, DEVICES, ENGINE_CHOICES, PRECISIONS, check_choice, check_gpu,
                      cpu_supports_bf16, current_subnet, default_threads, input_size)
 from .engines import OnnxRuntimePredictor, OpenVINOPredictor, engine_available
-from .export import cached_export, export
+from .exporting import cached_export, export
 from .predictor import ExportPredictor, Predictor
 
 __all__ = ["Runner", "create_runner", "resolve_engine", "unsupported", "AUTO_ORDER", "PREDICTORS"]

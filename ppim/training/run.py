@@ -23,6 +23,7 @@ from .checkpoint import ResumeError, load_checkpoint
 from .data import open_train_val
 from .engine import ClassificationStep, Trainer, cpu_bf16_training_supported
 from .records import Records
+from .run_folder import RunFolder, check_outside_data
 
 
 class ConfigError(InputError):
@@ -42,6 +43,7 @@ class TrainConfig:
     pretrained: bool = False
     checkpoint: Optional[str] = None  # initial weights (file or URL), instead of the registered ones
     resume: Optional[str] = None  # a last.pdparams / best.pdparams to continue
+    overwrite: bool = False  # replace the records of another run in ``output``
     recipe: Optional[str] = None  # official (default) | finetune | none: see training.recipes
     skip_bad: bool = False  # skip unreadable images (each reported once) instead of stopping
     num_classes: Optional[int] = None  # default: the data's
@@ -274,16 +276,27 @@ def build_trainer(config: TrainConfig, *, step: Optional[Callable] = None,
     rank, world = dist_info()
     config, checkpoint = _start(config, given, log, world)
     output = Path(config.output)
-    created = _check_output(output) if rank == 0 else None
+    created, folder = None, None
+    if rank == 0:
+        check_outside_data(output, config.data)
+        created = _check_output(output)
     try:
-        return _build(config, checkpoint, output, rank, world, step, order, log)
+        if rank == 0:
+            folder = RunFolder(output).acquire()  # held until the trainer's fit ends
+        return _build(config, checkpoint, output, rank, world, folder, step, order, log)
     except BaseException:
+        if folder is not None:
+            folder.release()
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)  # made by this call, for this run only
         raise
 
 
-def _build(config: TrainConfig, checkpoint, output: Path, rank: int, world: int, step, order, log) -> Trainer:
+def _build(config: TrainConfig, checkpoint: Optional[Dict[str, Any]], output: Path, rank: int, world: int,
+           folder: Optional[RunFolder], step: Optional[Callable], order: Optional[Callable[[int], Any]],
+           log: Callable[[str], None]) -> Trainer:
+    if folder is not None:
+        folder.claim(config.resume, overwrite=config.overwrite)
     device = _device(config.device)
     amp = _amp_dtype(config, device)
     if config.sync_bn and device != "gpu":
@@ -365,24 +378,27 @@ def _build(config: TrainConfig, checkpoint, output: Path, rank: int, world: int,
                 reported.add(path)
                 log(f"skipped {path}: {reason}")
 
-    records = None
-    start_epoch = int(checkpoint["epoch"]) if checkpoint is not None else 0
-    if rank == 0:
-        records = Records(output, visualdl=config.visualdl, start_epoch=start_epoch)
     args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
     args.update(data=str(Path(config.data).resolve()), output=str(output.resolve()))
     trainer = Trainer(wrapped, optimizer, loader, step=step or ClassificationStep(criterion), mixup=mixup,
                       scheduler=scheduler, ema=ema, amp=amp, scaler=scaler,
                       evaluate=run_eval if val_set is not None else None, eval_interval=config.eval_interval,
-                      output=output, records=records, progress=config.progress, rank=rank,
+                      output=output, records=None, progress=config.progress, rank=rank,
                       identity=run_identity, args=args, log=log if rank == 0 else (lambda message: None),
-                      on_skipped=report_skipped if rank == 0 else None)
+                      run_folder=folder, on_skipped=report_skipped if rank == 0 else None)
     if checkpoint is not None:
         trainer.load_state(checkpoint, config.resume)
         if trainer.epoch >= config.epochs:
             raise ParameterError(f"{{resume}} already finished epoch {trainer.epoch - 1} of {config.epochs}: "
                                  f"pass a larger {{epochs:name}} to train on", resume=config.resume,
                                  epochs=config.epochs)
+    if folder is not None:  # everything checked: now the records of a replaced run may go
+        folder.replace_records()
+        folder.carry_over(config.resume)
+    if rank == 0:
+        # A run resumed into a new folder carries the rows of its earlier epochs along.
+        history = Path(config.resume).parent / "summary.csv" if config.resume else None
+        trainer.records = Records(output, visualdl=config.visualdl, start_epoch=trainer.epoch, history=history)
     return trainer
 
 

@@ -22,7 +22,7 @@ from ..fileio import write_json
 from ..models.supervit import is_supernet
 from ..registry import create_model, model_name
 from .common import ENGINES, INPUT_NAME, MANIFEST, check_choice, current_subnet, default_threads, input_size
-from .export import attention_layout, export, staged_dir
+from .exporting import attention_layout, export, staged_dir
 from .runner import PREDICTORS, Runner, create_runner, set_eager_threads, unsupported
 
 __all__ = ["benchmark", "format_rows", "CeilingProbe", "DenseChain", "dense_shapes", "measure_ceiling",
