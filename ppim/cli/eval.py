@@ -22,7 +22,8 @@ from __future__ import annotations
 import sys
 
 from ..errors import InputError
-from .common import ArgumentParser, add_model_arguments, command, create_model, weights_of, writable_file
+from .common import (BATCH, IMG_SIZE, THREADS, WORKERS, ArgumentParser, add_model_arguments, command, create_model,
+                     weights_of, writable_file)
 
 
 def build_parser() -> ArgumentParser:
@@ -30,8 +31,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("data", nargs="?", metavar="DATA",
                         help="validation folder, or the root of --val-list paths (default: the shipped sample)")
     add_model_arguments(parser)
-    parser.add_argument("-b", "--batch-size", type=int, default=64, help="images per batch (default 64)")
-    parser.add_argument("-j", "--workers", type=int, default=None,
+    parser.add_argument("-b", "--batch-size", type=BATCH, default=64, help="images per batch (default 64)")
+    parser.add_argument("-j", "--workers", type=WORKERS, default=None,
                         help="data-loading processes (default: one per CPU, at most 4; 0 decodes in the "
                              "main process)")
     parser.add_argument("--val-list", metavar="FILE", help='list file of "relative/path label" lines')
@@ -41,11 +42,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--device", choices=("cpu", "gpu"), default=None,
                         help="default: gpu when Paddle has CUDA and sees a GPU, else cpu")
-    parser.add_argument("--threads", type=int, default=None, help="CPU math threads (default: the engine's)")
+    parser.add_argument("--threads", type=THREADS, default=None, help="CPU math threads (default: the engine's)")
     parser.add_argument("--workdir", metavar="DIR", help="where an exported engine keeps the model (default: the export cache)")
     parser.add_argument("--subnets", metavar="LIST",
                         help="super models: 'all' or e.g. 224x1.0,128x0.5; all in one pass over the data")
-    parser.add_argument("--img-size", type=int, default=None,
+    parser.add_argument("--img-size", type=IMG_SIZE, default=None,
                         help="build the model for this input size (crop; resize keeps the cfg's ratio)")
     parser.add_argument("--crop-pct", default=None, metavar="PCT|official",
                         help="resize the shorter side to floor(crop / PCT) before the centre crop, or "

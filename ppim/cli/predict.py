@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import ArgumentParser, add_model_arguments, command, create_model
+from .common import ArgumentParser, add_model_arguments, command, create_model, integer
 
 
 @command
@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="ppim-predict", description=__doc__)
     parser.add_argument("images", nargs="*", help="image files (default: the sample shipped with ppim)")
     add_model_arguments(parser)
-    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--topk", type=integer(1, 1000), default=5)
     parser.add_argument("--engine", default="auto", choices=["auto", "eager", "inference", "openvino", "onnxruntime"],
                         help="auto (default): the fastest installed engine on the cached export, eager if the "
                              "model cannot be exported; eager: the Paddle model; inference: Paddle Inference; "
