@@ -130,7 +130,7 @@ def apply_recipe(args: argparse.Namespace, given: set) -> None:
         if name != "lr_per_512" and name not in given:
             setattr(args, name, value)
     if "lr" not in given:
-        from ..evaluate import dist_info
+        from ..runtime import dist_info
 
         world = dist_info()[1]
         args.lr = DEIT_RECIPE["lr_per_512"] * args.batch_size * world / 512
