@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="ppim-convert", description=__doc__)
     parser.add_argument("source", help="PyTorch checkpoint (.pth, .pth.tar, .bin)")
     parser.add_argument("output", help="the .pdparams file to write")
-    add_model_arguments(parser, weights=False)
+    add_model_arguments(parser, weights=False, num_classes=False)
     add_ema_arguments(parser)
     parser.add_argument("--num-classes", type=CLASSES, default=None,
                         help="convert for another head size: the classifier weights are dropped")

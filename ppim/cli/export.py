@@ -22,15 +22,17 @@ from .common import (BATCH, IMG_SIZE, ArgumentParser, add_model_arguments, comma
 def build(args) -> Any:
     """The model to export: super models get the sub-network (--img-size, --keep-ratio); other models
     are built for --img-size (pretrained positional embeddings resized)."""
-    from ..registry import get_model_cfg
+    from ..models.supervit import is_supernet
 
-    if get_model_cfg(args.model).get("architecture") == "supervit":
-        model = create_model(args)
+    model = create_model(args)
+    if is_supernet(model):
         model.set_subnet(args.img_size or max(model.img_sizes), 1.0 if args.keep_ratio is None else args.keep_ratio)
         return model
     if args.keep_ratio not in (None, 1.0):
         raise InputError(f"--keep-ratio applies to SuperViT models only, not {args.model}: drop it")
-    return create_model(args, **({"img_size": args.img_size} if args.img_size else {}))
+    if args.img_size and args.img_size != model.pretrained_cfg["crop"]:
+        return create_model(args, img_size=args.img_size)
+    return model
 
 
 @command

@@ -14,17 +14,24 @@ share of the images. Convert between the formats with --convert SRC.
 """
 from __future__ import annotations
 
-from .common import BATCH, CLASSES, WORKERS, ArgumentParser, command, create_model, integer, model_kwargs
+import sys
+
+from .common import BATCH, CLASSES, WORKERS, ArgumentParser, command, create_model, integer
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="ppim-make-token-labels", description=__doc__)
     p.add_argument("data", metavar="DATA", nargs="?", help="training images: a folder of class folders")
-    p.add_argument("--teacher", "--model", dest="model", help="teacher model name, e.g. lvvit_l_448")
+    p.add_argument("--teacher", "--model", dest="model",
+                   help="teacher model name, e.g. lvvit_l_448 (optional with --checkpoint of a ppim run)")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", action="store_true", help="the teacher's registered weights")
-    weights.add_argument("--checkpoint", metavar="PATH", help="teacher weights file or URL")
-    p.add_argument("--num-classes", type=CLASSES, help="the teacher's classifier size (default: the model's)")
+    weights.add_argument("--checkpoint", metavar="PATH",
+                         help="teacher weights file or URL; a checkpoint ppim wrote gives the model too")
+    p.add_argument("--num-classes", type=CLASSES, help="the teacher's classifier size (default: the checkpoint's or "
+                                                   "the model's)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable images (each reported once) instead of stopping")
     p.add_argument("--model-kwargs", metavar="JSON", help="extra teacher constructor arguments as JSON")
     p.add_argument("--output", required=True, help="folder of the token labels")
     p.add_argument("--format", choices=("packed", "official"), default="packed",
@@ -51,21 +58,20 @@ def main(argv=None) -> int:
         count = convert_token_labels(args.convert, args.output, args.format, progress=not args.no_progress)
         print(f"{count} token labels written to {args.output} ({args.format})")
         return 0
-    if not args.data or not args.model:
-        parser.error("DATA and --teacher are required (or --convert SRC)")
+    if not args.data or not (args.model or args.checkpoint):
+        parser.error("DATA and --teacher (or --checkpoint of a ppim run) are required (or --convert SRC)")
     from ..data import ImageFolderDataset
-    from ..evaluate import dist_info
-    from ..training.token_labels.generate import make_token_labels, teacher_record
+    from ..runtime import dist_info
+    from ..training.token_labels.generate import make_token_labels
     from ..transforms import create_transforms
 
     rank, world = dist_info()
-    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
-    teacher = create_model(args, warn=rank == 0, **kwargs)
+    teacher = create_model(args, warn=rank == 0)
     dataset = ImageFolderDataset(args.data, transforms=create_transforms(teacher))
     done = make_token_labels(teacher, dataset, args.output, fmt=args.format, topk=args.topk,
                              batch_size=args.batch_size, num_workers=args.workers, rank=rank, world_size=world,
-                             progress=not args.no_progress, relabel=args.relabel,
-                             teacher=teacher_record(teacher, {**model_kwargs(args), **kwargs}, args.topk))
+                             progress=not args.no_progress, skip_bad=args.skip_bad,
+                             log=lambda message: print(message, file=sys.stderr, flush=True), relabel=args.relabel)
     print(f"rank {rank}: {done['written']} images labelled, {done['kept']} already done; labels in {args.output}"
           if world > 1 else f"{done['written']} images labelled, {done['kept']} already done; labels in "
                             f"{args.output} ({args.format})")

@@ -1,17 +1,21 @@
 """Fine-tune or train a ppim model on an image folder, on one process or many.
 
-    ppim-train /data/flowers --model lvvit_s --pretrained --num-classes 102 -b 64 --epochs 30 --lr 5e-4 --output runs/flowers
+    ppim-train /data/flowers --model lvvit_s --recipe finetune --output runs/flowers
     python -m paddle.distributed.launch --nproc_per_node 4 tools/train.py /data/ILSVRC2012 --model lvvit_s \\
         -b 256 --drop-path 0.1 --model-ema --amp --output runs/lvvit_s
-    ppim-train /data/flowers --model lvvit_s --num-classes 102 --resume runs/flowers/last.pdparams
-    ppim-eval /data/flowers/val --model lvvit_s --num-classes 102 --checkpoint runs/flowers/best.pdparams
+    ppim-train --resume runs/flowers/last.pdparams                  # continues the run, its settings
+    ppim-eval /data/flowers --checkpoint runs/flowers/best.pdparams  # its val split, its model and classes
 
 (python tools/train.py takes the same arguments.) DATA holds train/ and val/ class folders (ImageNet
 layout) or train_list.txt and val_list.txt ("relative/path label" lines, PaddleClas). Flags follow
 timm's train.py. Each epoch writes OUTPUT/last.pdparams, OUTPUT/best.pdparams (by validation top-1,
 of the EMA weights with --model-ema), summary.csv and curves.png (with matplotlib); both checkpoints
-hold everything --resume needs and load as weights in ppim-eval --checkpoint. -b is per process:
-under paddle.distributed.launch the global batch is -b times the number of processes.
+hold everything --resume needs and describe their model (name, kwargs, classes, transforms), so every
+tool's --checkpoint builds it with no other flag. --resume alone continues the run in its folder with its
+settings; flags given as well override them (printed). -b is per process: under
+paddle.distributed.launch the global batch is -b times the number of processes. A warm-up and cooldown
+that do not fit --epochs are scaled (said in one line). --recipe finetune: the usual settings to
+fine-tune a pretrained model (see ppim.training.recipes); super_deit_s trains its official recipe.
 """
 from __future__ import annotations
 
@@ -19,21 +23,22 @@ import argparse
 import copy
 import dataclasses
 
-from .common import (BATCH, CLASSES, EPOCHS, IMG_SIZE, PROBABILITY, RATE, THREADS, WORKERS, ArgumentParser,
+from .common import (BATCH, EPOCHS, IMG_SIZE, PROBABILITY, RATE, THREADS, WORKERS, ArgumentParser,
                      add_model_arguments, command, integer, model_kwargs, number, number_pair)
 
 
 def build_parser() -> ArgumentParser:
+    from ..training.recipes import RECIPES
     from ..training.run import TrainConfig
 
     d = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     p = ArgumentParser(prog="ppim-train", description=__doc__)
-    p.add_argument("data", metavar="DATA", help="folder with train/ and val/ (or train_list.txt and val_list.txt)")
+    p.add_argument("data", metavar="DATA", nargs="?",
+                   help="folder with train/ and val/ (or train_list.txt and val_list.txt); with --resume: the run's")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="let list files name images outside DATA (absolute or ../ paths)")
     add_model_arguments(p)
     model = p.add_argument_group("model")
-    model.add_argument("--num-classes", type=CLASSES, help="classifier size (default: the number of train classes)")
     model.add_argument("--img-size", type=IMG_SIZE, help="input size (default: the model's)")
     model.add_argument("--drop", type=PROBABILITY, default=d["drop"], help="dropout rate (default 0)")
     model.add_argument("--drop-path", type=PROBABILITY, help="stochastic depth rate (default: the model's)")
@@ -42,9 +47,16 @@ def build_parser() -> ArgumentParser:
                        help=f"EMA decay per step (default {d['model_ema_decay']})")
     run = p.add_argument_group("run")
     run.add_argument("--output", default=d["output"], help=f"folder for checkpoints and records (default {d['output']})")
-    run.add_argument("--resume", metavar="CKPT", help="continue from a last.pdparams / best.pdparams of this run")
+    run.add_argument("--resume", metavar="CKPT",
+                     help="continue the run of a last.pdparams / best.pdparams in its folder, with its settings")
     run.add_argument("--overwrite", action="store_true",
                      help="replace the records (checkpoints, summary.csv) of another run in --output")
+    run.add_argument("--recipe", choices=RECIPES,
+                     help="preset filling the flags not given: official (default: the model's published recipe), "
+                          "finetune (from a pretrained model: lr 1e-4 per 64 images, 1 warm-up epoch, 30 epochs) "
+                          "or none")
+    run.add_argument("--skip-bad", action="store_true",
+                     help="skip unreadable images (each reported once) instead of stopping")
     run.add_argument("-b", "--batch-size", type=BATCH, default=d["batch_size"],
                      help=f"images per step and process (default {d['batch_size']})")
     run.add_argument("-j", "--workers", type=WORKERS, help="data-loading processes (default: one per CPU, at most 4)")
@@ -116,21 +128,8 @@ def _given(parser: ArgumentParser, argv) -> set:
     return set(vars(probe.parse_args(argv)))
 
 
-def apply_recipe(args: argparse.Namespace, given: set) -> None:
-    """super_deit_s trains with SuperViT's DeiT recipe unless flags say otherwise: Mixup 0.8, CutMix 1.0,
-    smoothing 0.1, drop-path 0.1, EMA on with decay 0.99996, repeated augmentation, lr 5e-4 x global batch / 512."""
-    if args.model != "super_deit_s":
-        return
-    from ..training.token_labels.plugin import DEIT_RECIPE
-
-    for name, value in DEIT_RECIPE.items():
-        if name != "lr_per_512" and name not in given:
-            setattr(args, name, value)
-    if "lr" not in given:
-        from ..evaluate import dist_info
-
-        world = dist_info()[1]
-        args.lr = DEIT_RECIPE["lr_per_512"] * args.batch_size * world / 512
+#: Parser destinations that set a TrainConfig field of another name.
+_FIELDS = {"no_val": "val", "no_progress": "progress"}
 
 
 def config_from_args(args: argparse.Namespace):
@@ -148,10 +147,10 @@ def config_from_args(args: argparse.Namespace):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    apply_recipe(args, _given(parser, argv))
+    given = {_FIELDS.get(name, name) for name in _given(parser, argv)}
     from ..training.run import train
 
-    result = train(config_from_args(args))
+    result = train(config_from_args(args), given=given)
     best = result["best"]
     if best:
         print(f"best {best['metric_name'].replace('_', ' ')} {best['metric']:.2f} at epoch {best['epoch']}; "

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import paddle
 
 from ...data import BatchLoader, ImageDataset
 from ...fileio import remove_quietly, write_json
-from ...registry import model_name
 from .formats import PACKED_META, TokenLabelError, label_key, open_label_writer
 
 __all__ = ["TEACHER_FILE", "dense_scores", "teacher_labels", "teacher_record", "make_token_labels"]
@@ -35,12 +34,15 @@ def dense_scores(model: paddle.nn.Layer, images: paddle.Tensor) -> paddle.Tensor
     return scores.reshape([scores.shape[0], side, side, scores.shape[2]])
 
 
-def teacher_record(model: paddle.nn.Layer, kwargs: Optional[Dict[str, Any]] = None, topk: int = 5) -> Dict[str, Any]:
+def teacher_record(model: paddle.nn.Layer, topk: int = 5) -> Dict[str, Any]:
     """What identifies the labels a teacher makes: its registered name, the sha256 of its weights
-    (None: random weights), its constructor ``kwargs`` and top-k."""
+    (None: random weights), the constructor kwargs it was built with (num_classes included) and top-k."""
+    from ...builder import describe_model
+
+    described = describe_model(model)
     info = getattr(model, "pretrained_info", None) or {}
-    return {"teacher": model_name(model), "weights_sha256": info.get("sha256"), "kwargs": dict(kwargs or {}),
-            "topk": int(topk)}
+    return {"teacher": described["name"], "weights_sha256": info.get("sha256"),
+            "kwargs": {**described["kwargs"], "num_classes": described["num_classes"]}, "topk": int(topk)}
 
 
 def _claim_output(output: Path, record: Dict[str, Any], fmt: str, relabel: bool, rank: int, world_size: int) -> bool:
@@ -83,14 +85,17 @@ def teacher_labels(model: paddle.nn.Layer, images: paddle.Tensor, topk: int = 5)
 def make_token_labels(model: paddle.nn.Layer, dataset: ImageDataset, output: "str | Path", *,
                       fmt: str = "packed", topk: int = 5, batch_size: int = 64,
                       num_workers: Optional[int] = None, rank: int = 0, world_size: int = 1,
-                      progress: bool = True, teacher: Optional[Dict[str, Any]] = None,
+                      progress: bool = True, skip_bad: bool = False,
+                      log: Optional[Callable[[str], None]] = None, teacher: Optional[Dict[str, Any]] = None,
                       relabel: bool = False) -> Dict[str, int]:
     """Write token labels of every image of ``dataset`` (its transforms: the teacher's eval ones)
     to ``output`` in ``fmt`` ('packed' or 'official'). Resumable: labels already written are
     kept. Under several processes, rank r labels images r, r + W, ... (packed: its own part).
-    ``output/teacher.json`` records the teacher (``teacher``: teacher_record(model, kwargs, topk)
-    by default); labels of another teacher there are refused unless ``relabel`` (then redone).
-    Returns {"images": this rank's images, "written": labelled now, "kept": found done}."""
+    ``skip_bad``: unreadable images get no labels and are reported once each through ``log``
+    instead of stopping the run. ``output/teacher.json`` records the teacher (``teacher``:
+    teacher_record(model, kwargs, topk) by default); labels of another teacher there are refused
+    unless ``relabel`` (then redone). Returns {"images": this rank's images, "written": labelled
+    now, "kept": found done, "skipped": unreadable}."""
     from tqdm import tqdm
 
     model.eval()
@@ -102,16 +107,26 @@ def make_token_labels(model: paddle.nn.Layer, dataset: ImageDataset, output: "st
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     redo = _claim_output(output, teacher or teacher_record(model, topk=topk), fmt, relabel, rank, world_size)
-    probe = paddle.to_tensor(np.asarray(dataset[shard[0]][0], dtype=np.float32)[None])
-    shape = teacher_labels(model, probe, topk).shape[1:]
+    probe = BatchLoader(dataset, 1, 0, indices=shard, skip_bad=skip_bad)._probe_shape()
+    if probe is None:
+        raise ValueError(f"{dataset.root}: no readable image to label")
+    shape = teacher_labels(model, paddle.zeros([1, *probe], dtype="float32"), topk).shape[1:]
     writer = open_label_writer(fmt, output, keys, shape, rank, world_size)
     pending = list(range(len(keys))) if redo else writer.pending()
-    loader = BatchLoader(dataset, batch_size, num_workers, indices=[shard[i] for i in pending])
+    position = {index: p for p, index in enumerate(shard)}
+    loader = BatchLoader(dataset, batch_size, num_workers, indices=[shard[i] for i in pending], skip_bad=skip_bad)
+    written, skipped = 0, 0
     with tqdm(total=len(keys), initial=len(keys) - len(pending), unit="img", desc="token labels",
               disable=not progress or rank != 0, dynamic_ncols=True) as bar:
-        for start, batch in zip(range(0, len(pending), loader.batch_size), loader):
-            labels = teacher_labels(model, paddle.to_tensor(batch.images), topk)
-            writer.write(pending[start:start + len(labels)], labels)
-            bar.update(len(labels))
+        for batch in loader:
+            for _, path, reason in batch.bad:
+                skipped += 1
+                if log is not None:
+                    log(f"skipped {path}: {reason}")
+            if len(batch.labels):
+                labels = teacher_labels(model, paddle.to_tensor(batch.images), topk)
+                writer.write([position[int(i)] for i in batch.indices], labels)
+                written += len(labels)
+            bar.update(len(batch.labels) + len(batch.bad))
     writer.close()
-    return {"images": len(keys), "written": len(pending), "kept": len(keys) - len(pending)}
+    return {"images": len(keys), "written": written, "kept": len(keys) - len(pending), "skipped": skipped}
