@@ -21,6 +21,7 @@ from ..errors import InputError, ParameterError
 from ..evaluate import evaluate
 from ..registry import model_name
 from .checkpoint import ResumeError, load_checkpoint
+from .resume_check import check_fields
 from .data import open_train_val
 from .engine import ClassificationStep, Trainer
 from .records import Records
@@ -234,6 +235,7 @@ def _start(config: TrainConfig, given: Optional[Set[str]], log: Callable[[str], 
     given = given_fields(config) if given is None else set(given)
     if config.resume:
         checkpoint = load_checkpoint(config.resume)
+        check_fields(checkpoint, config.resume)  # before anything reads them
         return continue_run(config, checkpoint, given, log), checkpoint
     if not config.data:
         raise ParameterError("pass {data:name}, the folder with train/ and val/ (or {resume:name} to continue a run)",

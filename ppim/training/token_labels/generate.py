@@ -93,7 +93,7 @@ def make_token_labels(model: paddle.nn.Layer, dataset: ImageDataset, output: "st
     kept. Under several processes, rank r labels images r, r + W, ... (packed: its own part).
     ``skip_bad``: unreadable images get no labels and are reported once each through ``log``
     instead of stopping the run. ``output/teacher.json`` records the teacher (``teacher``:
-    teacher_record(model, kwargs, topk) by default); labels of another teacher there are refused
+    teacher_record(model, topk) by default); labels of another teacher there are refused
     unless ``relabel`` (then redone). Returns {"images": this rank's images, "written": labelled
     now, "kept": found done, "skipped": unreadable}."""
     from tqdm import tqdm
