@@ -211,7 +211,8 @@ def _best(check: _Field, best: Any, epoch: int) -> None:
 
 def check_fields(checkpoint: Dict[str, Any], source: str) -> None:
     """ResumeError naming the first field that is wrong whatever the run builds (epoch, step, best
-    metric, RNG states): checked as soon as the checkpoint is read, before anything uses it."""
+    metric, RNG states, the model's identity, weights as dicts of arrays): checked as soon as the
+    checkpoint is read, before anything uses it."""
     import paddle
 
     check = _Field(source)
@@ -225,6 +226,19 @@ def check_fields(checkpoint: Dict[str, Any], source: str) -> None:
     _numpy_rng(check, "rng.numpy", rng["numpy"])
     _paddle_rng(check, "rng.paddle", rng["paddle"], len(paddle.get_rng_state()))
     _best(check, checkpoint.get("best"), epoch)
+    if "model_name" in checkpoint and not isinstance(checkpoint["model_name"], str):
+        raise check.fail("model_name", f"is {short_repr(checkpoint['model_name'])}, not a model name")
+    if "num_classes" in checkpoint:
+        check.integer("num_classes", checkpoint["num_classes"], 0, 1_000_000)
+    if checkpoint.get("img_size") is not None:
+        check.integer("img_size", checkpoint["img_size"], 1, 8192)
+    for field in ("model", "model_ema"):
+        value = checkpoint.get(field)
+        if field == "model" or value is not None:
+            weights = check.mapping(field, value)
+            bad = next((key for key, array in weights.items() if not isinstance(array, np.ndarray)), None)
+            if bad is not None:
+                raise check.fail(f"{field}.{str(bad)[:80]}", f"is {short_repr(weights[bad])}, not an array")
 
 
 def validate_checkpoint(checkpoint: Dict[str, Any], source: str, trainer) -> None:
