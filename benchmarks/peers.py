@@ -149,7 +149,7 @@ def _ceiling_fn(library, model, precision, threads, rows):
     import numpy as np
 
     from ppim.deploy import CeilingProbe, DenseChain, dense_shapes
-    from ppim.deploy.benchmark import time_calls
+    from ppim.deploy.throughput import time_calls
 
     dim, hidden, _ = dense_shapes(model)
     engine = {"paddle-inference": "inference", "onnxruntime": "onnxruntime", "openvino": "openvino"}.get(library)

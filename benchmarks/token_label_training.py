@@ -28,7 +28,7 @@ from PIL import Image  # noqa: E402
 import ppim  # noqa: E402
 from ppim.data import ImageFolderDataset, TrainLoader  # noqa: E402
 from ppim.training.losses import TokenLabelCrossEntropy, kl_div_batchmean, soft_target_cross_entropy  # noqa: E402
-from ppim.training.supervit import SuperStep  # noqa: E402
+from ppim.training.supervit_step import SuperStep  # noqa: E402
 from ppim.training.token_labels import formats  # noqa: E402
 from ppim.training.token_labels.dataset import TokenLabelDataset, TokenLabelTransforms  # noqa: E402
 from ppim.training.token_labels.step import TokenLabelStep, TokenLabelTargets  # noqa: E402

@@ -1,8 +1,24 @@
 """Small models, batches and comparisons shared by the deploy tests (export, engines, runners)."""
+import contextlib
+import os
+
 import numpy as np
 import paddle
 
 import ppim
+from ppim import runtime
+
+
+@contextlib.contextmanager
+def real_machine():
+    """The machine running the tests inside the block, also under a simulated profile: the real part
+    of a machine-dependent test (run only what this machine has)."""
+    saved = os.environ.pop(runtime.SIMULATE_ENV, None)
+    try:
+        yield runtime.machine()
+    finally:
+        if saved is not None:
+            os.environ[runtime.SIMULATE_ENV] = saved
 
 
 def tiny(**kwargs):

@@ -1,8 +1,6 @@
 """Export for Paddle Inference, the predictor, runners over both engines, the benchmark and the tools
 (small models; no timing is asserted)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import paddle
@@ -14,15 +12,6 @@ from ppim.deploy import Predictor, create_runner, export, load_manifest
 from ppim.flops import count_macs
 
 from deploy_utils import eager, images, rel_error, tiny, tiny_super
-
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"ppim_tools_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.smoke
@@ -216,7 +205,7 @@ def test_benchmark_rows(tmp_path):
 
 
 def test_tools_export_and_benchmark(tmp_path, capsys):
-    export_tool, benchmark_tool = load_tool("export"), load_tool("benchmark")
+    from ppim.cli import benchmark as benchmark_tool, export as export_tool
 
     out = tmp_path / "lvvit_t"
     assert export_tool.main(["--model", "lvvit_t", "--output", str(out), "--verify"]) == 0

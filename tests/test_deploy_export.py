@@ -1,5 +1,4 @@
 """Export safety (never destroy, never half-written, the user's umask) and the export cache."""
-import importlib
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ from ppim.deploy import (Predictor, attention_layout, cached_export, create_runn
                          verify_export)
 from ppim.errors import CapabilityError, InputError
 
-from deploy_utils import eager, images, tiny
+from deploy_utils import eager, images, real_machine, tiny
 
 
 @pytest.mark.smoke
@@ -80,13 +79,12 @@ def test_export_cache_reuses_and_keys_by_weights_and_subnet(tmp_path, monkeypatc
     assert first.model_dir.parent == root and load_manifest(first.model_dir)["cache_key"] == export_key(model)
     stamp = (first.model_dir / "ppim.json").stat().st_mtime_ns
 
-    export_module = importlib.import_module("ppim.deploy.export")  # (the package attribute is the function)
 
     def no_export(*args, **kwargs):
         raise AssertionError("exported again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(export_module, "export", no_export)
+        patch.setattr(ppim.deploy.exporting, "export", no_export)
         second = create_runner(model, engine="inference")
     assert second.model_dir == first.model_dir
     assert (first.model_dir / "ppim.json").stat().st_mtime_ns == stamp
@@ -108,10 +106,10 @@ def test_export_cache_reuses_and_keys_by_weights_and_subnet(tmp_path, monkeypatc
     assert export_key(sup) != full
 
 
-export_module = importlib.import_module("ppim.deploy.export")
+export_module = ppim.deploy.exporting
 
 
-def test_export_layout_and_cache_entry_follow_the_machine(machine, monkeypatch):
+def test_export_layout_and_cache_entry_follow_the_machine(machine):
     model = tiny()
     fused = machine.has_flag("avx512f") and runtime.has("fused_attention")
     layout = attention_layout("fp32", "cpu")
@@ -122,13 +120,13 @@ def test_export_layout_and_cache_entry_follow_the_machine(machine, monkeypatch):
     assert path.name.startswith(f"lvvit_s-{layout}-") and manifest["deploy_attention"] == layout
     assert manifest["requires"] == (["fused_attention"] if fused else [])
     assert verify_export(path) is None
-    monkeypatch.delenv(runtime.SIMULATE_ENV, raising=False)  # the real part: run it where this CPU can
-    if fused and not runtime.has("fused_attention"):
-        with pytest.raises(CapabilityError, match="export the model again on this machine"):
-            Predictor(path)
-        pytest.skip(f"this CPU cannot run the fused export ({runtime.missing('fused_attention')})")
-    batch = images(2, 64)
-    np.testing.assert_allclose(Predictor(path)(batch), eager(model, batch), rtol=1e-4, atol=1e-4)
+    with real_machine():  # the real part: run it where this CPU can
+        if fused and not runtime.has("fused_attention"):
+            with pytest.raises(CapabilityError, match="export the model again on this machine"):
+                Predictor(path)
+            pytest.skip(f"this CPU cannot run the fused export ({runtime.missing('fused_attention')})")
+        batch = images(2, 64)
+        np.testing.assert_allclose(Predictor(path)(batch), eager(model, batch), rtol=1e-4, atol=1e-4)
 
 
 def test_cache_keys_differ_exactly_where_the_export_differs():

@@ -57,7 +57,7 @@ def test_registry_is_a_leaf():
 
 
 def test_key_mapping_and_file_io_import_no_weights_io():
-    for leaf in ("ppim.convert", "ppim.convert.mapping", "ppim.fileio", "ppim.weights.errors"):
+    for leaf in ("ppim.weights.torch_layout", "ppim.fileio", "ppim.weights.errors"):
         assert not {m for m in GRAPH[leaf] if m.startswith("ppim.weights")}, leaf
 
 
@@ -95,3 +95,16 @@ def test_runtime_is_a_leaf_and_the_only_reader_of_the_cpu():
     guessing = sorted(module_name(p) for p in PACKAGE.rglob("*.py") if module_name(p) != "ppim.runtime"
                       and any(flag in p.read_text(encoding="utf-8") for flag in ('"avx512', '"amx_', '"avx2"')))
     assert guessing == []
+
+
+def test_no_package_attribute_shadows_a_submodule():
+    # `import ppim.deploy.exporting as m` must give the module: a package attribute named like one of
+    # its submodules (a re-exported function called `export` beside export.py) would hide it.
+    code = ("import importlib, sys\nbad = []\nfor name in sys.argv[1:]:\n"
+            "    module = importlib.import_module(name)\n"
+            "    parent, _, leaf = name.rpartition('.')\n"
+            "    if parent and getattr(sys.modules[parent], leaf) is not module:\n"
+            "        bad.append(name)\n"
+            "print(' '.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code, *MODULES], check=True, cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.split() == []

@@ -107,29 +107,32 @@ def main(argv=None) -> int:
 
 
 def _torch_peers(threads) -> dict:
-    """The PyTorch reference's train step (benchmarks/torch_train_step.py of a checkout), fp32 and
-    bf16 where the CPU has it; empty without torch or outside a checkout."""
+    """The PyTorch reference's train step (the optional module benchmarks.torch_train_step, importable
+    when a ppim checkout is on sys.path, as tools/benchmark.py puts it), fp32 and bf16 where the CPU
+    has it; empty, with a note saying why, without torch or that module."""
     import importlib.util
 
     from ..runtime import has
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "torch_train_step.py"
-    if importlib.util.find_spec("torch") is None or not path.is_file():
-        print("note: no PyTorch peer (needs torch and a ppim checkout's benchmarks/)", file=sys.stderr)
+    if importlib.util.find_spec("torch") is None:
+        print("note: no PyTorch peer: torch is not installed", file=sys.stderr)
         return {}
-    spec = importlib.util.spec_from_file_location("ppim_bench_torch_train_step", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    peers = {"torch eager fp32": module.torch_step_factory(threads=threads)}
+    try:
+        from benchmarks.torch_train_step import torch_step_factory
+    except ImportError:
+        print("note: no PyTorch peer: the module benchmarks.torch_train_step is not importable (run "
+              "python tools/benchmark.py --train from a ppim checkout)", file=sys.stderr)
+        return {}
+    peers = {"torch eager fp32": torch_step_factory(threads=threads)}
     if has("cpu_bf16"):
-        peers["torch eager bf16 autocast"] = module.torch_step_factory(amp="bfloat16", threads=threads)
+        peers["torch eager bf16 autocast"] = torch_step_factory(amp="bfloat16", threads=threads)
     return peers
 
 
 def _train(args) -> int:
     from ..fileio import write_json
     from ..runtime import missing, set_cpu_threads
-    from ..training.benchmark import format_train_rows, train_benchmark
+    from ..training.step_timing import format_train_rows, train_benchmark
 
     if args.json:
         writable_file(args.json, "--json")

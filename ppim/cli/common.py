@@ -26,10 +26,13 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from ..errors import InputError, PpimError
+from ..registry import PADDLE_IMPORT_NOISE
+from .launch import pin_launch_gpu
 
 __all__ = ["ArgumentParser", "EXIT_ERROR", "EXIT_INTERRUPTED", "add_ema_arguments", "add_model_arguments", "command", "create_model",
            "check_engine", "describe_error", "model_kwargs", "refuse_same_file", "weights_of", "writable_file"]
@@ -80,7 +83,9 @@ def _debug() -> bool:
 def run(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
     """Call ``main(argv)``; expected errors become one ``error:`` line on stderr and status 2."""
     try:
-        return main(argv)
+        with warnings.catch_warnings():  # the tool's own output stays free of Paddle's import note
+            warnings.filterwarnings("ignore", message=PADDLE_IMPORT_NOISE, category=UserWarning)
+            return main(argv)
     except KeyboardInterrupt:
         if _debug():
             traceback.print_exc()
@@ -104,10 +109,12 @@ def _silence_stdout() -> None:
 
 
 def command(main: Callable[..., int]) -> Callable[[Optional[Sequence[str]]], int]:
-    """Decorator for a tool's ``main(argv=None) -> int``: runs it through :func:`run`."""
+    """Decorator for a tool's ``main(argv=None) -> int``: pins the process to its GPU under
+    paddle.distributed.launch (before anything imports Paddle) and runs ``main`` through :func:`run`."""
 
     @functools.wraps(main)
     def wrapper(argv: Optional[Sequence[str]] = None) -> int:
+        pin_launch_gpu()
         return run(main, argv)
 
     return wrapper

@@ -48,6 +48,8 @@ def build_parser() -> ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--output", default=d["output"], help=f"folder for checkpoints and records (default {d['output']})")
     run.add_argument("--resume", metavar="CKPT", help="continue from a last.pdparams / best.pdparams of this run")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the records (checkpoints, summary.csv) of another run in --output")
     run.add_argument("-b", "--batch-size", type=int, default=d["batch_size"],
                      help=f"images per step and process (default {d['batch_size']})")
     run.add_argument("-j", "--workers", type=int, help="data-loading processes (default: one per CPU, at most 4)")

@@ -21,7 +21,7 @@ import paddle
 from ..runtime import cpu_count
 from ..errors import MissingExtraError
 from .common import native_stdout_silenced
-from .export import add_file, export_file, load_manifest, params_file, program_file
+from .exporting import add_file, export_file, load_manifest, params_file, program_file
 from .predictor import ExportPredictor
 from .registry import check_choice, check_supported
 

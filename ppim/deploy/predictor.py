@@ -17,7 +17,7 @@ import paddle
 from ..runtime import cpu_count, machine
 from ..transforms import create_transforms
 from .common import INPUT_NAME, native_stdout_silenced
-from .export import DamagedExportError, check_requirements, load_manifest, params_file, program_file, verify_export
+from .exporting import DamagedExportError, check_requirements, load_manifest, params_file, program_file, verify_export
 from .registry import DEVICES, PRECISIONS, check_choice, check_supported
 
 __all__ = ["ExportPredictor", "Predictor"]

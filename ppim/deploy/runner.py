@@ -18,7 +18,7 @@ import paddle.nn as nn
 
 from ..runtime import cpu_count, cpu_threads
 from .common import current_subnet, input_size
-from .export import cached_export, export
+from .exporting import cached_export, export
 from .predictor import ExportPredictor
 from .registry import DEVICES, PRECISIONS, check_choice, check_supported, create_predictor, resolve_engine
 

@@ -63,6 +63,7 @@ class Trainer:
         ``eval_interval`` epochs and after the last; run on the EMA weights too.
     output: folder for last.pdparams / best.pdparams (rank 0 writes); records: a Records or None.
     identity: what a checkpoint must match to be resumed (model name, num_classes, ...).
+    run_folder: a ppim.training.run_folder.RunFolder locked during ``fit`` (released when it ends).
     """
 
     def __init__(self, model: paddle.nn.Layer, optimizer, loader, *, step: Optional[Callable] = None,
@@ -70,7 +71,7 @@ class Trainer:
                  scaler=None, evaluate: Optional[Callable[[paddle.nn.Layer], Dict[str, Any]]] = None,
                  eval_interval: int = 1, output: "str | os.PathLike[str] | None" = None, records=None,
                  progress: bool = True, rank: int = 0, identity: Optional[Dict[str, Any]] = None,
-                 args: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print):
+                 args: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print, run_folder=None):
         self.model, self.module = model, unwrap_parallel(model)
         self.optimizer, self.loader, self.scheduler, self.ema = optimizer, loader, scheduler, ema
         self.step = step or ClassificationStep(paddle.nn.CrossEntropyLoss())
@@ -79,6 +80,7 @@ class Trainer:
         self.output = Path(output) if output is not None else None
         self.records, self.progress, self.rank = records, progress, rank
         self.identity, self.args, self.log = dict(identity or {}), dict(args or {}), log
+        self.run_folder = run_folder
         self.epoch = 0  # the next epoch to train
         self.best: Optional[Dict[str, Any]] = None  # {"epoch", "metric", "weights"}
         self.global_step = 0
@@ -164,6 +166,10 @@ class Trainer:
     def fit(self, epochs: int) -> Dict[str, Any]:
         """Train from ``self.epoch`` (0, or where a resumed checkpoint stopped) to ``epochs``.
         Returns {"epochs", "best": {"epoch", "metric", "weights"} or None, "last": row}."""
+        with self.run_folder if self.run_folder is not None else contextlib.nullcontext():
+            return self._fit(epochs)
+
+    def _fit(self, epochs: int) -> Dict[str, Any]:
         row: Dict[str, Any] = {}
         for epoch in range(self.epoch, epochs):
             row = {"epoch": epoch, **self.train_one_epoch(epoch)}
@@ -251,6 +257,9 @@ class Trainer:
             have = "has" if checkpoint.get("model_ema") is not None else "has no"
             raise ResumeError(f"--resume {source} {have} EMA weights; pass --model-ema the same way as "
                                   f"in the run that wrote it")
+        from .resume_check import validate_checkpoint
+
+        validate_checkpoint(checkpoint, source, self)  # every field, before anything is set
         self.module.set_state_dict(checkpoint["model"])
         if self.ema is not None:
             self.ema.set_state_dict(checkpoint["model_ema"])

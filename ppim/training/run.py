@@ -22,6 +22,7 @@ from .checkpoint import load_checkpoint
 from .data import open_train_val
 from .engine import ClassificationStep, Trainer
 from .records import Records
+from .run_folder import RunFolder, check_outside_data
 
 
 class ConfigError(InputError):
@@ -38,6 +39,7 @@ class TrainConfig:
     pretrained: bool = False
     checkpoint: Optional[str] = None  # initial weights (file or URL), instead of the registered ones
     resume: Optional[str] = None  # a last.pdparams / best.pdparams to continue
+    overwrite: bool = False  # replace the records of another run in ``output``
     num_classes: Optional[int] = None  # default: the data's
     img_size: Optional[int] = None
     model_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -173,9 +175,26 @@ def build_trainer(config: TrainConfig, *, step: Optional[Callable] = None,
     amp = _amp_dtype(config, device)
     output = Path(config.output)
     rank, world = dist_info()
+    folder = None
     if rank == 0:
+        check_outside_data(output, config.data)
         _check_output(output)
+        folder = RunFolder(output).acquire()  # held until the trainer's fit ends
+    try:
+        trainer = _build_trainer(config, device, amp, output, rank, world, folder, step=step, order=order, log=log)
+    except BaseException:
+        if folder is not None:
+            folder.release()
+        raise
+    return trainer
+
+
+def _build_trainer(config: TrainConfig, device: str, amp: Optional[str], output: Path, rank: int, world: int,
+                   folder: Optional[RunFolder], *, step: Optional[Callable], order: Optional[Callable[[int], Any]],
+                   log: Callable[[str], None]) -> Trainer:
     checkpoint = load_checkpoint(config.resume) if config.resume else None
+    if folder is not None:
+        folder.claim(config.resume, overwrite=config.overwrite)
     if config.sync_bn and device != "gpu":
         raise ConfigError("--sync-bn needs GPUs (paddle.nn.SyncBatchNorm); drop it on the CPU")
     # Under paddle.distributed.launch each process uses its own GPU (launch's FLAGS_selected_gpus).
@@ -236,21 +255,25 @@ def build_trainer(config: TrainConfig, *, step: Optional[Callable] = None,
         return evaluate(layer, val_set, batch_size=config.batch_size, num_workers=config.workers,
                         device=device, distributed=world > 1, progress=False, verbose=False)
 
-    records = None
-    start_epoch = int(checkpoint["epoch"]) if checkpoint is not None else 0
-    if rank == 0:
-        records = Records(output, visualdl=config.visualdl, start_epoch=start_epoch)
     args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
     trainer = Trainer(wrapped, optimizer, loader, step=step or ClassificationStep(criterion), mixup=mixup,
                       scheduler=scheduler, ema=ema, amp=amp, scaler=scaler,
                       evaluate=run_eval if val_set is not None else None, eval_interval=config.eval_interval,
-                      output=output, records=records, progress=config.progress, rank=rank,
-                      identity=run_identity, args=args, log=log if rank == 0 else (lambda message: None))
+                      output=output, records=None, progress=config.progress, rank=rank,
+                      identity=run_identity, args=args, log=log if rank == 0 else (lambda message: None),
+                      run_folder=folder)
     if checkpoint is not None:
         trainer.load_state(checkpoint, config.resume)
         if trainer.epoch >= config.epochs:
             raise ConfigError(f"--resume {config.resume} already finished epoch {trainer.epoch - 1} of "
                               f"{config.epochs}: pass a larger --epochs to train on")
+    if folder is not None:  # everything checked: now the records of a replaced run may go
+        folder.replace_records()
+        folder.carry_over(config.resume)
+    if rank == 0:
+        # A run resumed into a new folder carries the rows of its earlier epochs along.
+        history = Path(config.resume).parent / "summary.csv" if config.resume else None
+        trainer.records = Records(output, visualdl=config.visualdl, start_epoch=trainer.epoch, history=history)
     return trainer
 
 

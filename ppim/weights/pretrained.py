@@ -23,7 +23,7 @@ import numpy as np
 
 from ..registry import model_name
 from .cache import cached_file_path, sha256_file, use_cached, verify_sidecar, weights_dir
-from .checkpoint import Selected
+from .containers import Selected
 from .download import cache_path_for, download_to_cache, is_url
 from .errors import CorruptWeightsError, WeightsDownloadError, WeightsError
 from .formats import PYTORCH, detect_format, read_weights

@@ -95,7 +95,7 @@ def plan_training(config, model, train_set, num_classes: int, criterion, mixup, 
         if mixup is not None:
             mixup = TokenLabelMixup(mixup, targets)
     if supernet:
-        from ..supervit import SuperStep
+        from ..supervit_step import SuperStep
 
         return TrainingPlan(train_set, SuperStep(criterion, targets, random.Random(config.seed)), mixup, order)
     return TrainingPlan(train_set, TokenLabelStep(criterion, targets), mixup, order)

@@ -24,7 +24,7 @@ from ..registry import create_model, model_name
 from ..runtime import cpu_count, cpu_threads
 from ..errors import CapabilityError
 from .common import INPUT_NAME, MANIFEST, current_subnet, input_size
-from .export import attention_layout, export, staged_dir
+from .exporting import attention_layout, export, staged_dir
 from .registry import create_predictor, exported_engines, unsupported
 from .runner import Runner, create_runner
 
