@@ -338,3 +338,45 @@ def test_ema_flags_pick_the_checkpoint_weights(tmp_path):
         model = common.create_model(args, warn=False)
         np.testing.assert_array_equal(model.head.weight.numpy(), expected["head.weight"], err_msg=str(flags))
         assert model.pretrained_info["ema"] == (expected is ema_state)
+
+
+def test_what_this_machine_cannot_run_is_one_error_line(machine, capsys):
+    """eval, predict and benchmark refuse what the (real or simulated) machine cannot run before any
+    work, with one error: line that says why and what runs here."""
+    from ppim.cli import benchmark, eval as eval_cli, predict
+    from ppim.deploy import runs_here
+
+    def error_line(main, *args):
+        assert main([str(a) for a in args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+        assert "what runs here: " in err and "eager on cpu fp32" in err
+        return err
+
+    here = runs_here()
+    bench = [*TINY_ARGS, "-b", "1", "--iters", "1", "--warmup", "0"]
+    for main, args in [(eval_cli.main, [*TINY_ARGS, "--device", "cpu"]), (predict.main, TINY_ARGS),
+                       (benchmark.main, bench)]:
+        assert "fp16 needs a GPU" in error_line(main, *args, "--engine", "inference", "--precision", "fp16")
+        if ("inference", "bf16", "cpu") not in here:
+            assert "avx512_bf16 or amx_bf16" in error_line(main, *args, "--engine", "inference", "--precision", "bf16")
+        if ("inference", "fp32", "gpu") not in here:
+            assert "CPU-only build" in error_line(main, *args, "--engine", "inference", "--device", "gpu")
+    assert "eager runs fp32 only on cpu" in error_line(predict.main, *TINY_ARGS, "--engine", "eager", "--precision", "bf16")
+    with ppim.runtime.simulate(machine.profile or "avx2", extras=()):  # no extra installed
+        assert "pip install 'ppim[openvino]'" in error_line(predict.main, *TINY_ARGS, "--engine", "openvino")
+        assert "pip install 'ppim[onnxruntime]'" in error_line(eval_cli.main, *TINY_ARGS, "--engine", "onnxruntime",
+                                                               "--device", "cpu")
+
+
+def test_avx2_machine_runs_every_tool_it_reports(tmp_path, monkeypatch):
+    """Under the simulated AVX2-only machine (a child process inherits it) the default engine and
+    exports choose layouts every x86-64 CPU with AVX2 runs: predict (auto engine: Paddle Inference
+    without extras) and export --verify run and exit 0. (eval --engine inference and the benchmark
+    take the same export path: cached_export / attention_layout.)"""
+    monkeypatch.setenv(ppim.runtime.SIMULATE_ENV, "avx2:")  # and no optional extra
+    for name, args in [("predict", TINY_ARGS), ("export", [*TINY_ARGS, "--output", tmp_path / "out", "--verify"])]:
+        proc = tool(name, *args)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, (name, proc.stderr[-2000:])
+    manifest = json.loads((tmp_path / "out" / "ppim.json").read_text())
+    assert manifest["deploy_attention"] == "matmul" and manifest["requires"] == []
