@@ -49,9 +49,9 @@ from .errors import CapabilityError, InputError
 from .fileio import ppim_home, write_json
 
 __all__ = ["SIMULATE_ENV", "PROFILES", "EXTRAS", "BF16_FLAGS", "Machine", "Capability", "Canary", "CAPABILITIES",
-           "machine", "simulate", "missing", "has", "require", "canary_verdict", "extra_installed",
-           "cpu_count", "cpu_threads", "set_cpu_threads", "default_device", "dist_info", "unwrap_parallel",
-           "paddle_core", "exit_with_parent", "describe"]
+           "machine", "simulate", "missing", "has", "require", "canary_verdict", "extra_installed", "cpu_count",
+           "cpu_threads", "set_cpu_threads", "current_cpu_threads", "default_device", "dist_info",
+           "unwrap_parallel", "paddle_core", "exit_with_parent", "describe"]
 
 #: Environment variable naming a simulated machine profile (child processes inherit it).
 SIMULATE_ENV = "PPIM_SIMULATE_MACHINE"
@@ -474,7 +474,8 @@ def set_cpu_threads(threads: Optional[int] = None) -> int:
     return threads
 
 
-def _current_threads() -> int:
+def current_cpu_threads() -> int:
+    """Paddle's eager CPU math threads now (as set here, else Paddle's FLAGS_paddle_num_threads)."""
     if _THREADS[0] is None:
         import paddle
 
@@ -489,7 +490,7 @@ def _current_threads() -> int:
 def cpu_threads(threads: Optional[int] = None) -> Iterator[int]:
     """Paddle's eager CPU math threads set to ``threads`` (default every CPU this process may use)
     inside the block, and set back to what they were after it."""
-    previous = _current_threads()
+    previous = current_cpu_threads()
     try:
         yield set_cpu_threads(threads)
     finally:

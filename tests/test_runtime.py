@@ -114,9 +114,9 @@ def test_cpu_threads_are_scoped():
 
     runtime.set_cpu_threads(1)
     with runtime.cpu_threads(2) as inside:
-        assert inside == 2 and runtime._current_threads() == 2
+        assert inside == 2 and runtime.current_cpu_threads() == 2
         paddle.matmul(paddle.ones([4, 4]), paddle.ones([4, 4]))
-    assert runtime._current_threads() == 1
+    assert runtime.current_cpu_threads() == 1
     assert runtime.set_cpu_threads(None) == runtime.cpu_count()
 
 
