@@ -301,7 +301,9 @@ def evaluate(model: Any, data: Any = None, *, val_list: Optional[str] = None, ba
             from .transforms import create_transforms
 
             transforms = create_transforms(cfg)
-        dataset = open_dataset(data, val_list, transforms, num_classes=cfg.get("num_classes"))
+        dataset = open_dataset(data, val_list, transforms, num_classes=cfg.get("num_classes"),
+                               class_names=cfg.get("class_names"),
+                               log=(lambda message: print(message, file=sys.stderr)) if verbose and rank == 0 else None)
         data_desc = _describe(dataset)
     else:
         dataset, data_desc = data, _describe(data)

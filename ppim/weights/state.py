@@ -103,11 +103,13 @@ def check_state(model, state: "dict[str, np.ndarray]") -> StateReport:
     return report
 
 
-def adapt_state(model, state: "dict[str, np.ndarray]", source: "str | os.PathLike[str]") -> "dict[str, np.ndarray]":
+def adapt_state(model, state: "dict[str, np.ndarray]", source: "str | os.PathLike[str]",
+                new_head: bool = True) -> "dict[str, np.ndarray]":
     """Check ``state`` against ``model`` and adapt what can be adapted: classifier weights of another
     class count are dropped (warned; the model keeps its fresh heads), a positional embedding of
     another grid is resized. Anything else that differs raises InvalidWeightsError naming ``source``
-    and the keys."""
+    and the keys. ``new_head=False``: a classifier that does not load (another class count, or none in
+    the file) is an error naming both class counts, not a model with random heads."""
     report = check_state(model, state)
     model_state = model.state_dict()
     if not report.ok:
@@ -118,6 +120,10 @@ def adapt_state(model, state: "dict[str, np.ndarray]", source: "str | os.PathLik
                                       f"checkpoint")
         raise InvalidWeightsError(f"{source} does not fit {name}: {report.problems()}. Check that the "
                                   f"file is {name}'s weights (ppim.get_model_cfg({name!r})['weights']).")
+    classifier = tuple(f"{name}." for name in model.pretrained_cfg.get("classifier", ()))
+    absent = [key for key in model_state if key.startswith(classifier) and key not in state]
+    if not new_head and (report.dropped or absent):
+        raise _head_error(model, state, source, report.dropped)
     if report.dropped:
         warnings.warn(f"{source}: classifier weights not loaded (the model has "
                       f"{model.pretrained_cfg.get('num_classes')} classes, so they stay freshly "
@@ -127,6 +133,19 @@ def adapt_state(model, state: "dict[str, np.ndarray]", source: "str | os.PathLik
         adapted[key] = resize_pos_embed(_as_model_dtype(state[key], model_state[key]),
                                         int(round(math.sqrt(model_state[key].shape[1] - 1))))
     return adapted
+
+
+def _head_error(model, state, source, dropped: List[str]) -> Exception:
+    from ..errors import ParameterError
+
+    ours = model.pretrained_cfg.get("num_classes")
+    weight = next((key for key in dropped if key.endswith("weight") and np.ndim(state[key]) == 2), None)
+    if weight is None:
+        return InvalidWeightsError(f"{source} has no classifier weights for the model's {ours} classes (a "
+                                   f"features-only file?): a model with a random classifier would score nothing")
+    theirs = int(np.shape(state[weight])[1])
+    return ParameterError(f"{os.fspath(source)} has a {theirs}-class classifier but the model was built with "
+                          f"{{num_classes}}: pass {{num_classes:={theirs}}}", num_classes=ours)
 
 
 def _as_model_dtype(value: np.ndarray, target) -> np.ndarray:
