@@ -203,6 +203,7 @@ def _damage(kind, path, tmp_path):
     raise AssertionError(kind)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("kind", ["input_shape_edited", "params_missing", "params_truncated", "params_outside",
                                   "params_link_outside", "manifest_not_json"])
 def test_a_damaged_cache_entry_is_rebuilt_never_run(kind, tmp_path, capfd):

@@ -58,6 +58,7 @@ def test_missing_extra_names_it(monkeypatch):
         engines_module.OnnxRuntimePredictor("unused", precision="bf16")
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("profile", list(runtime.PROFILES))
 def test_auto_picks_the_fastest_engine_that_runs_here(profile):
     """engine='auto' under each simulated machine and set of installed extras (no real CPU assumed;

@@ -14,6 +14,8 @@ import pytest
 from ppim import runtime
 from ppim.errors import CapabilityError, InputError
 
+pytestmark = pytest.mark.smoke  # Paddle 2.6 too: the layer must answer there as well
+
 #: What each simulated profile has (capability -> has it), as the profiles are documented.
 EXPECTED = {
     "avx2": {"cpu_bf16": False, "fused_attention": False, "gpu": False, "gpu_fp16": False, "gpu_bf16": False},
@@ -156,7 +158,7 @@ def test_env_command_prints_the_report():
     assert done.returncode == 0 and not done.stderr, done.stderr
     lines = done.stdout.splitlines()
     assert "machine:  simulated profile avx2" in lines and "flags:    sse4_2 avx avx2 fma f16c" in lines
-    assert any(line.startswith("  fused_attention no: this CPU") and "avx512f" in line for line in lines)
+    assert any(line.startswith("  fused_attention no: ") for line in lines)  # avx512f, or no PIR (Paddle 2.6)
     assert any(line.split()[:4] == ["inference", "cpu", "bf16", "no:"] for line in lines)
 
 
