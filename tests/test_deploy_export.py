@@ -257,3 +257,17 @@ def test_unchanged_files_are_not_hashed_again(monkeypatch):
     params.write_bytes(params.read_bytes())  # same bytes, new mtime: hashed again
     with pytest.raises(AssertionError, match="hashed again"):
         cached_export(model)
+
+
+def test_exports_from_before_digests_are_still_used(tmp_path):
+    model = tiny()
+    out = export(model, tmp_path / "old")
+    manifest = {k: v for k, v in load_manifest(out).items() if k not in ("digests", "manifest_sha256", "requires")}
+    (out / "ppim.json").write_text(json.dumps(manifest))  # as an older ppim wrote it
+    assert verify_export(out) is None
+    export_module.add_file(out, "extra.bin", b"added later")  # e.g. the ONNX conversion
+    assert verify_export(out) is None and "extra.bin" in load_manifest(out)["files"]
+    batch = images(2, 64)
+    with real_machine():
+        if load_manifest(out)["deploy_attention"] != "fused" or runtime.has("fused_attention"):
+            np.testing.assert_allclose(Predictor(out)(batch), eager(model, batch), rtol=1e-4, atol=1e-4)

@@ -511,13 +511,13 @@ def verify_export(model_dir: Union[str, os.PathLike], remember: bool = False) ->
         manifest = load_manifest(model_dir)
         if not manifest:
             return f"{model_dir} has no {MANIFEST}"
-        if _MANIFEST_DIGEST not in manifest:
-            return None
-        if manifest[_MANIFEST_DIGEST] != _manifest_digest(manifest):
+        if _MANIFEST_DIGEST in manifest and manifest[_MANIFEST_DIGEST] != _manifest_digest(manifest):
             return f"{model_dir / MANIFEST} was changed after the export"
-        digests = manifest.get("digests")
-        if not isinstance(digests, dict):
-            return f"{model_dir / MANIFEST} lists no file digests"
+        if "digests" not in manifest:
+            return None  # an export made before digests were recorded
+        digests = manifest["digests"]
+        if not isinstance(digests, dict) or _MANIFEST_DIGEST not in manifest:
+            return f"{model_dir / MANIFEST} has damaged digests"
         for key in ("program_file", "params_file"):
             if manifest.get(key) not in digests:
                 return f"{model_dir / MANIFEST}: its {key} {manifest.get(key)!r} has no digest"
@@ -584,7 +584,7 @@ def _entry_problem(path: Path, key: str) -> Optional[str]:
     if problem:
         return problem
     manifest = load_manifest(path)
-    if _MANIFEST_DIGEST not in manifest:
+    if "digests" not in manifest:
         return "it records no digests"
     if manifest.get("cache_key") != key:
         return f"its manifest is for another export ({manifest.get('cache_key')!r})"
