@@ -381,7 +381,7 @@ def _need_flags(flags: Sequence[str]) -> Callable[[Machine], Optional[str]]:
     def check(m: Machine) -> Optional[str]:
         if m.has_flag(*flags):
             return None
-        return f"{_cpu_name(m)} has {'neither' if len(flags) == 2 else 'no ' + ' or '.join(flags)}"
+        return f"{_cpu_name(m)} has {'neither ' + ' nor '.join(flags) if len(flags) == 2 else 'no ' + flags[0]}"
     return check
 
 
