@@ -20,7 +20,7 @@ import platform
 import sys
 from pathlib import Path
 
-from .common import ArgumentParser, add_model_arguments, command, create_model, writable_file
+from .common import ArgumentParser, add_model_arguments, add_subnets_argument, command, create_model, writable_file
 
 
 def _list(text, kind=str, choices=None):
@@ -33,15 +33,6 @@ def _list(text, kind=str, choices=None):
         if bad:
             raise argparse.ArgumentTypeError(f"{', '.join(map(str, bad))}: choose from {', '.join(choices)}")
     return values
-
-
-def _subnets(text):
-    from ..models.supervit import parse_subnet_spec
-
-    try:
-        return parse_subnet_spec(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def environment(threads=None) -> dict:
@@ -78,8 +69,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    parser.add_argument("--subnets", default="all", type=_subnets,
-                        help="SuperViT: all (default) or a list like 224x1.0,160x0.7")
+    add_subnets_argument(parser, "SuperViT: all (default) or a list like 224x1.0,160x0.7", default="all")
     parser.add_argument("--gmacs", type=float, help="override the model's GMACs per image (non-super models)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
     parser.add_argument("--json", help="write the rows and the environment to this JSON file")

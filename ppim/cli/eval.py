@@ -17,8 +17,8 @@ writable before anything runs.
 from __future__ import annotations
 
 from ..errors import InputError
-from .common import (ArgumentParser, add_model_arguments, command, create_model, model_kwargs, weights_of,
-                     writable_file)
+from .common import (ArgumentParser, add_model_arguments, add_subnets_argument, check_offers_subnets, command,
+                     create_model, model_kwargs, weights_of, writable_file)
 
 
 def build_parser() -> ArgumentParser:
@@ -39,8 +39,7 @@ def build_parser() -> ArgumentParser:
                         help="default: gpu when Paddle has CUDA and sees a GPU, else cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU math threads (default: the engine's)")
     parser.add_argument("--workdir", metavar="DIR", help="where an exported engine keeps the model (default: the export cache)")
-    parser.add_argument("--subnets", metavar="LIST",
-                        help="super models: 'all' or e.g. 224x1.0,128x0.5; all in one pass over the data")
+    add_subnets_argument(parser, "super models: 'all' or e.g. 224x1.0,128x0.5; all in one pass over the data")
     parser.add_argument("--img-size", type=int, default=None,
                         help="build the model for this input size (crop; resize keeps the cfg's ratio)")
     parser.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the cfg's)")
@@ -86,6 +85,7 @@ def main(argv=None) -> int:
     from ..data import open_dataset
     from ..evaluate import dist_info, evaluate
     from ..registry import get_model_cfg
+    from ..subnet import parse_subnets
     from ..transforms import create_transforms
 
     rank, world = dist_info()  # joins the process group when started by paddle.distributed.launch
@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     if args.num_classes is not None:
         extra["num_classes"] = args.num_classes
     # The data first: a wrong folder or list file is reported before weights are fetched.
+    check_offers_subnets(args)
     cfg = get_model_cfg(args.model)
     pct = None if args.crop_pct is None else crop_pct(args.crop_pct, cfg)
     num_classes = {**cfg, **model_kwargs(args), **extra}["num_classes"]
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     transforms = None if pct is None else create_transforms(model, crop_pct=pct)
     evaluate(model, dataset, transforms=transforms, batch_size=args.batch_size, num_workers=args.workers,
              engine=args.engine, precision=args.precision, device=args.device or default_device(),
-             threads=args.threads, workdir=args.workdir, subnets=args.subnets, skip_bad=args.skip_bad,
+             threads=args.threads, workdir=args.workdir, subnets=parse_subnets(args.subnets, model, "--subnets"), skip_bad=args.skip_bad,
              distributed=world > 1, progress=not args.no_progress, pretrained=weights_of(args),
              results_file=args.results_file)
     return 0

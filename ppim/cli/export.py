@@ -22,10 +22,15 @@ def build(args) -> Any:
     """The model to export: super models get the sub-network (--img-size, --keep-ratio); other models
     are built for --img-size (pretrained positional embeddings resized)."""
     from ..registry import get_model_cfg
+    from ..subnet import subnets_of
 
-    if get_model_cfg(args.model).get("architecture") == "supervit":
+    if get_model_cfg(args.model).get("subnets"):
         model = create_model(args)
-        model.set_subnet(args.img_size or max(model.img_sizes), 1.0 if args.keep_ratio is None else args.keep_ratio)
+        full = max(subnets_of(model))
+        try:
+            model.set_subnet(args.img_size or full.img_size, full.keep_ratio if args.keep_ratio is None else args.keep_ratio)
+        except ValueError as error:
+            raise InputError(f"--img-size/--keep-ratio: {error}") from None
         return model
     if args.keep_ratio not in (None, 1.0):
         raise InputError(f"--keep-ratio applies to SuperViT models only, not {args.model}: drop it")
