@@ -366,7 +366,9 @@ def _open_loader(spec: EvalSpec, data: Any, cfg: Dict[str, Any], rank: int, worl
             from .transforms import create_transforms
 
             transforms = create_transforms(cfg)
-        dataset = open_dataset(data, spec.val_list, transforms, num_classes=cfg.get("num_classes"))
+        dataset = open_dataset(data, spec.val_list, transforms, num_classes=cfg.get("num_classes"),
+                               class_names=cfg.get("class_names"),
+                               log=(lambda message: print(message, file=sys.stderr)) if spec.verbose and rank == 0 else None)
         data_desc = _describe(dataset)
     else:
         dataset, data_desc = data, _describe(data)

@@ -8,7 +8,8 @@ ceiling measured in the same run, e.g.
 after --warmup), GFLOP/s achieved (2 x MACs), the ceiling (the best GFLOP/s any installed engine
 reaches on the model's own dense GEMM shapes at that batch, timed right after each point) and the
 share of it; combinations an engine cannot run here are skipped and listed; super models add each
-sub-network's speed-up over (224, 1.0) next to its FLOPs ratio. "cores" is process CPU time over wall
+sub-network's speed-up over (224, 1.0) next to its FLOPs ratio. --checkpoint of a ppim run gives the
+model (its kwargs and classes). "cores" is process CPU time over wall
 time while the model ran: below --threads, other processes took some of the CPUs (compare shares,
 which are measured under the same conditions). Weights do not change the speed: random ones are used.
 """
@@ -20,7 +21,8 @@ import platform
 import sys
 from pathlib import Path
 
-from .common import ArgumentParser, add_model_arguments, add_subnets_argument, command, create_model, writable_file
+from .common import (BATCH, THREADS, ArgumentParser, add_model_arguments, add_subnets_argument, command, create_model,
+                     integer, number, writable_file)
 
 
 def _list(text, kind=str, choices=None):
@@ -58,25 +60,25 @@ def main(argv=None) -> int:
     from ..deploy import ENGINES, PRECISIONS
 
     parser = ArgumentParser(prog="ppim-benchmark", description=__doc__)
-    add_model_arguments(parser, weights=False)
+    add_model_arguments(parser)
     parser.add_argument("--engine", default="eager,inference", type=lambda t: _list(t, choices=ENGINES),
                         help="comma list of eager, inference, openvino, onnxruntime (default eager,inference)")
     parser.add_argument("--precision", default="fp32", type=lambda t: _list(t, choices=PRECISIONS),
                         help="comma list of fp32, bf16, fp16 (default fp32)")
-    parser.add_argument("-b", "--batch-size", default="1,16", type=lambda t: _list(t, int),
+    parser.add_argument("-b", "--batch-size", default="1,16", type=lambda t: _list(t, BATCH),
                         help="comma list of batch sizes (default 1,16)")
-    parser.add_argument("--iters", type=int, default=10, help="timed calls per point (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
+    parser.add_argument("--iters", type=integer(1), default=10, help="timed calls per point (default 10)")
+    parser.add_argument("--warmup", type=integer(0), default=2, help="untimed calls first (default 2)")
+    parser.add_argument("--threads", type=THREADS, help="CPU threads (default: all this process may use)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     add_subnets_argument(parser, "SuperViT: all (default) or a list like 224x1.0,160x0.7", default="all")
-    parser.add_argument("--gmacs", type=float, help="override the model's GMACs per image (non-super models)")
+    parser.add_argument("--gmacs", type=number(above=0.0), help="override the model's GMACs per image (non-super models)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
     parser.add_argument("--json", help="write the rows and the environment to this JSON file")
     parser.add_argument("--train", action="store_true",
                         help="training step throughput instead (fp32; bf16 where eager Paddle has CPU kernels), "
                              "with its breakdown, against the PyTorch reference when torch is installed")
-    parser.add_argument("--rounds", type=int, default=3, help="--train: interleaved rounds (default 3)")
+    parser.add_argument("--rounds", type=integer(1), default=3, help="--train: interleaved rounds (default 3)")
     args = parser.parse_args(argv)
     if args.train:
         return _train(args)

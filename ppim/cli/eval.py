@@ -9,16 +9,21 @@
 (python tools/eval.py takes the same arguments.) DATA is a folder of class subfolders (sorted names =
 class index; WordNet-id folders of an ImageNet subset get their ImageNet ids), or the root of the
 paths in --val-list ("relative/path label" lines, PaddleClas format; a val_list.txt inside DATA is
-used by itself). Without DATA: the sample shipped in ppim/assets/sample. Under
+used by itself; a root holding train/ and val/ is evaluated on val/, said in a note). Without DATA: the
+sample shipped in ppim/assets/sample. With --checkpoint of a ppim run, the model, its classes and its
+transforms come from the checkpoint (--model and --num-classes, if given, must agree with it), and the
+class folders are matched to the model's classes by name. Under
 paddle.distributed.launch each process takes every W-th image and the counts are summed: the result
 is exactly the single-process one; rank 0 prints and writes the file. --results-file is checked
 writable before anything runs.
 """
 from __future__ import annotations
 
+import sys
+
 from ..errors import InputError
-from .common import (ArgumentParser, add_model_arguments, add_subnets_argument, check_offers_subnets, command,
-                     create_model, model_kwargs, weights_of, writable_file)
+from .common import (BATCH, IMG_SIZE, THREADS, WORKERS, ArgumentParser, add_model_arguments, add_subnets_argument,
+                     check_offers_subnets, command, create_model, weights_of, writable_file)
 
 
 def build_parser() -> ArgumentParser:
@@ -26,8 +31,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("data", nargs="?", metavar="DATA",
                         help="validation folder, or the root of --val-list paths (default: the shipped sample)")
     add_model_arguments(parser)
-    parser.add_argument("-b", "--batch-size", type=int, default=64, help="images per batch (default 64)")
-    parser.add_argument("-j", "--workers", type=int, default=None,
+    parser.add_argument("-b", "--batch-size", type=BATCH, default=64, help="images per batch (default 64)")
+    parser.add_argument("-j", "--workers", type=WORKERS, default=None,
                         help="data-loading processes (default: one per CPU, at most 4; 0 decodes in the "
                              "main process)")
     parser.add_argument("--val-list", metavar="FILE", help='list file of "relative/path label" lines')
@@ -37,12 +42,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--device", choices=("cpu", "gpu"), default=None,
                         help="default: gpu when Paddle has CUDA and sees a GPU, else cpu")
-    parser.add_argument("--threads", type=int, default=None, help="CPU math threads (default: the engine's)")
+    parser.add_argument("--threads", type=THREADS, default=None, help="CPU math threads (default: the engine's)")
     parser.add_argument("--workdir", metavar="DIR", help="where an exported engine keeps the model (default: the export cache)")
     add_subnets_argument(parser, "super models: 'all' or e.g. 224x1.0,128x0.5; all in one pass over the data")
-    parser.add_argument("--img-size", type=int, default=None,
+    parser.add_argument("--img-size", type=IMG_SIZE, default=None,
                         help="build the model for this input size (crop; resize keeps the cfg's ratio)")
-    parser.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the cfg's)")
     parser.add_argument("--crop-pct", default=None, metavar="PCT|official",
                         help="resize the shorter side to floor(crop / PCT) before the centre crop, or "
                              "'official': the official code's crop where it differs (lvvit_m: 1.0, "
@@ -82,31 +86,33 @@ def default_device() -> str:
 @command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ..data import open_dataset
+    from ..data import eval_root, open_dataset
     from ..evaluate import dist_info, evaluate
     from ..registry import get_model_cfg
     from ..subnet import parse_subnets
     from ..transforms import create_transforms
 
     rank, world = dist_info()  # joins the process group when started by paddle.distributed.launch
+
+    def log(message: str) -> None:
+        if rank == 0:
+            print(message, file=sys.stderr, flush=True)
     if args.results_file and rank == 0:
         writable_file(args.results_file, "--results-file")  # now, not after an hour of evaluation
-    extra = {}
-    if args.img_size:
-        extra["img_size"] = args.img_size
-    if args.num_classes is not None:
-        extra["num_classes"] = args.num_classes
-    # The data first: a wrong folder or list file is reported before weights are fetched.
+    extra = {"img_size": args.img_size} if args.img_size else {}
+    # The data first: a wrong folder is reported before weights are fetched.
+    data = eval_root(args.data, log) if args.data is not None and args.val_list is None else args.data
     check_offers_subnets(args)
-    cfg = get_model_cfg(args.model)
-    pct = None if args.crop_pct is None else crop_pct(args.crop_pct, cfg)
-    num_classes = {**cfg, **model_kwargs(args), **extra}["num_classes"]
-    dataset = open_dataset(args.data, args.val_list, num_classes=num_classes)
+    if args.model and args.crop_pct is not None:
+        crop_pct(args.crop_pct, get_model_cfg(args.model))
     model = create_model(args, warn=rank == 0, **extra)
-    transforms = None if pct is None else create_transforms(model, crop_pct=pct)
+    cfg = model.pretrained_cfg
+    dataset = open_dataset(data, args.val_list, num_classes=cfg["num_classes"], class_names=cfg.get("class_names"))
+    transforms = None if args.crop_pct is None else create_transforms(model, crop_pct=crop_pct(args.crop_pct, cfg))
     evaluate(model, dataset, transforms=transforms, batch_size=args.batch_size, num_workers=args.workers,
              engine=args.engine, precision=args.precision, device=args.device or default_device(),
-             threads=args.threads, workdir=args.workdir, subnets=parse_subnets(args.subnets, model, "--subnets"), skip_bad=args.skip_bad,
+             threads=args.threads, workdir=args.workdir, subnets=parse_subnets(args.subnets, model, "--subnets"),
+             skip_bad=args.skip_bad,
              distributed=world > 1, progress=not args.no_progress, pretrained=weights_of(args),
              results_file=args.results_file)
     return 0

@@ -23,6 +23,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from ..builder import MODEL_KEY, describe_model
 from ..fileio import current_umask, write_atomic, write_json
 from ..weights.cache import ppim_home
 from ..layers import Attention
@@ -280,9 +281,17 @@ def check_output_dir(output_dir: Path, sources: Sequence[Union[str, os.PathLike]
                 output_dir == Path(source).absolute() or (output_dir.exists() and output_dir.samefile(source))):
             raise ValueError(f"the export output {output_dir} is the model's own input {source}: choose "
                              f"another output directory")
-    if output_dir.exists() and not (output_dir.is_dir() and (
-            (output_dir / MANIFEST).is_file() or not any(output_dir.iterdir()))):
-        raise FileExistsError(f"{output_dir} exists and is not a ppim export; choose another output directory")
+    for parent in output_dir.parents:  # "a_file/sub": say which part is in the way
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{parent} is a file, so {output_dir} cannot be created; "
+                                         f"choose another output directory")
+            break
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"{output_dir} is a file, not a folder; choose another output directory")
+    if output_dir.exists() and not ((output_dir / MANIFEST).is_file() or not any(output_dir.iterdir())):
+        raise FileExistsError(f"{output_dir} is a folder of other files, not a ppim export; choose another "
+                              f"output directory")
     return output_dir
 
 
@@ -342,6 +351,7 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
                 "input_shape": [batch_size or -1, 3, size, size],
                 "input_dtype": "float32",
                 "num_classes": int(getattr(model, "num_classes", cfg.get("num_classes", 0)) or 0),
+                MODEL_KEY: describe_model(model),  # what ppim.create_model(checkpoint_path=) reads from a checkpoint
                 "subnet": None if subnet is None else subnet.as_dict(),
                 "cfg": cfg,
                 "program_file": program.name,
