@@ -95,7 +95,7 @@ class Counts:
 
 def subnet_table(entries: Sequence[Dict[str, Any]], value: str = "top1", patch_size: int = 16,
                  title: str = "top-1 (%)") -> str:
-    """The seed's layout: rows token grid (8x8 10x10 12x12 14x14), columns keep ratio (0.5 0.7 1).
+    """The SuperViT paper's table layout: rows token grid (8x8 10x10 12x12 14x14), columns keep ratio (0.5 0.7 1).
     ``entries`` have img_size, keep_ratio and ``value``; cells not evaluated show "-"."""
     sizes = sorted({int(e["img_size"]) for e in entries})
     ratios = sorted({float(e["keep_ratio"]) for e in entries})

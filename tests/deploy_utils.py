@@ -3,12 +3,13 @@ import numpy as np
 import paddle
 
 import ppim
+from tiny import TINY_SUPER, tiny_kwargs
 
 
 def tiny(**kwargs):
     """A 2-block LV-ViT-S on 64x64 inputs, 10 classes, eval mode, seeded."""
     paddle.seed(0)
-    args = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8, num_classes=10)
+    args = tiny_kwargs(num_classes=10)
     args.update(kwargs)
     model = ppim.create_model("lvvit_s", **args)
     model.eval()
@@ -18,7 +19,7 @@ def tiny(**kwargs):
 def tiny_super():
     """A narrow super_lvvit_s (all 12 sub-networks work), eval mode, seeded."""
     paddle.seed(0)
-    model = ppim.create_model("super_lvvit_s", embed_dim=48, depth=10, num_heads=3, num_classes=10, stem_dim=8)
+    model = ppim.create_model("super_lvvit_s", **TINY_SUPER, stem_dim=8, num_classes=10)
     model.eval()
     return model
 

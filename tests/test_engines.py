@@ -11,6 +11,7 @@ from ppim.deploy import AUTO_ORDER, cpu_supports_bf16, create_runner, export, lo
 from ppim.deploy import engines as engines_module
 
 from deploy_utils import eager, images, rel_error, tiny
+from tiny import TINY_SUPER
 
 
 @pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
@@ -34,7 +35,7 @@ def test_openvino_super_subnetwork_and_bf16(tmp_path):
     pytest.importorskip("openvino")
     pytest.importorskip("paddle2onnx")
     paddle.seed(0)
-    model = ppim.create_model("super_lvvit_s", embed_dim=48, depth=10, num_heads=3, num_classes=10, stem_dim=8)
+    model = ppim.create_model("super_lvvit_s", **TINY_SUPER, stem_dim=8, num_classes=10)
     model.eval()
     model.set_subnet(160, 0.7)
     batch = images(2, 224, seed=1)
