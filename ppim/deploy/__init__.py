@@ -8,8 +8,9 @@ interface over the engines, top-k classification and the benchmark.
     classify(model, ["cat.jpg"])                     # top-5 (class id, name, probability)
     rows = benchmark("lvvit_s", batch_sizes=(16,))
 
-Modules: common (names, checks), export (+ cache), predictor (Paddle Inference), engines
-(OpenVINO, ONNX Runtime), runner, classify, benchmark; each imports only the ones before it.
+Modules: common (names, checks), exporting (export + cache), predictor (Paddle Inference), engines
+(OpenVINO, ONNX Runtime), runner, classification (classify), throughput (benchmark, the GEMM
+ceiling); each imports only the ones before it.
 """
 from .throughput import CeilingProbe, DenseChain, benchmark, ceiling_engines, dense_shapes, format_rows, measure_ceiling
 from .classification import classify
