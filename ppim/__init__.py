@@ -22,7 +22,7 @@ _API = {"available": "registry", "create_model": "registry", "get_model_cfg": "r
         "list_models": "registry", "list_pretrained": "registry", "create_transforms": "transforms",
         "Subnet": "subnet"}
 _SUBMODULES = {"auto_augment", "builder", "cli", "data", "deploy", "errors", "evaluate", "fileio", "flops", "layers",
-               "models", "registry", "subnet", "training", "transforms", "visualize", "weights"}
+               "models", "registry", "runtime", "subnet", "training", "transforms", "visualize", "weights"}
 
 
 def _models():

@@ -13,7 +13,7 @@ A tool is a module in ppim.cli with ``main(argv=None) -> int`` decorated by :fun
         return 0
 
 Expected errors are ppim.errors.PpimError (unknown model, bad image, weights that cannot be got or
-read, bad input), OSError (missing file, no permission, disk full) and MemoryError: one line on
+read, bad input, what this machine cannot run: CapabilityError), OSError (missing file, no permission, disk full) and MemoryError: one line on
 stderr naming the cause and the fix, exit status 2. Ctrl-C exits with 130 without a traceback.
 Anything else is a bug and keeps its traceback; PPIM_DEBUG=1 prints the traceback for every error.
 """
@@ -36,7 +36,7 @@ from ..registry import PADDLE_IMPORT_NOISE
 from .launch import pin_launch_gpu
 
 __all__ = ["ArgumentParser", "EXIT_ERROR", "EXIT_INTERRUPTED", "add_ema_arguments", "add_model_arguments", "command", "create_model",
-           "describe_error", "integer", "model_kwargs", "number", "number_pair", "refuse_same_file", "weights_of",
+           "check_engine", "describe_error", "integer", "model_kwargs", "number", "number_pair", "refuse_same_file", "weights_of",
            "writable_file", "BATCH", "CLASSES", "EPOCHS", "IMG_SIZE", "PROBABILITY", "RATE", "THREADS", "WORKERS"]
 
 #: Exit status of an expected error (argparse uses 2 for usage errors too).
@@ -341,6 +341,17 @@ def create_model(args: argparse.Namespace, warn: bool = True, new_head: bool = F
     if warn and not (pretrained or checkpoint):
         print("warning: random weights (pass --pretrained or --checkpoint)", file=sys.stderr)
     return model
+
+
+def check_engine(engine: str, precision: str, device: str) -> str:
+    """``engine`` ('auto': the one it resolves to) after checking that this machine runs it with
+    ``precision`` on ``device``: checked before data, weights or exports are touched; otherwise
+    CapabilityError, whose message names what does run here (one ``error:`` line, exit 2)."""
+    from ..deploy.registry import check_supported, resolve_engine
+
+    resolved = resolve_engine(engine, device, precision)
+    check_supported(resolved, precision, device)
+    return resolved
 
 
 # ----------------------------------------------------------------------------------------------

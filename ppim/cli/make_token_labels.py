@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     if not 1 <= args.topk <= 64:
         parser.error("--topk must be in 1..64")
     from ..data import ImageFolderDataset
-    from ..evaluate import dist_info
+    from ..runtime import dist_info
     from ..training.token_labels.generate import make_token_labels
     from ..transforms import create_transforms
 

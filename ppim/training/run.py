@@ -15,16 +15,17 @@ import numpy as np
 import paddle
 
 from ..builder import MODEL_KEY, checkpoint_description, create_model, set_class_names
+from ..runtime import CAPABILITIES, default_device, dist_info, missing, set_cpu_threads
 from ..data import TrainLoader
 from ..errors import InputError, ParameterError
-from ..evaluate import dist_info, evaluate
+from ..evaluate import evaluate
 from ..registry import model_name
 from ..transforms import create_transforms
 from . import losses
 from .checkpoint import ResumeError, load_checkpoint
 from .data import open_train_val
 from .ema import ModelEma
-from .engine import ClassificationStep, Trainer, cpu_bf16_training_supported
+from .engine import ClassificationStep, Trainer
 from .mixup import Mixup
 from .optim import create_optimizer
 from .recipes import apply_recipe
@@ -109,12 +110,9 @@ class TrainConfig:
 
 def _device(name: Optional[str]) -> str:
     if name is None:
-        try:
-            name = "gpu" if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else "cpu"
-        except Exception:  # pragma: no cover - a broken CUDA setup trains on the CPU
-            name = "cpu"
-    if name == "gpu" and not paddle.device.is_compiled_with_cuda():
-        raise ConfigError("--device gpu: this Paddle has no CUDA (pip install paddlepaddle-gpu), or use --device cpu")
+        return default_device()
+    if name == "gpu" and missing("gpu"):
+        raise ConfigError(f"--device gpu: {missing('gpu')}; or use --device cpu")
     return name
 
 
@@ -145,9 +143,10 @@ def _amp_dtype(config: TrainConfig, device: str) -> Optional[str]:
     if device == "cpu":
         if dtype == "float16":
             raise ConfigError("--amp-dtype float16 needs a GPU; on the CPU use bfloat16")
-        if not cpu_bf16_training_supported():
-            raise ConfigError("--amp on the CPU: this Paddle has no eager bfloat16 CPU kernels for matmul, so "
-                              "autocast would silently run fp32; drop --amp (or train on a GPU)")
+        reason = missing("eager_cpu_bf16")
+        if reason:
+            raise ConfigError(f"--amp on the CPU needs {CAPABILITIES['eager_cpu_bf16'].needs}: {reason} "
+                              f"(autocast would silently run fp32); drop --amp (or train on a GPU)")
     return dtype
 
 
@@ -305,9 +304,7 @@ def _build(config: TrainConfig, checkpoint: Optional[Dict[str, Any]], output: Pa
     paddle.set_device(f"gpu:{paddle.distributed.ParallelEnv().device_id}" if device == "gpu" and world > 1 else device)
 
     if device == "cpu":
-        from ..deploy.runner import set_eager_threads
-
-        set_eager_threads(config.threads)  # Paddle's eager CPU math starts with one thread
+        set_cpu_threads(config.threads)  # for the run (Paddle's eager CPU math starts with one thread)
     train_set, val_set, num_classes = open_train_val(config.data, num_classes=config.num_classes, val=config.val)
 
     described = (checkpoint or {}).get(MODEL_KEY) or {}
