@@ -1,21 +1,23 @@
 """The Subnet value, its one rule, the one parser of lists, the sub-network protocol every ppim model
 offers, and the one MixToken/CutMix Box."""
+import json
+
 import numpy as np
 import paddle
 import pytest
 
 import ppim
+import tiny
 from ppim.errors import InputError
 from ppim.layers import NO_BOX, Box, random_box, swap_box
 from ppim.subnet import Subnet, current_subnet, parse_subnets, subnets_of
-
-TINY_SUPER = dict(embed_dim=32, depth=10, num_heads=2, num_classes=5)
+from tiny import TINY_SUPER
 
 
 @pytest.fixture(scope="module")
 def supernet():
     with paddle.LazyGuard():  # the protocol needs no weights
-        return ppim.create_model("super_deit_s", **TINY_SUPER)
+        return ppim.create_model("super_deit_s", **TINY_SUPER, num_classes=5)
 
 
 @pytest.mark.smoke
@@ -96,3 +98,22 @@ def test_one_box_type_with_the_official_order(rng):
     np.testing.assert_array_equal(swapped[:, :, 1:4, 2:6], flipped[:, :, 1:4, 2:6])  # rows 1:4, columns 2:6
     np.testing.assert_array_equal(swapped[:, :, 4:, :], x.numpy()[:, :, 4:, :])
     assert ppim.training.mixup.Box is Box and ppim.models.supervit.Box is Box  # one definition
+
+
+@pytest.mark.parametrize("tool", ["eval", "visualize"])
+def test_command_lines_state_the_rule_in_one_error_line(tool, tmp_path, capsys):
+    from importlib import import_module
+
+    main = import_module(f"ppim.cli.{tool}").main
+    sample = next((tiny.ROOT / "ppim" / "assets" / "sample").glob("*/*.jpg"))
+    extra = [str(sample), "--output", str(tmp_path)] if tool == "visualize" else ["-j", "0"]
+    if tool == "visualize":
+        pytest.importorskip("matplotlib")
+    # A model without sub-networks is refused from its registered cfg, before it is built.
+    assert main([*extra, "--model", "lvvit_s", "--subnets", "all"]) == 2
+    assert "--subnets needs a super model" in capsys.readouterr().err
+    # A super model checks each sub-network by the one rule.
+    kwargs = json.dumps({**TINY_SUPER, "num_classes": 5})
+    assert main([*extra, "--model", "super_deit_s", "--model-kwargs", kwargs, "--subnets", "224x1.0,150x0.5"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--subnets" in errors[0] and "img_size 150" in errors[0]
