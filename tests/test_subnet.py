@@ -100,17 +100,18 @@ def test_one_box_type_with_the_official_order(rng):
     assert ppim.training.mixup.Box is Box and ppim.models.supervit.Box is Box  # one definition
 
 
-@pytest.mark.parametrize("tool", ["eval", "visualize"])
+@pytest.mark.parametrize("tool", ["eval", "visualize", "benchmark"])
 def test_command_lines_state_the_rule_in_one_error_line(tool, tmp_path, capsys):
     from importlib import import_module
 
     main = import_module(f"ppim.cli.{tool}").main
     sample = next((tiny.ROOT / "ppim" / "assets" / "sample").glob("*/*.jpg"))
-    extra = [str(sample), "--output", str(tmp_path)] if tool == "visualize" else ["-j", "0"]
+    extra = {"visualize": [str(sample), "--output", str(tmp_path)], "eval": ["-j", "0"],
+             "benchmark": ["--engine", "eager", "-b", "1", "--iters", "1", "--no-ceiling"]}[tool]
     if tool == "visualize":
         pytest.importorskip("matplotlib")
     # A model without sub-networks is refused from its registered cfg, before it is built.
-    assert main([*extra, "--model", "lvvit_s", "--subnets", "all"]) == 2
+    assert main([*extra, "--model", "lvvit_s", "--subnets", "224x1.0"]) == 2
     assert "--subnets needs a super model" in capsys.readouterr().err
     # A super model checks each sub-network by the one rule.
     kwargs = json.dumps({**TINY_SUPER, "num_classes": 5})

@@ -20,8 +20,8 @@ import os
 import platform
 import sys
 
-from .common import (BATCH, THREADS, ArgumentParser, add_model_arguments, add_subnets_argument, command, create_model,
-                     integer, number, writable_file)
+from .common import (BATCH, THREADS, ArgumentParser, add_model_arguments, add_subnets_argument, check_offers_subnets,
+                     command, create_model, integer, number, writable_file)
 
 
 def _list(text, kind=str, choices=None):
@@ -76,19 +76,23 @@ def main(argv=None) -> int:
     from ..deploy import benchmark, format_rows
     from ..deploy.registry import check_supported, unsupported
     from ..fileio import write_json
+    from ..subnet import parse_subnets
 
     runnable = [(e, p) for e in args.engine for p in args.precision if unsupported(e, p, args.device) is None]
     if not runnable:  # nothing asked for runs here: say why (the first) and what does
         check_supported(args.engine[0], args.precision[0], args.device)
     if args.json:
         writable_file(args.json, "--json")
+    if args.subnets != "all":  # the default means every sub-network the model has, if any
+        check_offers_subnets(args)
     model = create_model(args, warn=False)  # weights do not change the speed
+    subnets = args.subnets if args.subnets == "all" else parse_subnets(args.subnets, model, "--subnets")
     env = environment(args.threads)
     print(f"{args.model} on {env['cpu'] or 'this CPU'} ({env['cpu_count']} CPUs), Paddle {env['paddle_version']}",
           flush=True)
     rows = benchmark(model, engines=args.engine, precisions=args.precision, batch_sizes=args.batch_size,
                      iters=args.iters, warmup=args.warmup, threads=args.threads, device=args.device,
-                     gmacs=args.gmacs, subnets=args.subnets, ceiling=not args.no_ceiling,
+                     gmacs=args.gmacs, subnets=subnets, ceiling=not args.no_ceiling,
                      log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_rows(rows))
     if args.json:
