@@ -22,8 +22,8 @@ import paddle.nn.functional as F
 from ..layers import Box, random_box
 from ..models.supervit import scale_box
 from ..subnet import Subnet
+from .engine import unwrapped_step
 from .losses import TokenLabelCrossEntropy, kl_div_batchmean, soft_target_cross_entropy
-from .token_labels.step import unwrapped_step
 
 __all__ = ["training_subnets", "mixtoken_boxes", "SuperStep"]
 
