@@ -2,26 +2,17 @@
 import numpy as np
 import paddle
 
-import ppim
-from tiny import TINY_SUPER, tiny_kwargs
+import tiny as shared
 
 
 def tiny(**kwargs):
-    """A 2-block LV-ViT-S on 64x64 inputs, 10 classes, eval mode, seeded."""
-    paddle.seed(0)
-    args = tiny_kwargs(num_classes=10)
-    args.update(kwargs)
-    model = ppim.create_model("lvvit_s", **args)
-    model.eval()
-    return model
+    """The shared tiny LV-ViT-S (2 blocks, 64x64) with 10 classes, eval mode, seeded."""
+    return shared.tiny_lvvit(**{"num_classes": 10, **kwargs})
 
 
 def tiny_super():
-    """A narrow super_lvvit_s (all 12 sub-networks work), eval mode, seeded."""
-    paddle.seed(0)
-    model = ppim.create_model("super_lvvit_s", **TINY_SUPER, stem_dim=8, num_classes=10)
-    model.eval()
-    return model
+    """The shared tiny super_lvvit_s (all 12 sub-networks work) with 10 classes, eval mode, seeded."""
+    return shared.tiny_super(num_classes=10)
 
 
 def eager(model, batch, **kwargs):
