@@ -17,6 +17,7 @@ is the mask, not an approximation of it.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -30,7 +31,9 @@ from .data import imagenet_class_names, load_image
 from .errors import PpimError
 from .flops import count, model_for_counting, subnet_costs
 from .fileio import write_atomic
+from .layers import eval_mode
 from .registry import get_model_cfg, list_models, model_name
+from .subnet import Subnet, SubnetLike, current_subnet, parse_subnets, subnets_of
 from .transforms import center_crop_box, create_transforms, resized_shape
 
 PANEL = 224           # pixels of an image panel (the crop, resampled to it)
@@ -80,8 +83,9 @@ def kept_token_masks(model: paddle.nn.Layer, x: paddle.Tensor, img_size: Optiona
     """Which patch tokens a SuperViT sub-network keeps after each of its keep blocks:
     bool (B, len(model.keep_blocks), grid, grid), grid = img_size / patch size (row-major token
     order). Straight from ``model.kept_tokens`` (the model's own kept positions)."""
-    img_size, keep_ratio = model.check_subnet(model.img_size if img_size is None else img_size,
-                                              model.keep_ratio if keep_ratio is None else keep_ratio)
+    current = current_subnet(model)
+    img_size, keep_ratio = model.check_subnet(current.img_size if img_size is None else img_size,
+                                              current.keep_ratio if keep_ratio is None else keep_ratio)
     grid = img_size // model.patch_size
     with paddle.no_grad():
         kept = model.kept_tokens(x, img_size=img_size, keep_ratio=keep_ratio)
@@ -98,10 +102,8 @@ def token_classes(model: paddle.nn.Layer, x: paddle.Tensor) -> np.ndarray:
         raise ValueError(f"{model_name(model)} has no aux head: per-token classes need an LV-ViT "
                          f"(lvvit_*) or super_lvvit_s with its classifier")
     with paddle.no_grad():
-        if hasattr(model, "using_subnet"):
-            with model.using_subnet(max(model.img_sizes), 1.0):
-                tokens = model.forward_features(x)
-        else:
+        subnets = subnets_of(model)
+        with model.using_subnet(*max(subnets)) if subnets else contextlib.nullcontext():
             tokens = model.forward_features(x)
         classes = model.aux_head(tokens[:, 1:]).argmax(axis=-1).numpy()
     grid = int(round(classes.shape[1] ** 0.5))
@@ -151,7 +153,7 @@ def _resized(crop: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(crop).resize((PANEL, PANEL), Image.BICUBIC))
 
 
-def draw_kept_tokens(crop: np.ndarray, masks: Dict[Tuple[int, float], np.ndarray], keep_blocks: Sequence[int]):
+def draw_kept_tokens(crop: np.ndarray, masks: Dict[Subnet, np.ndarray], keep_blocks: Sequence[int]):
     """One row per sub-network: the crop, then the tokens kept after each keep block (dropped ones
     painted ``DROPPED``). masks: {(img_size, keep_ratio): bool (len(keep_blocks), grid, grid)}."""
     fig, width, height = _panel_figure(len(masks), 1 + len(keep_blocks))
@@ -221,7 +223,7 @@ def accuracy_vs_flops_points() -> Dict[str, List[Dict[str, Any]]]:
     for name in list_models("super_*"):
         table = get_model_cfg(name)["weights"]["subnet_top1"]
         series[name] = [{"label": f"{c['img_size']}x{c['keep_ratio']}", "gflops": c["flops"] / 1e9,
-                         "top1": table[f"{c['img_size']}x{c['keep_ratio']}"]} for c in subnet_costs(name)]
+                         "top1": table[Subnet.of(c).key]} for c in subnet_costs(name)]
     lvvit = []
     for name in list_models("lvvit_*"):
         top1 = get_model_cfg(name)["weights"]["top1"]
@@ -274,28 +276,28 @@ def save_png(fig, path: Union[str, os.PathLike]) -> Path:
 
 
 def visualize(image: ImageSource, model: paddle.nn.Layer, output_dir: Union[str, os.PathLike],
-              subnets: Optional[Sequence[Tuple[int, float]]] = None) -> Dict[str, Path]:
-    """Write every picture that applies to ``model`` into ``output_dir``: kept_tokens.png (SuperViT;
-    ``subnets`` default: every published sub-network with keep ratio < 1 at the largest size),
-    token_classes.png (models with an aux head) and accuracy_vs_gflops.png (always).
+              subnets: Union[str, Sequence[SubnetLike], None] = None) -> Dict[str, Path]:
+    """Write every picture that applies to ``model`` into ``output_dir``: kept_tokens.png (super
+    models; ``subnets``: "all", "224x0.5,160x0.7" or a list (ppim.subnet), default every published
+    sub-network with keep ratio < 1 at the largest size), token_classes.png (models with an aux
+    head) and accuracy_vs_gflops.png (always). The model runs in eval mode and keeps its own mode.
     Returns {picture kind: path}."""
     require_matplotlib()
-    model.eval()
     output_dir = Path(output_dir)
     crop, x = load_crop(image, model)
     written: Dict[str, Path] = {}
-    if hasattr(model, "kept_tokens"):
-        if subnets is None:
-            subnets = [(max(model.img_sizes), r) for r in model.keep_ratios if r < 1]
-        masks = {}
-        for img_size, keep_ratio in subnets:
-            subnet = model.check_subnet(img_size, keep_ratio)
-            masks[subnet] = kept_token_masks(model, x, *subnet)[0]
-        written["kept_tokens"] = save_png(draw_kept_tokens(crop, masks, model.keep_blocks),
-                                          output_dir / "kept_tokens.png")
-    if getattr(model, "aux_head", None) is not None and model.num_classes > 0:
-        names = imagenet_class_names() if model.num_classes == 1000 else []
-        written["token_classes"] = save_png(draw_token_classes(crop, token_classes(model, x)[0], names),
-                                            output_dir / "token_classes.png")
+    offered = subnets_of(model)
+    with eval_mode(model):
+        if offered:
+            full = max(offered).img_size
+            chosen = (parse_subnets(subnets, model) if subnets is not None
+                      else [s for s in offered if s.img_size == full and s.keep_ratio < 1])
+            masks = {subnet: kept_token_masks(model, x, *subnet)[0] for subnet in chosen}
+            written["kept_tokens"] = save_png(draw_kept_tokens(crop, masks, model.keep_blocks),
+                                              output_dir / "kept_tokens.png")
+        if getattr(model, "aux_head", None) is not None and model.num_classes > 0:
+            names = imagenet_class_names() if model.num_classes == 1000 else []
+            written["token_classes"] = save_png(draw_token_classes(crop, token_classes(model, x)[0], names),
+                                                output_dir / "token_classes.png")
     written["accuracy_vs_gflops"] = save_png(draw_accuracy_vs_flops(), output_dir / "accuracy_vs_gflops.png")
     return written

@@ -19,9 +19,10 @@ from http_server import LocalServer
 from ppim.cli import common
 from ppim.data import BadImageError
 from ppim.errors import InputError
+from tiny import tiny_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"img_size": 64, "embed_dim": 32, "depth": 1, "num_heads": 2, "stem_dim": 8, "num_classes": 5}
+TINY = tiny_kwargs(embed_dim=32, depth=1, num_heads=2, num_classes=5)
 TINY_ARGS = ["--model", "lvvit_s", "--model-kwargs", json.dumps(TINY)]
 
 

@@ -19,9 +19,10 @@ from ppim import registry, weights  # noqa: E402
 from ppim.weights import CheckpointError, UnsafeCheckpointError, convert_file  # noqa: E402
 from http_server import LocalServer  # noqa: E402
 from torch_reference import TorchLVViT, randomized  # noqa: E402
+from tiny import tiny_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8, num_classes=10)
+TINY = tiny_kwargs(num_classes=10)
 
 
 def tiny(**kwargs):

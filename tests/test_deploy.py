@@ -243,3 +243,21 @@ def test_eager_runner_sets_threads_for_its_calls_only():
     batch = images(1, 64)
     assert rel_error(runner(batch), eager(model, batch)) == 0
     assert runtime.current_cpu_threads() == 1  # set back after the call
+
+
+def test_eager_runner_leaves_the_model_in_the_mode_it_found():
+    model = tiny()
+    model.train()
+    model.blocks[0].norm1.eval()  # a frozen norm stays frozen too
+    run = create_runner(model, engine="eager")
+    model_eval = tiny()
+    np.testing.assert_allclose(run(images(2, 64)), eager(model_eval, images(2, 64)), rtol=1e-5, atol=1e-5)
+    assert model.training and not model.blocks[0].norm1.training and model.blocks[1].norm1.training
+
+
+def test_ceiling_probe_leaves_paddle_s_generator_alone():
+    paddle.seed(123)
+    expected = paddle.rand([4]).numpy()
+    paddle.seed(123)
+    deploy.CeilingProbe("eager", dim=16, hidden=32, rows=8)
+    np.testing.assert_array_equal(paddle.rand([4]).numpy(), expected)

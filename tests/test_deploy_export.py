@@ -16,6 +16,7 @@ from ppim.deploy import (Predictor, attention_layout, cached_export, create_runn
 from ppim.errors import CapabilityError, InputError
 
 from deploy_utils import eager, images, real_machine, tiny
+from tiny import TINY_SUPER
 
 
 @pytest.mark.smoke
@@ -99,7 +100,7 @@ def test_export_cache_reuses_and_keys_by_weights_and_subnet(tmp_path, monkeypatc
     batch = images(2, 64)
     np.testing.assert_allclose(Predictor(path)(batch), eager(changed, batch), rtol=1e-4, atol=1e-4)
 
-    sup = ppim.create_model("super_lvvit_s", embed_dim=48, depth=10, num_heads=3, num_classes=10, stem_dim=8)
+    sup = ppim.create_model("super_lvvit_s", **TINY_SUPER, stem_dim=8, num_classes=10)
     sup.set_subnet(224, 1.0)
     full = export_key(sup)
     sup.set_subnet(160, 0.7)

@@ -18,9 +18,10 @@ from ppim.data import BadImageError, EvalLoader, ImageFolderDataset, ImageListDa
 from ppim.evaluate import evaluate, parse_subnets, subnet_table, topk_correct, write_results
 from ppim.transforms import create_transforms
 from model_utils import randomize
+from tiny import TINY_SUPER, tiny_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8, num_classes=8)
+TINY = tiny_kwargs(num_classes=8)
 MODES = ["RGB", "L", "RGBA", "P", "CMYK", "RGB", "L", "RGBA", "P"]
 
 
@@ -29,7 +30,7 @@ def tiny_model(seed=0):
 
 
 def tiny_super(seed=0):
-    model = ppim.create_model("super_lvvit_s", embed_dim=48, depth=10, num_heads=3, stem_dim=8, num_classes=6)
+    model = ppim.create_model("super_lvvit_s", **TINY_SUPER, stem_dim=8, num_classes=6)
     return randomize(model, seed)
 
 

@@ -94,7 +94,7 @@ def test_accuracy_curve_series_are_the_published_figures(tmp_path):
     series = visualize.accuracy_vs_flops_points()
     assert set(series) == {"super_deit_s", "super_lvvit_s", "LV-ViT"}
     lvvit_s = {p["label"]: p for p in series["super_lvvit_s"]}
-    # SPEC §2's published table (not the registry): 8x8 keep 0.5 and 14x14 keep 1.
+    # The SuperViT paper's published table (not the registry): 8x8 keep 0.5 and 14x14 keep 1.
     assert lvvit_s["128x0.5"]["top1"] == 76.64 and lvvit_s["224x1.0"]["top1"] == 83.47
     assert {p["label"]: p["top1"] for p in series["super_deit_s"]}["192x0.7"] == 79.62
     assert len(series["super_deit_s"]) == len(lvvit_s) == 12

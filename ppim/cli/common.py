@@ -268,6 +268,32 @@ def add_ema_arguments(parser: argparse.ArgumentParser) -> None:
                             "evaluated weights; the EMA's where the model's published accuracy is)")
 
 
+def add_subnets_argument(parser: argparse.ArgumentParser, help: str, default: Optional[str] = None) -> None:
+    """--subnets LIST ("all" or "224x1.0,128x0.5"): its syntax is checked while parsing, its values
+    against the model once built (:func:`ppim.subnet.parse_subnets` with the model)."""
+    parser.add_argument("--subnets", metavar="LIST", default=default, type=_subnets_syntax, help=help)
+
+
+def _subnets_syntax(text: str) -> str:
+    from ..subnet import parse_subnets
+
+    try:
+        parse_subnets(text, None, "--subnets")
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def check_offers_subnets(args: argparse.Namespace) -> None:
+    """InputError, before the model is built (and its weights fetched), when --subnets is given for
+    a model without sub-networks (its registered cfg lists none)."""
+    from ..registry import get_model_cfg
+
+    name = getattr(args, "model", None)  # None: a --checkpoint names it, checked once the model is built
+    if getattr(args, "subnets", None) is not None and name and not get_model_cfg(name).get("subnets"):
+        raise InputError(f"--subnets needs a super model (super_deit_s, super_lvvit_s); {name} has no sub-networks")
+
+
 def model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     """The constructor arguments of --model-kwargs (a JSON object)."""
     if not getattr(args, "model_kwargs", None):

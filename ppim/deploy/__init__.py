@@ -9,9 +9,10 @@ interface over the engines, top-k classification and the benchmark.
     rows = benchmark("lvvit_s", batch_sizes=(16,))
 
 Modules: registry (one record per engine: devices, precisions, extras, capability needs; auto;
-"cannot run here" errors), common (file layout, input sizes), exporting (+ cache, integrity),
-predictor (Paddle Inference), engines (OpenVINO, ONNX Runtime), runner, classification,
-throughput; each imports only the ones before it. What this machine runs is ppim.runtime's answer.
+"cannot run here" errors), common (file layout, input sizes), exporting (export + cache, integrity),
+predictor (Paddle Inference), engines (OpenVINO, ONNX Runtime), runner, classification (classify),
+throughput (benchmark, the GEMM ceiling); each imports only the ones before it. What this machine
+runs is ppim.runtime's answer.
 """
 from .throughput import CeilingProbe, DenseChain, benchmark, ceiling_engines, dense_shapes, format_rows, measure_ceiling
 from .classification import classify

@@ -30,7 +30,8 @@ from ..errors import CapabilityError, InputError
 from ..fileio import current_umask, ppim_home, write_atomic, write_json
 from ..layers import Attention
 from ..registry import cfg_for_img_size, model_name
-from .common import INPUT_NAME, MANIFEST, PARAMS_FILE, PROGRAM_FILES, current_subnet, input_size
+from ..subnet import current_subnet
+from .common import INPUT_NAME, MANIFEST, PARAMS_FILE, PROGRAM_FILES, input_size
 from .registry import engine_spec
 
 __all__ = ["export", "load_manifest", "cached_export", "export_key", "cache_dir", "attention_layout",
@@ -378,8 +379,8 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
             spec = paddle.static.InputSpec([batch_size, 3, size, size], "float32", name=INPUT_NAME)
             subnet = current_subnet(model)
             target = model
-            if optimize and subnet is not None and subnet[0] != size:
-                target = _DeployResize(model, size, subnet[0])
+            if optimize and subnet is not None and subnet.img_size != size:
+                target = _DeployResize(model, size, subnet.img_size)
                 target.eval()
             layout = attention_layout(precision, device, engine) if optimize else None
             with _preserve_forwards(model), _deploy_layout(model, layout) as deploy_attention:
@@ -401,7 +402,7 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
                 "input_dtype": "float32",
                 "num_classes": int(getattr(model, "num_classes", cfg.get("num_classes", 0)) or 0),
                 MODEL_KEY: describe_model(model),  # what ppim.create_model(checkpoint_path=) reads from a checkpoint
-                "subnet": None if subnet is None else {"img_size": subnet[0], "keep_ratio": subnet[1]},
+                "subnet": None if subnet is None else subnet.as_dict(),
                 "cfg": cfg,
                 "program_file": program.name,
                 "params_file": PARAMS_FILE,

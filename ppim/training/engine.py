@@ -14,7 +14,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, TypeVar
 
 import numpy as np
 import paddle
@@ -29,6 +29,25 @@ Backward = Callable[[paddle.Tensor], None]
 
 class DivergedError(PpimError, FloatingPointError):
     """The loss became inf or NaN."""
+
+
+T = TypeVar("T")
+
+
+def unwrapped_step(model: paddle.nn.Layer, work: Callable[[paddle.nn.Layer], T]) -> T:
+    """Run ``work(layer)`` (forwards through methods other than ``forward``, and their backwards) on
+    the layer inside paddle.DataParallel without per-backward gradient syncs, then average the
+    gradients over the processes once, as DataParallel would have."""
+    if not isinstance(model, paddle.DataParallel):
+        return work(model)
+    from paddle.distributed.fleet.utils.hybrid_parallel_util import fused_allreduce_gradients
+
+    layer = unwrap_parallel(model)
+    with model.no_sync():
+        result = work(layer)
+    params = [p for p in layer.parameters() if not p.stop_gradient and p.grad is not None]
+    fused_allreduce_gradients(params, None)
+    return result
 
 
 class ClassificationStep:

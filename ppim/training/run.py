@@ -20,11 +20,19 @@ from ..data import TrainLoader
 from ..errors import InputError, ParameterError
 from ..evaluate import evaluate
 from ..registry import model_name
+from ..transforms import create_transforms
+from . import losses
 from .checkpoint import ResumeError, load_checkpoint
 from .data import open_train_val
+from .ema import ModelEma
 from .engine import ClassificationStep, Trainer
+from .mixup import Mixup
+from .optim import create_optimizer
+from .recipes import apply_recipe
 from .records import Records
 from .run_folder import RunFolder, check_outside_data
+from .scheduler import CosineLRScheduler, fit_schedule
+from .token_labels.plugin import plan_training
 
 
 class ConfigError(InputError):
@@ -151,11 +159,7 @@ def _seed_everything(seed: int) -> None:
 def _build_criterion(config: TrainConfig, num_classes: int):
     """(criterion, mixup or None): soft-target CE after Mixup/CutMix (which smooths the targets),
     else label smoothing, else plain cross-entropy."""
-    from . import losses
-
     if config.mixup > 0 or config.cutmix > 0 or config.cutmix_minmax is not None:
-        from .mixup import Mixup
-
         mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, cutmix_minmax=config.cutmix_minmax,
                       prob=config.mixup_prob, switch_prob=config.mixup_switch_prob, mode=config.mixup_mode,
                       label_smoothing=config.smoothing, num_classes=num_classes)
@@ -166,8 +170,6 @@ def _build_criterion(config: TrainConfig, num_classes: int):
 
 
 def _transforms(model, config: TrainConfig):
-    from ..transforms import create_transforms
-
     overrides = {"auto_augment": config.aa, "re_prob": config.reprob, "interpolation": config.train_interpolation,
                  "scale": config.scale, "ratio": config.ratio, "hflip": config.hflip}
     return create_transforms(model, is_training=True, **overrides), create_transforms(model)
@@ -228,8 +230,6 @@ def continue_run(config: TrainConfig, checkpoint: Dict[str, Any], given: Set[str
 def _start(config: TrainConfig, given: Optional[Set[str]], log: Callable[[str], None], world: int
            ) -> Tuple[TrainConfig, Optional[Dict[str, Any]]]:
     """The config this run trains (resumed or completed by its recipe) and the checkpoint it resumes."""
-    from .recipes import apply_recipe
-
     given = given_fields(config) if given is None else set(given)
     if config.resume:
         checkpoint = load_checkpoint(config.resume)
@@ -327,18 +327,12 @@ def _build(config: TrainConfig, checkpoint: Optional[Dict[str, Any]], output: Pa
         val_set.transforms = eval_transforms
     _seed_everything(config.seed + rank)  # different augmentation and drop-path draws per rank
 
-    from .ema import ModelEma
-    from .optim import create_optimizer
-    from .scheduler import CosineLRScheduler, fit_schedule
-
     if config.sched != "cosine":
         raise ParameterError("{sched}: only cosine is available", sched=config.sched)
     criterion, mixup = _build_criterion(config, num_classes)
-    from .token_labels.plugin import plan_training
-
     plan = plan_training(config, model, train_set, num_classes, criterion, mixup, world)
     train_set, mixup = plan.train_set, plan.mixup
-    step, order = step or plan.step, order or plan.order
+    step, order = step or plan.step or ClassificationStep(criterion), order or plan.order
     loader = TrainLoader(train_set, config.batch_size, config.workers, seed=config.seed, rank=rank,
                          world_size=world, order=order, skip_bad=config.skip_bad)
     if len(loader) == 0:
@@ -377,7 +371,7 @@ def _build(config: TrainConfig, checkpoint: Optional[Dict[str, Any]], output: Pa
 
     args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
     args.update(data=str(Path(config.data).resolve()), output=str(output.resolve()))
-    trainer = Trainer(wrapped, optimizer, loader, step=step or ClassificationStep(criterion), mixup=mixup,
+    trainer = Trainer(wrapped, optimizer, loader, step=step, mixup=mixup,
                       scheduler=scheduler, ema=ema, amp=amp, scaler=scaler,
                       evaluate=run_eval if val_set is not None else None, eval_interval=config.eval_interval,
                       output=output, records=None, progress=config.progress, rank=rank,
