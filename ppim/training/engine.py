@@ -99,6 +99,7 @@ class Trainer:
         self.records, self.progress, self.rank = records, progress, rank
         self.identity, self.args, self.log = dict(identity or {}), dict(args or {}), log
         self.run_folder = run_folder
+        self.created_folder: Optional[Path] = None  # made for this run (train removes it if nothing was saved)
         self.on_skipped = on_skipped  # called with [(path, reason)] of the images a batch skipped
         self.epoch = 0  # the next epoch to train
         self.best: Optional[Dict[str, Any]] = None  # {"epoch", "metric", "weights"}

@@ -283,7 +283,9 @@ def build_trainer(config: TrainConfig, *, step: Optional[Callable] = None,
     try:
         if rank == 0:
             folder = RunFolder(output).acquire()  # held until the trainer's fit ends
-        return _build(config, checkpoint, output, rank, world, folder, step, order, log)
+        trainer = _build(config, checkpoint, output, rank, world, folder, step, order, log)
+        trainer.created_folder = created
+        return trainer
     except BaseException:
         if folder is not None:
             folder.release()
@@ -439,14 +441,18 @@ def train(config: TrainConfig, **hooks: Any) -> Dict[str, Any]:
     epochs = int(trainer.args.get("epochs", config.epochs))
     try:
         result = trainer.fit(epochs)
-    except KeyboardInterrupt:
-        if trainer.rank == 0:
-            last = trainer.output / "last.pdparams" if trainer.output is not None else None
+    except BaseException as error:
+        last = trainer.output / "last.pdparams" if trainer.output is not None else None
+        if trainer.rank == 0 and isinstance(error, KeyboardInterrupt):
             if last is not None and last.is_file():
                 log(f"interrupted in epoch {trainer.epoch}; the last checkpoint is {last} (epochs 0-{trainer.epoch - 1} "
                     f"done); continue with: ppim-train --resume {last}")
             else:
                 log(f"interrupted in epoch {trainer.epoch}, before the first checkpoint: nothing to resume")
+        if trainer.created_folder is not None and not (last is not None and last.is_file()):
+            if trainer.run_folder is not None:
+                trainer.run_folder.release()
+            shutil.rmtree(trainer.created_folder, ignore_errors=True)  # this run's, and it holds nothing
         raise
     finally:
         if trainer.records is not None:
