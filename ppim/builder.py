@@ -276,8 +276,8 @@ def create_model(name: Optional[str] = None, pretrained: Any = False, *,
                 raise ParameterError("{checkpoint_path}: no such file", checkpoint_path=path)
             description = checkpoint_description(path)
             if description is None:
-                raise ParameterError(f"{{checkpoint_path}} does not say which model it holds (written by an "
-                                     f"older ppim or another tool): pass {{name}} too",
+                raise ParameterError("{checkpoint_path} does not say which model it holds (written by an "
+                                     "older ppim or another tool): pass {name} too",
                                      checkpoint_path=path, name=ParameterError.NAME_ONLY)
             name = description["name"]
     if name is None:

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import SAMPLE_DIR, EvalLoader, ImageDataset, open_dataset, shard_indices
-from .errors import InputError
+from .errors import InputError, ParameterError
 from .fileio import check_writable, write_json
 from .models.supervit import is_supernet, parse_subnet_spec, subnet_key
 from .registry import model_name
@@ -101,7 +101,8 @@ def parse_subnets(spec: Union[str, Sequence[Subnet], None], model: Any) -> Optio
         return None
     if not is_supernet(model):
         name = model_name(model)
-        raise InputError(f"--subnets needs a super model (super_deit_s, super_lvvit_s); {name} has no sub-networks")
+        raise ParameterError(f"{{subnets:name}} needs a super model (super_deit_s, super_lvvit_s); {name} has no "
+                             f"sub-networks", subnets=spec)
     try:
         if isinstance(spec, str):
             spec = parse_subnet_spec(spec) or model.subnets

@@ -16,7 +16,7 @@ import paddle
 
 from ..builder import MODEL_KEY, checkpoint_description, create_model, set_class_names
 from ..data import TrainLoader
-from ..errors import InputError, ParameterError
+from ..errors import ParameterError
 from ..evaluate import dist_info, evaluate
 from ..registry import model_name
 from .checkpoint import ResumeError, load_checkpoint
@@ -26,8 +26,9 @@ from .records import Records
 from .run_folder import RunFolder, check_outside_data
 
 
-class ConfigError(InputError):
-    """A setting that cannot work (named with its fix), raised before anything trains."""
+class ConfigError(ParameterError):
+    """A setting that cannot work (named with its fix: ``amp=`` in a notebook, ``--amp`` on the command
+    line), raised before anything trains."""
 
 
 @dataclasses.dataclass
@@ -106,7 +107,8 @@ def _device(name: Optional[str]) -> str:
         except Exception:  # pragma: no cover - a broken CUDA setup trains on the CPU
             name = "cpu"
     if name == "gpu" and not paddle.device.is_compiled_with_cuda():
-        raise ConfigError("--device gpu: this Paddle has no CUDA (pip install paddlepaddle-gpu), or use --device cpu")
+        raise ConfigError("{device}: this Paddle has no CUDA (pip install paddlepaddle-gpu), or use {device:=cpu}",
+                          device="gpu")
     return name
 
 
@@ -133,13 +135,13 @@ def _amp_dtype(config: TrainConfig, device: str) -> Optional[str]:
         return None
     dtype = config.amp_dtype or ("float16" if device == "gpu" else "bfloat16")
     if dtype not in ("float16", "bfloat16"):
-        raise ConfigError(f"--amp-dtype {dtype}: choose float16 or bfloat16")
+        raise ConfigError("{amp_dtype}: choose float16 or bfloat16", amp_dtype=dtype)
     if device == "cpu":
         if dtype == "float16":
-            raise ConfigError("--amp-dtype float16 needs a GPU; on the CPU use bfloat16")
+            raise ConfigError("{amp_dtype} needs a GPU; on the CPU use bfloat16", amp_dtype=dtype)
         if not cpu_bf16_training_supported():
-            raise ConfigError("--amp on the CPU: this Paddle has no eager bfloat16 CPU kernels for matmul, so "
-                              "autocast would silently run fp32; drop --amp (or train on a GPU)")
+            raise ConfigError("{amp} on the CPU: this Paddle has no eager bfloat16 CPU kernels for matmul, so "
+                              "autocast would silently run fp32; drop {amp:name} (or train on a GPU)", amp=True)
     return dtype
 
 
@@ -205,8 +207,9 @@ def continue_run(config: TrainConfig, checkpoint: Dict[str, Any], given: Set[str
     source = config.resume
     recorded = checkpoint.get("args")
     if not isinstance(recorded, dict) or not recorded.get("model"):
-        raise ResumeError(f"--resume {source} does not record its run's settings (an older ppim?): pass them "
-                          f"again (DATA, --model, --output, ...) as that run had them")
+        raise ResumeError("{resume} does not record its run's settings (an older ppim?): pass them again "
+                          "({data:name}, {model:name}, {output:name}, ...) as that run had them", resume=source,
+                          data=None, model=None, output=None)
     values = _from_args(recorded)
     values.update(resume=source, checkpoint=None, pretrained=False, recipe="none",  # weights: the checkpoint's
                   output=str(Path(source).resolve().parent))
@@ -219,8 +222,8 @@ def continue_run(config: TrainConfig, checkpoint: Dict[str, Any], given: Set[str
             changes.append(f"{name} {old!r} -> {new!r}")
             values[name] = new
     if not values.get("data") or not Path(values["data"]).is_dir():
-        raise ParameterError(f"--resume {source}: its data folder {values.get('data')} is not there; pass {{data:name}}",
-                             data=None)
+        raise ParameterError(f"{{resume}}: its data folder {values.get('data')} is not there; pass {{data:name}}",
+                             resume=source, data=None)
     log(f"resuming {source} at epoch {int(checkpoint.get('epoch', 0))} of {values.get('epochs')} in {values['output']}"
         + (f"; changed: {', '.join(changes)}" if changes else ""))
     return TrainConfig(**values)
@@ -302,7 +305,7 @@ def _build(config: TrainConfig, checkpoint: Optional[Dict[str, Any]], output: Pa
     device = _device(config.device)
     amp = _amp_dtype(config, device)
     if config.sync_bn and device != "gpu":
-        raise ConfigError("--sync-bn needs GPUs (paddle.nn.SyncBatchNorm); drop it on the CPU")
+        raise ConfigError("{sync_bn} needs GPUs (paddle.nn.SyncBatchNorm); drop it on the CPU", sync_bn=True)
     # Under paddle.distributed.launch each process uses its own GPU (launch's FLAGS_selected_gpus).
     paddle.set_device(f"gpu:{paddle.distributed.ParallelEnv().device_id}" if device == "gpu" and world > 1 else device)
 
