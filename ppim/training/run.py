@@ -355,9 +355,13 @@ def _build(config: TrainConfig, checkpoint: Optional[Dict[str, Any]], output: Pa
     warmup, cooldown, note = fit_schedule(config.epochs, config.warmup_epochs, config.cooldown_epochs)
     if note and checkpoint is None:
         log(note)
-    scheduler = CosineLRScheduler(base_lr=config.lr, epochs=max(1, config.epochs - cooldown), warmup_epochs=warmup,
+    # Timm's schedule (the cosine timed from epoch 0) where the warm-up fits; a scaled one runs per
+    # update with the cosine after the warm-up, so the lr reaches its peak. The cooldown ends the run.
+    scaled = note is not None
+    cosine = config.epochs - cooldown - (warmup if scaled else 0)
+    scheduler = CosineLRScheduler(base_lr=config.lr, epochs=max(cosine, 1 / len(loader)), warmup_epochs=warmup,
                                   warmup_lr=config.warmup_lr, min_lr=config.min_lr, cooldown_epochs=cooldown,
-                                  t_in_epochs=note is None, steps_per_epoch=len(loader))
+                                  t_in_epochs=not scaled, warmup_prefix=scaled, steps_per_epoch=len(loader))
     optimizer = create_optimizer(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay,
                                  momentum=config.momentum, clip_grad=config.clip_grad, lr_scheduler=scheduler)
     ema = ModelEma(model, decay=config.model_ema_decay) if config.model_ema else None
