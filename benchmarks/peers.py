@@ -279,11 +279,9 @@ def _installed(engine):
 
 
 def _cpu_bf16():
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from ppim import runtime
+
+    return runtime.has("cpu_bf16")
 
 
 def run(args) -> dict:

@@ -132,9 +132,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU math threads")
     args = parser.parse_args()
     if args.threads:
-        from ppim.deploy.runner import set_eager_threads
+        from ppim.runtime import set_cpu_threads
 
-        set_eager_threads(args.threads)
+        set_cpu_threads(args.threads)
     report = {"super_vs_separate": super_vs_separate(args)}
     with tempfile.TemporaryDirectory() as folder:
         report["token_label_loading"] = loading_share(args, Path(folder))

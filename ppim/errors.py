@@ -7,13 +7,13 @@ out. This module imports nothing of ppim, so any module may use it.
 
 import re
 
-__all__ = ["PpimError", "InputError", "ParameterError"]
+__all__ = ["PpimError", "InputError", "ParameterError", "CapabilityError", "MissingExtraError"]
 
 
 class PpimError(Exception):
     """An expected failure: a file, argument, download or environment ppim cannot work with.
     Subclasses: ppim.registry.UnknownModelError, ppim.data.BadImageError, the weights errors
-    (WeightsError, CheckpointError), InputError."""
+    (WeightsError, CheckpointError), InputError, CapabilityError."""
 
 
 class InputError(PpimError, ValueError):
@@ -75,3 +75,12 @@ class _Literal(str):
 
     def __repr__(self) -> str:
         return str(self)
+
+
+class CapabilityError(PpimError, RuntimeError):
+    """What was asked cannot run on this machine (an instruction set, a GPU, a Paddle build): the
+    message says what it needs and what runs here instead (ppim.runtime, ppim.deploy.registry)."""
+
+
+class MissingExtraError(CapabilityError, ImportError):
+    """An optional extra (openvino, onnxruntime, ...) is not installed: the message names the pip line."""

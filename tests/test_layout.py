@@ -97,3 +97,14 @@ def test_no_package_attribute_shadows_a_submodule():
             "print(' '.join(bad))")
     out = subprocess.run([sys.executable, "-c", code, *MODULES], check=True, cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.split() == []
+
+
+def test_runtime_is_a_leaf_and_the_only_reader_of_the_cpu():
+    # ppim.runtime is what every layer asks about the machine: it may import only the leaves below
+    # it, and no other module reads /proc/cpuinfo or guesses CPU features itself.
+    assert GRAPH["ppim.runtime"] <= {"ppim.errors", "ppim.fileio"}
+    readers = sorted(module_name(p) for p in PACKAGE.rglob("*.py") if "/proc/cpuinfo" in p.read_text(encoding="utf-8"))
+    assert readers == ["ppim.runtime"]
+    guessing = sorted(module_name(p) for p in PACKAGE.rglob("*.py") if module_name(p) != "ppim.runtime"
+                      and any(flag in p.read_text(encoding="utf-8") for flag in ('"avx512', '"amx_', '"avx2"')))
+    assert guessing == []

@@ -13,7 +13,7 @@ A tool is a module in ppim.cli with ``main(argv=None) -> int`` decorated by :fun
         return 0
 
 Expected errors are ppim.errors.PpimError (unknown model, bad image, weights that cannot be got or
-read, bad input), OSError (missing file, no permission, disk full) and MemoryError: one line on
+read, bad input, what this machine cannot run: CapabilityError), OSError (missing file, no permission, disk full) and MemoryError: one line on
 stderr naming the cause and the fix, exit status 2. Ctrl-C exits with 130 without a traceback.
 Anything else is a bug and keeps its traceback; PPIM_DEBUG=1 prints the traceback for every error.
 """
@@ -23,6 +23,7 @@ import argparse
 import errno
 import functools
 import json
+import math
 import os
 import sys
 import traceback
@@ -35,7 +36,8 @@ from ..registry import PADDLE_IMPORT_NOISE
 from .launch import pin_launch_gpu
 
 __all__ = ["ArgumentParser", "EXIT_ERROR", "EXIT_INTERRUPTED", "add_ema_arguments", "add_model_arguments", "command", "create_model",
-           "describe_error", "model_kwargs", "refuse_same_file", "weights_of", "writable_file"]
+           "check_engine", "describe_error", "integer", "model_kwargs", "number", "number_pair", "refuse_same_file", "weights_of",
+           "writable_file", "BATCH", "CLASSES", "EPOCHS", "IMG_SIZE", "PROBABILITY", "RATE", "THREADS", "WORKERS"]
 
 #: Exit status of an expected error (argparse uses 2 for usage errors too).
 EXIT_ERROR = 2
@@ -158,6 +160,78 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 # ----------------------------------------------------------------------------------------------
+# Argument types: every value checked at parse time (one ``error:`` line naming the flag, status 2)
+# ----------------------------------------------------------------------------------------------
+
+
+def integer(low: int = 1, high: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``low`` .. ``high``."""
+    span = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {span}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {span}, got {text}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(low: Optional[float] = None, high: Optional[float] = None, *, above: Optional[float] = None
+           ) -> Callable[[str], float]:
+    """An argparse type: a finite number >= ``low`` (or > ``above``) and <= ``high``."""
+    parts = ([f">= {low:g}"] if low is not None else []) + ([f"> {above:g}"] if above is not None else []) \
+        + ([f"<= {high:g}"] if high is not None else [])
+    span = "a finite number" + (f" {' and '.join(parts)}" if parts else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {span}, got {text!r}") from None
+        if (not math.isfinite(value) or (low is not None and value < low) or (above is not None and value <= above)
+                or (high is not None and value > high)):
+            raise argparse.ArgumentTypeError(f"expected {span}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def number_pair(low: Optional[float] = None, high: Optional[float] = None, *, above: Optional[float] = None
+                ) -> Callable[[str], "tuple[float, float]"]:
+    """An argparse type: "a,b", two numbers of ``number(low, high, above=above)`` with a <= b."""
+    one = number(low, high, above=above)
+
+    def parse(text: str) -> "tuple[float, float]":
+        parts = text.split(",")
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(f"expected two numbers like 0.08,1.0, got {text!r}")
+        first, second = (one(part) for part in parts)
+        if first > second:
+            raise argparse.ArgumentTypeError(f"expected the smaller number first, got {text}")
+        return first, second
+
+    parse.__name__ = "pair"
+    return parse
+
+
+#: The shared types of the flags every tool has (bounds far beyond real use, well below absurd allocations).
+BATCH = integer(1, 1 << 16)
+WORKERS = integer(0, 256)
+THREADS = integer(1, 4096)
+EPOCHS = integer(1, 1_000_000)
+IMG_SIZE = integer(1, 8192)
+CLASSES = integer(1, 1_000_000)
+PROBABILITY = number(0.0, 1.0)
+RATE = number(0.0)
+
+
+# ----------------------------------------------------------------------------------------------
 # Model arguments
 # ----------------------------------------------------------------------------------------------
 
@@ -176,7 +250,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, weights: bool = True, n
                            help="weights file or URL (.pdparams, or a PyTorch checkpoint converted on load); a "
                                 "checkpoint ppim wrote gives the model, its kwargs, classes and transforms")
     if num_classes:
-        parser.add_argument("--num-classes", type=int, default=None,
+        parser.add_argument("--num-classes", type=CLASSES, default=None,
                             help="classifier size (default: the checkpoint's, else the model's)")
     parser.add_argument("--model-kwargs", default=None, metavar="JSON",
                         help='extra constructor arguments as JSON, for experiments and tests, e.g. '
@@ -242,6 +316,17 @@ def create_model(args: argparse.Namespace, warn: bool = True, new_head: bool = F
     if warn and not (pretrained or checkpoint):
         print("warning: random weights (pass --pretrained or --checkpoint)", file=sys.stderr)
     return model
+
+
+def check_engine(engine: str, precision: str, device: str) -> str:
+    """``engine`` ('auto': the one it resolves to) after checking that this machine runs it with
+    ``precision`` on ``device``: checked before data, weights or exports are touched; otherwise
+    CapabilityError, whose message names what does run here (one ``error:`` line, exit 2)."""
+    from ..deploy.registry import check_supported, resolve_engine
+
+    resolved = resolve_engine(engine, device, precision)
+    check_supported(resolved, precision, device)
+    return resolved
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 
-from .common import ArgumentParser, add_ema_arguments, add_model_arguments, command, create_model, refuse_same_file, writable_file
+from .common import (ArgumentParser, add_ema_arguments, add_model_arguments, command, create_model, refuse_same_file,
+                     writable_file)
 
 
 @command
@@ -20,7 +21,7 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="ppim-convert", description=__doc__)
     parser.add_argument("source", help="PyTorch checkpoint (.pth, .pth.tar, .bin)")
     parser.add_argument("output", help="the .pdparams file to write")
-    add_model_arguments(parser, weights=False)
+    add_model_arguments(parser, weights=False, num_classes=False)
     add_ema_arguments(parser)
     parser.add_argument("--no-strict", dest="strict", action="store_false",
                         help="write the keys that fit even if some are missing, unexpected or mis-shaped")

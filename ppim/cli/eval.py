@@ -22,30 +22,34 @@ from __future__ import annotations
 import sys
 
 from ..errors import InputError
-from .common import ArgumentParser, add_model_arguments, command, create_model, weights_of, writable_file
+from .common import (BATCH, IMG_SIZE, THREADS, WORKERS, ArgumentParser, add_model_arguments, check_engine, command,
+                     create_model, weights_of, writable_file)
 
 
 def build_parser() -> ArgumentParser:
+    from ..deploy.registry import DEVICES, ENGINE_CHOICES, PRECISIONS
+
     parser = ArgumentParser(prog="ppim-eval", description=__doc__)
     parser.add_argument("data", nargs="?", metavar="DATA",
                         help="validation folder, or the root of --val-list paths (default: the shipped sample)")
     add_model_arguments(parser)
-    parser.add_argument("-b", "--batch-size", type=int, default=64, help="images per batch (default 64)")
-    parser.add_argument("-j", "--workers", type=int, default=None,
+    parser.add_argument("-b", "--batch-size", type=BATCH, default=64, help="images per batch (default 64)")
+    parser.add_argument("-j", "--workers", type=WORKERS, default=None,
                         help="data-loading processes (default: one per CPU, at most 4; 0 decodes in the "
                              "main process)")
     parser.add_argument("--val-list", metavar="FILE", help='list file of "relative/path label" lines')
-    parser.add_argument("--engine", choices=("eager", "inference", "openvino", "onnxruntime", "auto"),
+    parser.add_argument("--engine", choices=ENGINE_CHOICES,
                         default="eager", help="eager Paddle (default); inference, openvino, onnxruntime: the "
-                        "exported model (the last two: optional extras); auto: the fastest installed")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    parser.add_argument("--device", choices=("cpu", "gpu"), default=None,
+                        "exported model (the last two: optional extras); auto: the fastest that runs here "
+                        "(python -m ppim env lists what runs here)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--device", choices=DEVICES, default=None,
                         help="default: gpu when Paddle has CUDA and sees a GPU, else cpu")
-    parser.add_argument("--threads", type=int, default=None, help="CPU math threads (default: the engine's)")
+    parser.add_argument("--threads", type=THREADS, default=None, help="CPU math threads (default: the engine's)")
     parser.add_argument("--workdir", metavar="DIR", help="where an exported engine keeps the model (default: the export cache)")
     parser.add_argument("--subnets", metavar="LIST",
                         help="super models: 'all' or e.g. 224x1.0,128x0.5; all in one pass over the data")
-    parser.add_argument("--img-size", type=int, default=None,
+    parser.add_argument("--img-size", type=IMG_SIZE, default=None,
                         help="build the model for this input size (crop; resize keeps the cfg's ratio)")
     parser.add_argument("--crop-pct", default=None, metavar="PCT|official",
                         help="resize the shorter side to floor(crop / PCT) before the centre crop, or "
@@ -72,25 +76,17 @@ def crop_pct(value: str, cfg: dict) -> float:
     return pct
 
 
-def default_device() -> str:
-    import paddle
-
-    try:
-        if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
-            return "gpu"
-    except Exception:  # pragma: no cover - broken CUDA setups fall back to the CPU
-        pass
-    return "cpu"
-
-
 @command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from ..runtime import default_device, dist_info
     from ..data import eval_root, open_dataset
-    from ..evaluate import dist_info, evaluate
+    from ..evaluate import evaluate
     from ..registry import get_model_cfg
     from ..transforms import create_transforms
 
+    device = args.device or default_device()
+    engine = check_engine(args.engine, args.precision, device)  # before data, weights or export
     rank, world = dist_info()  # joins the process group when started by paddle.distributed.launch
 
     def log(message: str) -> None:
@@ -110,7 +106,7 @@ def main(argv=None) -> int:
         log("warning: random weights (pass --pretrained or --checkpoint)")
     transforms = None if args.crop_pct is None else create_transforms(model, crop_pct=crop_pct(args.crop_pct, cfg))
     evaluate(model, dataset, transforms=transforms, batch_size=args.batch_size, num_workers=args.workers,
-             engine=args.engine, precision=args.precision, device=args.device or default_device(),
+             engine=engine, precision=args.precision, device=device,
              threads=args.threads, workdir=args.workdir, subnets=args.subnets, skip_bad=args.skip_bad,
              distributed=world > 1, progress=not args.no_progress, pretrained=weights_of(args),
              results_file=args.results_file)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import ArgumentParser, command, create_model
+from .common import BATCH, CLASSES, WORKERS, ArgumentParser, command, create_model, integer
 
 
 def build_parser() -> ArgumentParser:
@@ -28,7 +28,7 @@ def build_parser() -> ArgumentParser:
     weights.add_argument("--pretrained", action="store_true", help="the teacher's registered weights")
     weights.add_argument("--checkpoint", metavar="PATH",
                          help="teacher weights file or URL; a checkpoint ppim wrote gives the model too")
-    p.add_argument("--num-classes", type=int, help="the teacher's classifier size (default: the checkpoint's or "
+    p.add_argument("--num-classes", type=CLASSES, help="the teacher's classifier size (default: the checkpoint's or "
                                                    "the model's)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images (each reported once) instead of stopping")
@@ -38,9 +38,9 @@ def build_parser() -> ArgumentParser:
                    help="packed memory-mapped arrays + index (default) or official per-image .pt files")
     p.add_argument("--convert", metavar="SRC", help="instead of generating: copy the labels in SRC (either "
                                                     "format) to --output in --format")
-    p.add_argument("--topk", type=int, default=5, help="classes kept per token (default 5, as official)")
-    p.add_argument("-b", "--batch-size", type=int, default=64, help="images per teacher batch (default 64)")
-    p.add_argument("-j", "--workers", type=int, help="data-loading processes (default: one per CPU, at most 4)")
+    p.add_argument("--topk", type=integer(1, 1000), default=5, help="classes kept per token (default 5, as official)")
+    p.add_argument("-b", "--batch-size", type=BATCH, default=64, help="images per teacher batch (default 64)")
+    p.add_argument("-j", "--workers", type=WORKERS, help="data-loading processes (default: one per CPU, at most 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     if not 1 <= args.topk <= 64:
         parser.error("--topk must be in 1..64")
     from ..data import ImageFolderDataset
-    from ..evaluate import dist_info
+    from ..runtime import dist_info
     from ..training.token_labels.generate import make_token_labels
     from ..transforms import create_transforms
 

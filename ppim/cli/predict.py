@@ -12,26 +12,30 @@ from __future__ import annotations
 
 import sys
 
-from .common import ArgumentParser, add_model_arguments, command, create_model
+from .common import ArgumentParser, add_model_arguments, check_engine, command, create_model, integer
 
 
 @command
 def main(argv=None) -> int:
+    from ..deploy.registry import DEVICES, ENGINE_CHOICES, PRECISIONS
+
     parser = ArgumentParser(prog="ppim-predict", description=__doc__)
     parser.add_argument("images", nargs="*", help="image files (default: the sample shipped with ppim)")
     add_model_arguments(parser)
-    parser.add_argument("--topk", type=int, default=5)
-    parser.add_argument("--engine", default="auto", choices=["auto", "eager", "inference", "openvino", "onnxruntime"],
+    parser.add_argument("--topk", type=integer(1, 1000), default=5)
+    parser.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,
                         help="auto (default): the fastest installed engine on the cached export, eager if the "
                              "model cannot be exported; eager: the Paddle model; inference: Paddle Inference; "
                              "openvino, onnxruntime: the optional extras")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="inference engine: bf16 on CPUs with avx512_bf16/amx_bf16, fp16 on GPU")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="inference engine: bf16 on CPUs with avx512_bf16/amx_bf16, fp16 on GPU "
+                             "(python -m ppim env lists what runs here)")
+    parser.add_argument("--device", default="cpu", choices=DEVICES)
     parser.add_argument("--skip-bad", action="store_true",
                         help="report unreadable images as skipped and exit 0 (default: report them as errors, "
                              "classify the others, exit 1)")
     args = parser.parse_args(argv)
+    check_engine(args.engine, args.precision, args.device)  # before images, weights or exports
     from ..builder import class_names_of
     from ..data import BadImageError, imagenet_class_names, load_image, sample_images
     from ..deploy import classify

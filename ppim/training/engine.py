@@ -20,6 +20,7 @@ import numpy as np
 import paddle
 
 from ..errors import InputError, ParameterError
+from ..runtime import unwrap_parallel
 from .checkpoint import (ResumeError, optimizer_state, rng_state, save_checkpoint, set_optimizer_state,
                          set_rng_state)
 
@@ -42,22 +43,6 @@ class ClassificationStep:
         loss = self.criterion(model(images), targets)
         backward(loss)
         return loss
-
-
-def unwrap(model: paddle.nn.Layer) -> paddle.nn.Layer:
-    """The model inside paddle.DataParallel (its own name for its parameters and state)."""
-    return model._layers if isinstance(model, paddle.DataParallel) else model
-
-
-def cpu_bf16_training_supported() -> bool:
-    """Whether eager Paddle multiplies bfloat16 matrices on this CPU, i.e. autocast to bf16 is real
-    (Paddle 3.3's CPU wheel has no eager bf16 matmul kernel: autocast then silently stays fp32)."""
-    try:
-        with paddle.amp.auto_cast(enable=True, dtype="bfloat16", level="O1"):
-            out = paddle.nn.functional.linear(paddle.ones([2, 4]), paddle.ones([4, 4]))
-        return out.dtype == paddle.bfloat16
-    except Exception:  # kernels missing or not runnable on this CPU
-        return False
 
 
 def current_lr(optimizer) -> float:
@@ -90,7 +75,7 @@ class Trainer:
                  progress: bool = True, rank: int = 0, identity: Optional[Dict[str, Any]] = None,
                  args: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print, run_folder=None,
                  on_skipped: Optional[Callable[[list], None]] = None):
-        self.model, self.module = model, unwrap(model)
+        self.model, self.module = model, unwrap_parallel(model)
         self.optimizer, self.loader, self.scheduler, self.ema = optimizer, loader, scheduler, ema
         self.step = step or ClassificationStep(paddle.nn.CrossEntropyLoss())
         self.mixup, self.amp, self.scaler = mixup, amp, scaler

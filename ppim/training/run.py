@@ -15,13 +15,14 @@ import numpy as np
 import paddle
 
 from ..builder import MODEL_KEY, checkpoint_description, create_model, set_class_names
+from ..runtime import CAPABILITIES, default_device, dist_info, missing, set_cpu_threads
 from ..data import TrainLoader
 from ..errors import ParameterError
-from ..evaluate import dist_info, evaluate
+from ..evaluate import evaluate
 from ..registry import model_name
 from .checkpoint import ResumeError, load_checkpoint
 from .data import open_train_val
-from .engine import ClassificationStep, Trainer, cpu_bf16_training_supported
+from .engine import ClassificationStep, Trainer
 from .records import Records
 from .run_folder import RunFolder, check_outside_data
 
@@ -102,13 +103,9 @@ class TrainConfig:
 
 def _device(name: Optional[str]) -> str:
     if name is None:
-        try:
-            name = "gpu" if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else "cpu"
-        except Exception:  # pragma: no cover - a broken CUDA setup trains on the CPU
-            name = "cpu"
-    if name == "gpu" and not paddle.device.is_compiled_with_cuda():
-        raise ConfigError("{device}: this Paddle has no CUDA (pip install paddlepaddle-gpu), or use {device:=cpu}",
-                          device="gpu")
+        return default_device()
+    if name == "gpu" and missing("gpu"):
+        raise ConfigError(f"{{device}}: {missing('gpu')}; or use {{device:=cpu}}", device="gpu")
     return name
 
 
@@ -139,9 +136,10 @@ def _amp_dtype(config: TrainConfig, device: str) -> Optional[str]:
     if device == "cpu":
         if dtype == "float16":
             raise ConfigError("{amp_dtype} needs a GPU; on the CPU use bfloat16", amp_dtype=dtype)
-        if not cpu_bf16_training_supported():
-            raise ConfigError("{amp} on the CPU: this Paddle has no eager bfloat16 CPU kernels for matmul, so "
-                              "autocast would silently run fp32; drop {amp:name} (or train on a GPU)", amp=True)
+        reason = missing("eager_cpu_bf16")
+        if reason:
+            raise ConfigError(f"{{amp}} on the CPU needs {CAPABILITIES['eager_cpu_bf16'].needs}: {reason} "
+                              f"(autocast would silently run fp32); drop {{amp:name}} (or train on a GPU)", amp=True)
     return dtype
 
 
@@ -310,9 +308,7 @@ def _build(config: TrainConfig, checkpoint: Optional[Dict[str, Any]], output: Pa
     paddle.set_device(f"gpu:{paddle.distributed.ParallelEnv().device_id}" if device == "gpu" and world > 1 else device)
 
     if device == "cpu":
-        from ..deploy.runner import set_eager_threads
-
-        set_eager_threads(config.threads)  # Paddle's eager CPU math starts with one thread
+        set_cpu_threads(config.threads)  # for the run (Paddle's eager CPU math starts with one thread)
     train_set, val_set, num_classes = open_train_val(config.data, num_classes=config.num_classes, val=config.val)
 
     described = (checkpoint or {}).get(MODEL_KEY) or {}
