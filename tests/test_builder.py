@@ -137,3 +137,15 @@ def test_recipes_are_the_library_s(tmp_path):
     assert config == TrainConfig(data=str(tmp_path), model="lvvit_s")  # no recipe of its own
     with pytest.raises(ParameterError, match="recipe='fast'"):
         _start(TrainConfig(data=str(tmp_path), model="lvvit_s", recipe="fast"), None, logged.append, 1)
+
+
+def test_ema_weights_are_announced_once(tmp_path, capsys, caplog):
+    model, _ = fine_tuned(tmp_path)
+    state = {key: value.numpy() for key, value in model.state_dict().items()}
+    path = tmp_path / "ema.pdparams"
+    paddle.save({"model": state, "model_ema": state, MODEL_KEY: describe_model(model)}, str(path))
+    capsys.readouterr()
+    with caplog.at_level("INFO"):
+        ppim.create_model(checkpoint_path=str(path), ema=True)
+    said = capsys.readouterr().err + caplog.text
+    assert said.count("loaded the EMA weights") == 1, said

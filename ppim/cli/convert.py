@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="ppim-convert", description=__doc__)
     parser.add_argument("source", help="PyTorch checkpoint (.pth, .pth.tar, .bin)")
     parser.add_argument("output", help="the .pdparams file to write")
-    add_model_arguments(parser, weights=False, num_classes=False)
+    add_model_arguments(parser, weights=False)  # --num-classes: convert for another head size (heads dropped)
     add_ema_arguments(parser)
     parser.add_argument("--no-strict", dest="strict", action="store_false",
                         help="write the keys that fit even if some are missing, unexpected or mis-shaped")
