@@ -222,7 +222,9 @@ def continue_run(config: TrainConfig, checkpoint: Dict[str, Any], given: Set[str
     if not values.get("data") or not Path(values["data"]).is_dir():
         raise ParameterError(f"{{resume}}: its data folder {values.get('data')} is not there; pass {{data:name}}",
                              resume=source, data=None)
-    log(f"resuming {source} at epoch {int(checkpoint.get('epoch', 0))} of {values.get('epochs')} in {values['output']}"
+    epoch = checkpoint.get("epoch")  # checked with every other field when the state is loaded
+    at = f" at epoch {epoch}" if isinstance(epoch, int) and not isinstance(epoch, bool) else ""
+    log(f"resuming {source}{at} of {values.get('epochs')} in {values['output']}"
         + (f"; changed: {', '.join(changes)}" if changes else ""))
     return TrainConfig(**values)
 
