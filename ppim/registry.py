@@ -155,7 +155,8 @@ def get_model_cfg(name: str) -> Dict[str, Any]:
 
 
 def create_model(name: str, pretrained: Any = False, **kwargs: Any) -> Any:
-    """Build a registered model by name; same arguments as its constructor."""
+    """Build a registered model by name; same arguments as its constructor. (``ppim.create_model`` is
+    ppim.builder.create_model, which also builds the model a checkpoint describes.)"""
     return _MODELS[_lookup(name)](pretrained=pretrained, **kwargs)
 
 

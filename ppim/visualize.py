@@ -241,14 +241,12 @@ def draw_accuracy_vs_flops(series: Optional[Dict[str, List[Dict[str, Any]]]] = N
     fig = Figure(figsize=(CURVE_SIZE[0] / 100, CURVE_SIZE[1] / 100), dpi=100)
     ax = fig.add_axes([0.08, 0.1, 0.9, 0.83])
     markers = {"0.5": "v", "0.7": "s", "1.0": "o"}
+    labelled = None
     for colour, (name, points) in zip(("tab:blue", "tab:orange", "tab:green"), series.items()):
         if name == "LV-ViT":
             ax.plot([p["gflops"] for p in points], [p["top1"] for p in points], "-D", color=colour,
                     label="LV-ViT family")
-            for i, p in enumerate(points):  # labels alternate below-right and above-left
-                ax.annotate(p["label"], (p["gflops"], p["top1"]), textcoords="offset points",
-                            xytext=(5, -11) if i % 2 == 0 else (-12, 7), fontsize=7, color=colour,
-                            ha="left" if i % 2 == 0 else "right")
+            labelled = (points, colour)
             continue
         for ratio, marker in markers.items():
             sub = [p for p in points if p["label"].endswith("x" + ratio)]
@@ -257,12 +255,69 @@ def draw_accuracy_vs_flops(series: Optional[Dict[str, List[Dict[str, Any]]]] = N
     ax.set_xscale("log")
     gflops = [p["gflops"] for points in series.values() for p in points]
     ax.set_xlim(min(gflops) / 1.3, max(gflops) * 1.8)
+    if labelled is not None:
+        every = [(p["gflops"], p["top1"]) for points in series.values() for p in points]
+        place_labels(fig, ax, *labelled, every)
     ax.set_xlabel("GFLOPs per image (multiply-accumulates, counted by ppim.flops; log scale)")
     ax.set_ylabel("published ImageNet top-1 (%)")
     ax.set_title("Accuracy against cost: SuperViT sub-networks and LV-ViT")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return fig
+
+
+#: Where a label may sit around its point, in points (x, y, horizontal alignment), in order of preference.
+_LABEL_SPOTS = [(6, -3, "left"), (-6, -3, "right"), (4, 5, "left"), (-4, 5, "right"), (4, -12, "left"),
+                (-4, -12, "right"), (0, 8, "center"), (0, -15, "center"), (10, 10, "left"), (-10, 10, "right"),
+                (10, -18, "left"), (-10, -18, "right")]
+
+
+def place_labels(fig, ax, points: List[Dict[str, Any]], colour: str, avoid: Sequence[Tuple[float, float]],
+                 marker_px: float = 5.0) -> List[Any]:
+    """Annotate each point with its label next to it: the first spot (see _LABEL_SPOTS) where the
+    text stays inside the axes, overlaps no label placed before and no marker of ``avoid`` (data
+    coordinates of every plotted point), and has its own point as the nearest one; else the spot
+    with the fewest overlaps. Returns the annotations."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if fig.canvas is None or not hasattr(fig.canvas, "get_renderer"):
+        FigureCanvasAgg(fig)
+    renderer = fig.canvas.get_renderer()
+    ax.set_ylim(ax.get_ylim())  # settle the autoscaled limits: pixel positions must not move afterwards
+    to_px = ax.transData.transform
+    box = ax.get_window_extent(renderer)
+    markers = [tuple(to_px(xy)) for xy in avoid]
+    placed: List[Any] = []
+    annotations = []
+    for p in points:
+        own = tuple(to_px((p["gflops"], p["top1"])))
+        best = None
+        for dx, dy, ha in _LABEL_SPOTS:
+            note = ax.annotate(p["label"], (p["gflops"], p["top1"]), textcoords="offset points", xytext=(dx, dy),
+                               fontsize=7, color=colour, ha=ha)
+            extent = note.get_window_extent(renderer)
+            overlaps = sum(extent.overlaps(other) for other in placed)
+            overlaps += sum(_hits(extent, xy, marker_px) for xy in markers)
+            outside = not (box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1)
+            centre = ((extent.x0 + extent.x1) / 2, (extent.y0 + extent.y1) / 2)
+            nearest = min(markers, key=lambda xy: (xy[0] - centre[0]) ** 2 + (xy[1] - centre[1]) ** 2)
+            score = overlaps + 10 * outside + (nearest != own)
+            if best is None or score < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (score, note, extent)
+            else:
+                note.remove()
+            if score == 0:
+                break
+        placed.append(best[2])
+        annotations.append(best[1])
+    return annotations
+
+
+def _hits(extent, xy: Tuple[float, float], radius: float) -> bool:
+    """Whether a marker of ``radius`` pixels at ``xy`` touches the box ``extent``."""
+    return (extent.x0 - radius < xy[0] < extent.x1 + radius) and (extent.y0 - radius < xy[1] < extent.y1 + radius)
 
 
 def save_png(fig, path: Union[str, os.PathLike]) -> Path:

@@ -63,7 +63,8 @@ _OS_HINTS = {
 
 #: Library parameters whose command-line spelling is not ``--`` + the name with dashes.
 FLAGS = {"name": "--model", "checkpoint_path": "--checkpoint", "data": "DATA", "batch_size": "-b",
-         "num_workers": "-j", "workers": "-j", "model_kwargs": "--model-kwargs"}
+         "num_workers": "-j", "workers": "-j", "model_kwargs": "--model-kwargs", "val": "--no-val",
+         "progress": "--no-progress"}
 
 
 def flag_of(param: str) -> str:
@@ -73,7 +74,7 @@ def flag_of(param: str) -> str:
 
 def _spell_flag(param: str, value: Any) -> str:
     flag = flag_of(param)
-    if value is ParameterError.NAME_ONLY or value is True:
+    if value is ParameterError.NAME_ONLY or value is True or (flag.startswith("--no-") and str(value) == "False"):
         return flag
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value)

@@ -100,9 +100,11 @@ def main(argv=None) -> int:
     check_offers_subnets(args)
     if args.model and args.crop_pct is not None:
         crop_pct(args.crop_pct, get_model_cfg(args.model))
-    model = create_model(args, warn=rank == 0, **extra)
+    model = create_model(args, warn=False, **extra)
     cfg = model.pretrained_cfg
     dataset = open_dataset(data, args.val_list, num_classes=cfg["num_classes"], class_names=cfg.get("class_names"))
+    if not weights_of(args):
+        log("warning: random weights (pass --pretrained or --checkpoint)")
     transforms = None if args.crop_pct is None else create_transforms(model, crop_pct=crop_pct(args.crop_pct, cfg))
     evaluate(model, dataset, transforms=transforms, batch_size=args.batch_size, num_workers=args.workers,
              engine=engine, precision=args.precision, device=device,

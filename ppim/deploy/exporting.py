@@ -338,7 +338,8 @@ def check_output_dir(output_dir: Path, sources: Sequence[Union[str, os.PathLike]
                                          f"choose another output directory")
             break
     if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"{output_dir} is a file, not a folder; choose another output directory")
+        raise FileExistsError(f"{output_dir} is a file, not a ppim export folder; choose another output "
+                              f"directory")
     if output_dir.exists() and not ((output_dir / MANIFEST).is_file() or not any(output_dir.iterdir())):
         raise FileExistsError(f"{output_dir} is a folder of other files, not a ppim export; choose another "
                               f"output directory")

@@ -14,11 +14,11 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
-from ..errors import InputError
+from ..errors import ParameterError
 from ..data import ImageDataset, ImageFolderDataset, ImageListDataset, class_folders
 
 
-class DataLayoutError(InputError):
+class DataLayoutError(ParameterError):
     """A DATA folder that cannot be trained on as it is; the message names the cause and the fix."""
 
 
@@ -44,7 +44,7 @@ def _label_range(dataset: ImageDataset, name: str, num_classes: int) -> None:
     low, high = min(labels), max(labels)
     if low < 0 or high >= num_classes:
         raise DataLayoutError(f"{name} has labels {low}..{high}, outside 0..{num_classes - 1} of "
-                              f"{num_classes} classes: pass --num-classes {max(high + 1, num_classes)} or fix the list")
+                              f"{num_classes} classes: pass {{num_classes:={max(high + 1, num_classes)}}} or fix the list", num_classes=None)
 
 
 def open_train_val(data: "str | os.PathLike[str]", train_transforms: Optional[Callable] = None,
@@ -68,7 +68,7 @@ def open_train_val(data: "str | os.PathLike[str]", train_transforms: Optional[Ca
         data_classes = len(train.classes)
         if num_classes is not None and num_classes != data_classes:
             raise DataLayoutError(f"{root / 'train'} has {data_classes} class folders but the model has "
-                                  f"{num_classes} classes: pass --num-classes {data_classes}")
+                                  f"{num_classes} classes: pass {{num_classes:={data_classes}}}", num_classes=None)
     else:
         data_classes = max(train.labels) + 1
         if num_classes is not None:
@@ -87,6 +87,6 @@ def open_train_val(data: "str | os.PathLike[str]", train_transforms: Optional[Ca
     if val_set is None:
         raise DataLayoutError(f"{root} has no val split: add {root / 'val'} (the same class folders as "
                               f"{root / 'train'}, held-out images) or {root / 'val_list.txt'}, or pass "
-                              f"--no-val to train without evaluation")
+                              f"{{val:=False}} to train without evaluation", val=None)
     _label_range(val_set, str(getattr(val_set, "list_file", None) or root / "val"), classes)
     return train, val_set, classes

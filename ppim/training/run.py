@@ -17,7 +17,7 @@ import paddle
 from ..builder import MODEL_KEY, checkpoint_description, create_model, set_class_names
 from ..runtime import CAPABILITIES, default_device, dist_info, missing, set_cpu_threads
 from ..data import TrainLoader
-from ..errors import InputError, ParameterError
+from ..errors import ParameterError
 from ..evaluate import evaluate
 from ..registry import model_name
 from ..transforms import create_transforms
@@ -35,8 +35,9 @@ from .scheduler import CosineLRScheduler, fit_schedule
 from .token_labels.plugin import plan_training
 
 
-class ConfigError(InputError):
-    """A setting that cannot work (named with its fix), raised before anything trains."""
+class ConfigError(ParameterError):
+    """A setting that cannot work (named with its fix: ``amp=`` in a notebook, ``--amp`` on the command
+    line), raised before anything trains."""
 
 
 @dataclasses.dataclass
@@ -112,7 +113,7 @@ def _device(name: Optional[str]) -> str:
     if name is None:
         return default_device()
     if name == "gpu" and missing("gpu"):
-        raise ConfigError(f"--device gpu: {missing('gpu')}; or use --device cpu")
+        raise ConfigError(f"{{device}}: {missing('gpu')}; or use {{device:=cpu}}", device="gpu")
     return name
 
 
@@ -139,14 +140,14 @@ def _amp_dtype(config: TrainConfig, device: str) -> Optional[str]:
         return None
     dtype = config.amp_dtype or ("float16" if device == "gpu" else "bfloat16")
     if dtype not in ("float16", "bfloat16"):
-        raise ConfigError(f"--amp-dtype {dtype}: choose float16 or bfloat16")
+        raise ConfigError("{amp_dtype}: choose float16 or bfloat16", amp_dtype=dtype)
     if device == "cpu":
         if dtype == "float16":
-            raise ConfigError("--amp-dtype float16 needs a GPU; on the CPU use bfloat16")
+            raise ConfigError("{amp_dtype} needs a GPU; on the CPU use bfloat16", amp_dtype=dtype)
         reason = missing("eager_cpu_bf16")
         if reason:
-            raise ConfigError(f"--amp on the CPU needs {CAPABILITIES['eager_cpu_bf16'].needs}: {reason} "
-                              f"(autocast would silently run fp32); drop --amp (or train on a GPU)")
+            raise ConfigError(f"{{amp}} on the CPU needs {CAPABILITIES['eager_cpu_bf16'].needs}: {reason} "
+                              f"(autocast would silently run fp32); drop {{amp:name}} (or train on a GPU)", amp=True)
     return dtype
 
 
@@ -206,8 +207,9 @@ def continue_run(config: TrainConfig, checkpoint: Dict[str, Any], given: Set[str
     source = config.resume
     recorded = checkpoint.get("args")
     if not isinstance(recorded, dict) or not recorded.get("model"):
-        raise ResumeError(f"--resume {source} does not record its run's settings (an older ppim?): pass them "
-                          f"again (DATA, --model, --output, ...) as that run had them")
+        raise ResumeError("{resume} does not record its run's settings (an older ppim?): pass them again "
+                          "({data:name}, {model:name}, {output:name}, ...) as that run had them", resume=source,
+                          data=None, model=None, output=None)
     values = _from_args(recorded)
     values.update(resume=source, checkpoint=None, pretrained=False, recipe="none",  # weights: the checkpoint's
                   output=str(Path(source).resolve().parent))
@@ -220,9 +222,11 @@ def continue_run(config: TrainConfig, checkpoint: Dict[str, Any], given: Set[str
             changes.append(f"{name} {old!r} -> {new!r}")
             values[name] = new
     if not values.get("data") or not Path(values["data"]).is_dir():
-        raise ParameterError(f"--resume {source}: its data folder {values.get('data')} is not there; pass {{data:name}}",
-                             data=None)
-    log(f"resuming {source} at epoch {int(checkpoint.get('epoch', 0))} of {values.get('epochs')} in {values['output']}"
+        raise ParameterError(f"{{resume}}: its data folder {values.get('data')} is not there; pass {{data:name}}",
+                             resume=source, data=None)
+    epoch = checkpoint.get("epoch")  # checked with every other field when the state is loaded
+    at = f" at epoch {epoch}" if isinstance(epoch, int) and not isinstance(epoch, bool) else ""
+    log(f"resuming {source}{at} of {values.get('epochs')} in {values['output']}"
         + (f"; changed: {', '.join(changes)}" if changes else ""))
     return TrainConfig(**values)
 
@@ -282,7 +286,9 @@ def build_trainer(config: TrainConfig, *, step: Optional[Callable] = None,
     try:
         if rank == 0:
             folder = RunFolder(output).acquire()  # held until the trainer's fit ends
-        return _build(config, checkpoint, output, rank, world, folder, step, order, log)
+        trainer = _build(config, checkpoint, output, rank, world, folder, step, order, log)
+        trainer.created_folder = created
+        return trainer
     except BaseException:
         if folder is not None:
             folder.release()
@@ -299,7 +305,7 @@ def _build(config: TrainConfig, checkpoint: Optional[Dict[str, Any]], output: Pa
     device = _device(config.device)
     amp = _amp_dtype(config, device)
     if config.sync_bn and device != "gpu":
-        raise ConfigError("--sync-bn needs GPUs (paddle.nn.SyncBatchNorm); drop it on the CPU")
+        raise ConfigError("{sync_bn} needs GPUs (paddle.nn.SyncBatchNorm); drop it on the CPU", sync_bn=True)
     # Under paddle.distributed.launch each process uses its own GPU (launch's FLAGS_selected_gpus).
     paddle.set_device(f"gpu:{paddle.distributed.ParallelEnv().device_id}" if device == "gpu" and world > 1 else device)
 
@@ -341,9 +347,13 @@ def _build(config: TrainConfig, checkpoint: Optional[Dict[str, Any]], output: Pa
     warmup, cooldown, note = fit_schedule(config.epochs, config.warmup_epochs, config.cooldown_epochs)
     if note and checkpoint is None:
         log(note)
-    scheduler = CosineLRScheduler(base_lr=config.lr, epochs=max(1, config.epochs - cooldown), warmup_epochs=warmup,
+    # Timm's schedule (the cosine timed from epoch 0) where the warm-up fits; a scaled one runs per
+    # update with the cosine after the warm-up, so the lr reaches its peak. The cooldown ends the run.
+    scaled = note is not None
+    cosine = config.epochs - cooldown - (warmup if scaled else 0)
+    scheduler = CosineLRScheduler(base_lr=config.lr, epochs=max(cosine, 1 / len(loader)), warmup_epochs=warmup,
                                   warmup_lr=config.warmup_lr, min_lr=config.min_lr, cooldown_epochs=cooldown,
-                                  t_in_epochs=note is None, steps_per_epoch=len(loader))
+                                  t_in_epochs=not scaled, warmup_prefix=scaled, steps_per_epoch=len(loader))
     optimizer = create_optimizer(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay,
                                  momentum=config.momentum, clip_grad=config.clip_grad, lr_scheduler=scheduler)
     ema = ModelEma(model, decay=config.model_ema_decay) if config.model_ema else None
@@ -430,14 +440,18 @@ def train(config: TrainConfig, **hooks: Any) -> Dict[str, Any]:
     epochs = int(trainer.args.get("epochs", config.epochs))
     try:
         result = trainer.fit(epochs)
-    except KeyboardInterrupt:
-        if trainer.rank == 0:
-            last = trainer.output / "last.pdparams" if trainer.output is not None else None
+    except BaseException as error:
+        last = trainer.output / "last.pdparams" if trainer.output is not None else None
+        if trainer.rank == 0 and isinstance(error, KeyboardInterrupt):
             if last is not None and last.is_file():
                 log(f"interrupted in epoch {trainer.epoch}; the last checkpoint is {last} (epochs 0-{trainer.epoch - 1} "
                     f"done); continue with: ppim-train --resume {last}")
             else:
                 log(f"interrupted in epoch {trainer.epoch}, before the first checkpoint: nothing to resume")
+        if trainer.created_folder is not None and not (last is not None and last.is_file()):
+            if trainer.run_folder is not None:
+                trainer.run_folder.release()
+            shutil.rmtree(trainer.created_folder, ignore_errors=True)  # this run's, and it holds nothing
         raise
     finally:
         if trainer.records is not None:

@@ -18,6 +18,7 @@ from .step import TokenLabelMixup, TokenLabelStep, TokenLabelTargets
 
 __all__ = ["TrainingPlan", "plan_training", "repeated_augmentation_order"]
 
+
 class TrainingPlan(NamedTuple):
     train_set: Any
     step: Optional[Callable]
