@@ -29,9 +29,10 @@ import ppim
 from ppim import registry, weights
 from http_server import LocalServer
 from test_torch_reader import Storage, assemble, tensor, write_zip
+from tiny import tiny_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8)
+TINY = tiny_kwargs()
 
 
 def tiny(**kwargs):

@@ -62,7 +62,8 @@ _OS_HINTS = {
 
 #: Library parameters whose command-line spelling is not ``--`` + the name with dashes.
 FLAGS = {"name": "--model", "checkpoint_path": "--checkpoint", "data": "DATA", "batch_size": "-b",
-         "num_workers": "-j", "workers": "-j", "model_kwargs": "--model-kwargs"}
+         "num_workers": "-j", "workers": "-j", "model_kwargs": "--model-kwargs", "val": "--no-val",
+         "progress": "--no-progress"}
 
 
 def flag_of(param: str) -> str:
@@ -72,7 +73,7 @@ def flag_of(param: str) -> str:
 
 def _spell_flag(param: str, value: Any) -> str:
     flag = flag_of(param)
-    if value is ParameterError.NAME_ONLY or value is True:
+    if value is ParameterError.NAME_ONLY or value is True or (flag.startswith("--no-") and str(value) == "False"):
         return flag
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value)
@@ -277,6 +278,32 @@ def add_ema_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-ema", dest="ema", action="store_false",
                        help="take a checkpoint's model weights (default: a ppim training checkpoint's "
                             "evaluated weights; the EMA's where the model's published accuracy is)")
+
+
+def add_subnets_argument(parser: argparse.ArgumentParser, help: str, default: Optional[str] = None) -> None:
+    """--subnets LIST ("all" or "224x1.0,128x0.5"): its syntax is checked while parsing, its values
+    against the model once built (:func:`ppim.subnet.parse_subnets` with the model)."""
+    parser.add_argument("--subnets", metavar="LIST", default=default, type=_subnets_syntax, help=help)
+
+
+def _subnets_syntax(text: str) -> str:
+    from ..subnet import parse_subnets
+
+    try:
+        parse_subnets(text, None, "--subnets")
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def check_offers_subnets(args: argparse.Namespace) -> None:
+    """InputError, before the model is built (and its weights fetched), when --subnets is given for
+    a model without sub-networks (its registered cfg lists none)."""
+    from ..registry import get_model_cfg
+
+    name = getattr(args, "model", None)  # None: a --checkpoint names it, checked once the model is built
+    if getattr(args, "subnets", None) is not None and name and not get_model_cfg(name).get("subnets"):
+        raise InputError(f"--subnets needs a super model (super_deit_s, super_lvvit_s); {name} has no sub-networks")
 
 
 def model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:

@@ -72,7 +72,8 @@ def main(argv=None) -> int:
                              batch_size=args.batch_size, num_workers=args.workers, rank=rank, world_size=world,
                              progress=not args.no_progress, skip_bad=args.skip_bad,
                              log=lambda message: print(message, file=sys.stderr, flush=True), relabel=args.relabel)
-    print(f"rank {rank}: {done['written']} images labelled, {done['kept']} already done; labels in {args.output}"
-          if world > 1 else f"{done['written']} images labelled, {done['kept']} already done; labels in "
-                            f"{args.output} ({args.format})")
+    skipped = f", {done['skipped']} unreadable skipped" if done["skipped"] else ""
+    print(f"rank {rank}: {done['written']} images labelled{skipped}, {done['kept']} already done; labels in "
+          f"{args.output}" if world > 1 else f"{done['written']} images labelled{skipped}, {done['kept']} already "
+                                             f"done; labels in {args.output} ({args.format})")
     return 0

@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ..errors import InputError, ParameterError, PpimError
+from ..errors import InputError, ParameterError
 from .labels import parse_class_index
 from ..transforms import as_numpy
 
@@ -99,18 +99,12 @@ class BadImageError(ParameterError, RuntimeError):
     def __init__(self, path: str, reason: str, hint: Optional[str] = None):
         self.path = str(path)
         self.reason = reason
-        self.hint = self.SKIP_HINT if hint is None else _escape(hint)
-        super().__init__(f"cannot read image {_escape(self.path)}: {_escape(reason)} ({self.hint})",
+        self.hint = self.SKIP_HINT if hint is None else hint
+        super().__init__(f"cannot read image {self.path}: {reason} ({self.hint})",
                          **({"skip_bad": True} if hint is None else {}))
 
     def __reduce__(self):  # raised in loader worker processes and pickled back
-        hint = None if self.hint == self.SKIP_HINT else self.hint.replace("{{", "{").replace("}}", "}")
-        return (type(self), (self.path, self.reason, hint))
-
-
-def _escape(text: str) -> str:
-    """``text`` as literal text of a ParameterError template."""
-    return str(text).replace("{", "{{").replace("}", "}}")
+        return (type(self), (self.path, self.reason, None if self.hint == self.SKIP_HINT else self.hint))
 
 
 def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:

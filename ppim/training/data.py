@@ -14,12 +14,12 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
-from ..errors import InputError
+from ..errors import ParameterError
 from ..data import ImageDataset, ImageFolderDataset, ImageListDataset, class_folders
 from ..data.labels import infer_num_classes
 
 
-class DataLayoutError(InputError):
+class DataLayoutError(ParameterError):
     """A DATA folder that cannot be trained on as it is; the message names the cause and the fix."""
 
 
@@ -67,7 +67,7 @@ def open_train_val(data: "str | os.PathLike[str]", train_transforms: Optional[Ca
         data_classes = len(train.classes)
         if num_classes is not None and num_classes != data_classes:
             raise DataLayoutError(f"{root / 'train'} has {data_classes} class folders but the model has "
-                                  f"{num_classes} classes: pass --num-classes {data_classes}")
+                                  f"{num_classes} classes: pass {{num_classes:={data_classes}}}", num_classes=None)
     else:  # a list file: its labels were checked against num_classes as it was read
         data_classes = num_classes or infer_num_classes(train.labels, str(train.list_file), train.lines)
     classes = num_classes if num_classes is not None else data_classes
@@ -84,5 +84,5 @@ def open_train_val(data: "str | os.PathLike[str]", train_transforms: Optional[Ca
     if val_set is None:
         raise DataLayoutError(f"{root} has no val split: add {root / 'val'} (the same class folders as "
                               f"{root / 'train'}, held-out images) or {root / 'val_list.txt'}, or pass "
-                              f"--no-val to train without evaluation")
+                              f"{{val:=False}} to train without evaluation", val=None)
     return train, val_set, classes

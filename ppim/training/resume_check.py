@@ -35,9 +35,11 @@ class _Field:
         self.source = source
 
     def fail(self, field: str, problem: str, fix: Optional[str] = None) -> ResumeError:
-        fix = fix or (f"the checkpoint is damaged or was edited: resume from another checkpoint of the run "
-                      f"(last.pdparams / best.pdparams), or start from its weights with --checkpoint {self.source}")
-        return ResumeError(f"--resume {self.source}: field '{field}' {problem}; {fix}")
+        fix = fix or ("the checkpoint is damaged or was edited: resume from another checkpoint of the run "
+                      "(last.pdparams / best.pdparams), or start from its weights with {checkpoint}")
+        # resume= / checkpoint= in a notebook, --resume / --checkpoint on the command line
+        return ResumeError(f"{{resume}}: field '{field}' {problem}; {fix}", resume=self.source,
+                           checkpoint=self.source)
 
     def integer(self, field: str, value: Any, low: int, high: int) -> int:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -156,7 +158,7 @@ def _optimizer(check: _Field, state: Any, model, scheduler_expected: bool) -> No
         if path is None:
             raise check.fail(f"optimizer.{key[:80]}", "belongs to a parameter this model does not have",
                              "the optimizer state is another model's: resume with the arguments it was trained "
-                             f"with, or start from its weights with --checkpoint {check.source}")
+                             "with, or start from its weights with {checkpoint}")
         if not isinstance(value, np.ndarray):
             raise check.fail(f"optimizer.{key[:80]}", f"is {short_repr(value)}, not an array")
         if tuple(value.shape) not in (params[path], (1,), ()):
