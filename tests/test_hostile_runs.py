@@ -400,7 +400,7 @@ def test_full_output_disk_names_the_file(tmp_path, base):
     assert "status=2" in done.stdout, (done.stdout, done.stderr)
     error = one_error(done.stderr)
     assert f"No space left on device: {out / 'run' / 'last.pdparams'}" in error and "PPIM_HOME" not in error
-    assert done.stdout.split("status=2")[1].split() == [LOCK_NAME]  # no .part file left
+    assert set(done.stdout.split("status=2")[1].split()) <= {LOCK_NAME}  # no .part file left
 
 
 def test_full_cache_disk_suggests_ppim_home(tmp_path, monkeypatch):
