@@ -52,8 +52,7 @@ _OS_HINTS = {
     errno.EACCES: "check its permissions or choose another location",
     errno.EPERM: "check its permissions or choose another location",
     errno.EROFS: "the file system is read-only: choose another location",
-    errno.ENOSPC: "the disk is full: free some space or choose another location (PPIM_HOME moves the "
-                  "weights cache)",
+    errno.ENOSPC: "the disk is full: free some space or choose another location",
     errno.EDQUOT: "the disk quota is exhausted: free some space or choose another location",
     errno.EISDIR: "it is a folder: give a file name",
     errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
@@ -83,6 +82,16 @@ def _spell_flag(param: str, value: Any) -> str:
     return f"{flag} {value}" if flag != "DATA" else str(value)
 
 
+def _in_ppim_home(filename: Any) -> bool:
+    """Whether a file named by an error lies in ppim's own data folder (PPIM_HOME)."""
+    if filename is None:
+        return False
+    from ..weights.cache import ppim_home
+
+    home = os.path.abspath(ppim_home())
+    return os.path.commonpath([home, os.path.abspath(os.fsdecode(filename))]) == home
+
+
 def describe_error(error: BaseException) -> str:
     """One line saying what went wrong and, where ppim knows, what to do about it. A library error
     naming its parameters (ParameterError) names the command line's flags instead."""
@@ -97,6 +106,8 @@ def describe_error(error: BaseException) -> str:
         if error.filename2 is not None:
             what += f" -> {error.filename2}"
         hint = _OS_HINTS.get(error.errno or 0)
+        if hint and error.errno in (errno.ENOSPC, errno.EDQUOT) and _in_ppim_home(error.filename):
+            hint += " (PPIM_HOME moves the weights and export caches)"
         message = f"{what} ({hint})" if hint else what
     else:
         message = str(error) or type(error).__name__

@@ -38,6 +38,8 @@ def build_parser() -> ArgumentParser:
                         help="data-loading processes (default: one per CPU, at most 4; 0 decodes in the "
                              "main process)")
     parser.add_argument("--val-list", metavar="FILE", help='list file of "relative/path label" lines')
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="let the list name images outside DATA (absolute or ../ paths)")
     parser.add_argument("--engine", choices=ENGINE_CHOICES,
                         default="eager", help="eager Paddle (default); inference, openvino, onnxruntime: the "
                         "exported model (the last two: optional extras); auto: the fastest that runs here "
@@ -102,7 +104,8 @@ def main(argv=None) -> int:
         crop_pct(args.crop_pct, get_model_cfg(args.model))
     model = create_model(args, warn=False, **extra)
     cfg = model.pretrained_cfg
-    dataset = open_dataset(data, args.val_list, num_classes=cfg["num_classes"], class_names=cfg.get("class_names"))
+    dataset = open_dataset(data, args.val_list, num_classes=cfg["num_classes"], class_names=cfg.get("class_names"),
+                           allow_outside_root=args.allow_outside_root)
     if not weights_of(args):
         log("warning: random weights (pass --pretrained or --checkpoint)")
     transforms = None if args.crop_pct is None else create_transforms(model, crop_pct=crop_pct(args.crop_pct, cfg))

@@ -23,6 +23,7 @@ from ..registry import model_name
 from ..transforms import create_transforms
 from . import losses
 from .checkpoint import ResumeError, load_checkpoint
+from .resume_check import check_fields
 from .data import open_train_val
 from .ema import ModelEma
 from .engine import ClassificationStep, Trainer
@@ -57,6 +58,7 @@ class TrainConfig:
     recipe: Optional[str] = None  # official (default) | finetune | none: see training.recipes
     skip_bad: bool = False  # skip unreadable images (each reported once) instead of stopping
     num_classes: Optional[int] = None  # default: the data's
+    allow_outside_root: bool = False  # list files may name images outside DATA
     img_size: Optional[int] = None
     model_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
     drop: float = 0.0
@@ -237,6 +239,7 @@ def _start(config: TrainConfig, given: Optional[Set[str]], log: Callable[[str], 
     given = given_fields(config) if given is None else set(given)
     if config.resume:
         checkpoint = load_checkpoint(config.resume)
+        check_fields(checkpoint, config.resume)  # before anything reads them
         return continue_run(config, checkpoint, given, log), checkpoint
     if not config.data:
         raise ParameterError("pass {data:name}, the folder with train/ and val/ (or {resume:name} to continue a run)",
@@ -311,7 +314,8 @@ def _build(config: TrainConfig, checkpoint: Optional[Dict[str, Any]], output: Pa
 
     if device == "cpu":
         set_cpu_threads(config.threads)  # for the run (Paddle's eager CPU math starts with one thread)
-    train_set, val_set, num_classes = open_train_val(config.data, num_classes=config.num_classes, val=config.val)
+    train_set, val_set, num_classes = open_train_val(config.data, num_classes=config.num_classes, val=config.val,
+                                                    allow_outside_root=config.allow_outside_root)
 
     described = (checkpoint or {}).get(MODEL_KEY) or {}
     kwargs = {**(described.get("kwargs") or {}), **config.model_kwargs}
