@@ -6,6 +6,10 @@ from ._zlib import check_zlib_order
 
 check_zlib_order()
 
+from .mathtune import tune_before_paddle
+
+tune_before_paddle()  # before anything loads Paddle: MKL reads its dispatch setting as it loads
+
 import warnings
 
 with warnings.catch_warnings():  # Paddle's note about compiling C++ extensions, which ppim never does
