@@ -98,6 +98,7 @@ setup(
             "ppim-benchmark=ppim.cli.benchmark:main",
             "ppim-visualize=ppim.cli.visualize:main",
             "ppim-make-token-labels=ppim.cli.make_token_labels:main",
+            "ppim-env=ppim.cli.env:main",
         ],
     },
     classifiers=[

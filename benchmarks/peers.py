@@ -149,7 +149,7 @@ def _ceiling_fn(library, model, precision, threads, rows):
     import numpy as np
 
     from ppim.deploy import CeilingProbe, DenseChain, dense_shapes
-    from ppim.deploy.benchmark import time_calls
+    from ppim.deploy.throughput import time_calls
 
     dim, hidden, _ = dense_shapes(model)
     engine = {"paddle-inference": "inference", "onnxruntime": "onnxruntime", "openvino": "openvino"}.get(library)
@@ -279,11 +279,9 @@ def _installed(engine):
 
 
 def _cpu_bf16():
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from ppim import runtime
+
+    return runtime.has("cpu_bf16")
 
 
 def run(args) -> dict:

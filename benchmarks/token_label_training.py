@@ -28,7 +28,7 @@ from PIL import Image  # noqa: E402
 import ppim  # noqa: E402
 from ppim.data import ImageFolderDataset, TrainLoader  # noqa: E402
 from ppim.training.losses import TokenLabelCrossEntropy, kl_div_batchmean, soft_target_cross_entropy  # noqa: E402
-from ppim.training.supervit import SuperStep  # noqa: E402
+from ppim.training.supervit_step import SuperStep  # noqa: E402
 from ppim.training.token_labels import formats  # noqa: E402
 from ppim.training.token_labels.dataset import TokenLabelDataset, TokenLabelTransforms  # noqa: E402
 from ppim.training.token_labels.step import TokenLabelStep, TokenLabelTargets  # noqa: E402
@@ -132,9 +132,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU math threads")
     args = parser.parse_args()
     if args.threads:
-        from ppim.deploy.runner import set_eager_threads
+        from ppim.runtime import set_cpu_threads
 
-        set_eager_threads(args.threads)
+        set_cpu_threads(args.threads)
     report = {"super_vs_separate": super_vs_separate(args)}
     with tempfile.TemporaryDirectory() as folder:
         report["token_label_loading"] = loading_share(args, Path(folder))

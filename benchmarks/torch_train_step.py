@@ -1,5 +1,5 @@
 """The PyTorch reference LV-ViT's training step, the peer of ``ppim-benchmark --train`` (which loads
-this file from a checkout when torch is installed): the same step as ppim.training.benchmark's
+this module from a checkout when torch is installed): the same step as ppim.training.step_timing's
 (AdamW, soft-target cross-entropy, a fixed random batch), timed by phase."""
 import sys
 import time
@@ -11,7 +11,7 @@ from torch_reference import TorchLVViT  # noqa: E402
 
 
 def torch_step_factory(amp=None, threads=None):
-    """A StepFactory (see ppim.training.benchmark) for torch eager, fp32 or ``amp="bfloat16"``
+    """A StepFactory (see ppim.training.step_timing) for torch eager, fp32 or ``amp="bfloat16"``
     autocast on the CPU, mirroring the dimensions of the ppim LV-ViT it is given."""
 
     def factory(model, batch_size):

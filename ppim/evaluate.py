@@ -27,10 +27,11 @@ from .errors import InputError
 from .fileio import check_writable, write_json
 from .models.supervit import is_supernet, parse_subnet_spec, subnet_key
 from .registry import model_name
+from .runtime import dist_info
 from .weights import weights_info
 
 __all__ = ["Counts", "evaluate", "topk_correct", "parse_subnets", "subnet_table", "weights_info",
-           "write_results", "format_summary", "dist_info"]
+           "write_results", "format_summary"]
 
 Runner = Callable[[np.ndarray], np.ndarray]
 Subnet = Tuple[int, float]
@@ -133,21 +134,6 @@ def subnet_table(entries: Sequence[Dict[str, Any]], value: str = "top1", patch_s
 # ----------------------------------------------------------------------------------------------
 # Distributed
 # ----------------------------------------------------------------------------------------------
-
-
-def dist_info(distributed: Optional[bool] = None) -> Tuple[int, int]:
-    """(rank, world_size). ``None``: distributed when started by paddle.distributed.launch with more
-    than one process (PADDLE_TRAINERS_NUM > 1); the process group is initialised here if needed."""
-    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1)
-    if distributed is None:
-        distributed = world > 1
-    if not distributed:
-        return 0, 1
-    import paddle.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_parallel_env()  # gloo on CPU (launch sets PADDLE_DISTRI_BACKEND), NCCL on GPUs
-    return dist.get_rank(), dist.get_world_size()
 
 
 def _all_reduce(values: Sequence[Union[int, float]], dtype: str, op: str) -> List:
@@ -315,7 +301,9 @@ def evaluate(model: Any, data: Any = None, *, val_list: Optional[str] = None, ba
             from .transforms import create_transforms
 
             transforms = create_transforms(cfg)
-        dataset = open_dataset(data, val_list, transforms, num_classes=cfg.get("num_classes"))
+        dataset = open_dataset(data, val_list, transforms, num_classes=cfg.get("num_classes"),
+                               class_names=cfg.get("class_names"),
+                               log=(lambda message: print(message, file=sys.stderr)) if verbose and rank == 0 else None)
         data_desc = _describe(dataset)
     else:
         dataset, data_desc = data, _describe(data)

@@ -17,10 +17,20 @@ from typing import Iterator, Union
 
 import numpy as np
 
-__all__ = ["PART_SUFFIX", "atomic_path", "check_writable", "current_umask", "remove_quietly",
+__all__ = ["ENV_PPIM_HOME", "DEFAULT_PPIM_HOME", "ppim_home", "PART_SUFFIX", "atomic_path", "check_writable", "current_umask", "remove_quietly",
            "remove_stale_parts", "write_atomic", "write_json"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+ENV_PPIM_HOME = "PPIM_HOME"
+DEFAULT_PPIM_HOME = "~/.cache/ppim"
+
+
+def ppim_home() -> Path:
+    """The ppim data directory (weights, exports, runtime verdicts): ``$PPIM_HOME``, else
+    ``~/.cache/ppim`` (read at each call)."""
+    return Path(os.path.expanduser(os.environ.get(ENV_PPIM_HOME) or DEFAULT_PPIM_HOME))
+
 
 #: Suffix of the temp files written next to their target (``.<name>.<random>.part``).
 PART_SUFFIX = ".part"

@@ -1,20 +1,36 @@
 """Model registry: every constructor is registered with its pretrained cfg (timm's pattern).
 
 A leaf: it imports nothing of ppim but the exception base class (ppim.builder, above it, turns a
-name into a ready model)."""
+name into a ready model). The model families register themselves when ``ppim.models`` is imported;
+the first question about names imports it by name (:func:`load_families`), so asking the registry
+works whichever ppim module was imported first, while ``import ppim`` alone stays free of Paddle."""
 from __future__ import annotations
 
 import copy
+import importlib
 import difflib
 import fnmatch
 import math
 import textwrap
+import warnings
 from typing import Any, Callable, Dict, List, Sequence, Union
 
 from .errors import PpimError
 
 _MODELS: Dict[str, Callable[..., Any]] = {}
 _CFGS: Dict[str, Dict[str, Any]] = {}
+
+#: The package whose import registers every model family.
+FAMILIES = "ppim.models"
+#: What Paddle says on import about compiling C++ extensions, which ppim never does.
+PADDLE_IMPORT_NOISE = "No ccache found"
+
+
+def load_families() -> Any:
+    """Import (once) and return the package of model families, registering every constructor."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PADDLE_IMPORT_NOISE, category=UserWarning)
+        return importlib.import_module(FAMILIES)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -96,6 +112,7 @@ def register_model(cfg: Dict[str, Any]) -> Callable[[Callable[..., Any]], Callab
 
 
 def _lookup(name: str) -> str:
+    load_families()
     if name in _MODELS:
         return name
     close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.5)
@@ -113,6 +130,7 @@ def list_models(pattern: Patterns = "*", pretrained: bool = False, exclude_filte
     """Sorted registered names matching the shell-style ``pattern`` (or any of a list of them, as
     timm), minus those matching ``exclude_filters``; with ``pretrained=True`` only those with
     published weights (a Paddle file or an official PyTorch source)."""
+    load_families()
     names = [n for n in _MODELS if _matches(n, pattern) and not _matches(n, exclude_filters)]
     if pretrained:
         names = [n for n in names if _CFGS[n]["weights"].get("url") or _CFGS[n]["weights"].get("source_url")]
@@ -126,6 +144,7 @@ def list_pretrained(pattern: Patterns = "*", exclude_filters: Patterns = ()) -> 
 
 def is_model(name: str) -> bool:
     """True if ``name`` is a registered model."""
+    load_families()
     return name in _MODELS
 
 

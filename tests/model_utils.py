@@ -33,7 +33,7 @@ def randomize(model, seed=0):
 
 def torch_state(model):
     """A ppim model's weights in the official PyTorch layout (Linear [out, in], BN running stats),
-    written independently of ppim.convert.to_paddle_layout (which maps the other way)."""
+    written independently of ppim.weights.torch_layout.to_paddle_layout (which maps the other way)."""
     import torch
 
     linear = {f"{name}.weight" for name, layer in model.named_sublayers() if isinstance(layer, paddle.nn.Linear)}

@@ -85,7 +85,7 @@ def test_cli_converts_fp16_and_reports(tmp_path, reference):
     torch.save({k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}, source)
     out = tmp_path / "half.pdparams"
     code = (
-        "import sys, ppim, ppim.registry as r; sys.argv[1:1] = []; "
+        "import sys, ppim.registry as r; r.load_families(); "
         "import runpy; r._CFGS['lvvit_s']['weights']['url'] = None; "
         f"sys.argv = ['convert.py', {str(source)!r}, {str(out)!r}, '--model', 'lvvit_s']; "
         "runpy.run_path('tools/convert.py', run_name='__main__')"

@@ -1,27 +1,17 @@
 """Export for Paddle Inference, the predictor, runners over both engines, the benchmark and the tools
 (small models; no timing is asserted)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import paddle
 import pytest
 
-from ppim import deploy
+from ppim import deploy, runtime
+from ppim.errors import CapabilityError
 from ppim.deploy import Predictor, create_runner, export, load_manifest
 from ppim.flops import count_macs
 
 from deploy_utils import eager, images, rel_error, tiny, tiny_super
-
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"ppim_tools_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.smoke
@@ -152,7 +142,7 @@ def test_super_subnetwork_exports_and_matches_eager(tmp_path):
     assert rel_error(runner(batch), eager(model, batch, img_size=224, keep_ratio=0.5)) < 1e-4
 
 
-@pytest.mark.skipif(not deploy.cpu_supports_bf16(), reason="CPU without avx512_bf16/amx_bf16")
+@pytest.mark.skipif(not runtime.has("cpu_bf16"), reason="CPU without avx512_bf16/amx_bf16")
 def test_bf16_predictor_close_to_fp32(tmp_path):
     model = tiny()
     batch = images(4, 64)
@@ -165,24 +155,25 @@ def test_bf16_predictor_close_to_fp32(tmp_path):
 def test_clear_errors_for_unsupported_setups(tmp_path, monkeypatch):
     model = tiny()
     out = export(model, tmp_path / "m")
-    with pytest.raises(ValueError, match="fp16.*gpu"):
+    with pytest.raises(CapabilityError, match="fp16 needs a GPU"):
         Predictor(out, precision="fp16")
     with pytest.raises(ValueError, match="tensorrt"):
         Predictor(out, tensorrt=True)
-    with pytest.raises(ValueError, match="engine='inference'"):
+    with pytest.raises(CapabilityError, match="eager runs fp32 only on cpu; what runs here: .*inference on cpu fp32"):
         create_runner(model, engine="eager", precision="bf16")
     with pytest.raises(FileNotFoundError, match="no exported program"):
         Predictor(tmp_path)
-    monkeypatch.setattr(deploy.common, "cpu_flags", lambda: {"avx2", "avx512f"})
-    with pytest.raises(RuntimeError, match="avx512_bf16"):
-        Predictor(out, precision="bf16")
-    if not paddle.is_compiled_with_cuda():
-        with pytest.raises(RuntimeError, match="paddlepaddle-gpu"):
+    if not runtime.has("gpu"):
+        with pytest.raises(CapabilityError, match="paddlepaddle-gpu"):
             Predictor(out, device="gpu")
-        with pytest.raises(RuntimeError, match="paddlepaddle-gpu"):
+        with pytest.raises(CapabilityError, match="paddlepaddle-gpu"):
             Predictor(out, device="gpu", precision="fp16", tensorrt=True)
-        with pytest.raises(RuntimeError, match="paddlepaddle-gpu"):
+        with pytest.raises(CapabilityError, match="paddlepaddle-gpu"):
             create_runner(model, engine="eager", device="gpu")
+    matmul = export(model, tmp_path / "matmul", precision="bf16")  # a layout every CPU runs
+    with runtime.simulate("avx512"):  # a CPU without bfloat16: refused before anything runs
+        with pytest.raises(CapabilityError, match="avx512_bf16 or amx_bf16.*what runs here: .*inference on cpu fp32"):
+            Predictor(matmul, precision="bf16")
 
 
 def test_benchmark_rows(tmp_path):
@@ -214,7 +205,7 @@ def test_benchmark_rows(tmp_path):
 
 
 def test_tools_export_and_benchmark(tmp_path, capsys):
-    export_tool, benchmark_tool = load_tool("export"), load_tool("benchmark")
+    from ppim.cli import benchmark as benchmark_tool, export as export_tool
 
     out = tmp_path / "lvvit_t"
     assert export_tool.main(["--model", "lvvit_t", "--output", str(out), "--verify"]) == 0

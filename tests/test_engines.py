@@ -7,8 +7,10 @@ import paddle
 import pytest
 
 import ppim
-from ppim.deploy import AUTO_ORDER, cpu_supports_bf16, create_runner, export, load_manifest, resolve_engine
+from ppim import runtime
+from ppim.deploy import auto_order, create_runner, export, load_manifest, resolve_engine
 from ppim.deploy import engines as engines_module
+from ppim.errors import CapabilityError, MissingExtraError
 
 from deploy_utils import eager, images, rel_error, tiny
 
@@ -40,7 +42,7 @@ def test_openvino_super_subnetwork_and_bf16(tmp_path):
     batch = images(2, 224, seed=1)
     expected = eager(model, batch)
     assert rel_error(create_runner(model, engine="openvino", workdir=tmp_path / "s")(batch), expected) < 1e-4
-    if cpu_supports_bf16():  # bf16 keeps 8 mantissa bits: the top class may move, logits stay close
+    if runtime.has("cpu_bf16"):  # bf16 keeps 8 mantissa bits: the top class may move, logits stay close
         got = create_runner(model, engine="openvino", precision="bf16", workdir=tmp_path / "s")(batch)
         assert rel_error(got, expected) < 0.1
 
@@ -52,24 +54,40 @@ def test_missing_extra_names_it(monkeypatch):
         create_runner(tiny(), engine="onnxruntime")
     with pytest.raises(ImportError, match=r"pip install 'ppim\[openvino\]'"):
         create_runner(tiny(), engine="openvino")
-    with pytest.raises(ValueError, match="fp32"):
+    with pytest.raises(CapabilityError, match="onnxruntime runs fp32 only"):
         engines_module.OnnxRuntimePredictor("unused", precision="bf16")
 
 
-def test_auto_picks_the_first_installed_engine(monkeypatch):
-    installed = set()
-    monkeypatch.setattr(engines_module, "engine_available", lambda engine: engine in installed)
-    import ppim.deploy.runner as runner_module
-
-    monkeypatch.setattr(runner_module, "engine_available", lambda engine: engine in installed)
-    assert resolve_engine("auto", "cpu", "fp32") == "inference"  # no extra installed
-    installed.add("onnxruntime")
-    assert resolve_engine("auto", "cpu", "fp32") == "inference"  # measured slower than Paddle Inference
-    assert resolve_engine("auto", "cpu", "bf16") == "inference"  # onnxruntime has no bf16 here
-    installed.add("openvino")
-    assert resolve_engine("auto", "cpu", "fp32") == AUTO_ORDER[("cpu", "fp32")][0] == "openvino"
-    assert resolve_engine("auto", "cpu", "bf16") == "openvino"
-    assert resolve_engine("auto", "gpu", "fp16") == "inference"
+@pytest.mark.parametrize("profile", list(runtime.PROFILES))
+def test_auto_picks_the_fastest_engine_that_runs_here(profile):
+    """engine='auto' under each simulated machine and set of installed extras (no real CPU assumed;
+    the real machine's choice is run by test_auto_runner_matches_eager)."""
+    bf16 = runtime.PROFILES[profile][3].count("avx512_bf16") > 0
+    with runtime.simulate(profile, extras=()):
+        assert auto_order("cpu", "fp32") == ["openvino", "inference", "onnxruntime"]
+        assert resolve_engine("auto", "cpu", "fp32") == "inference"  # no extra installed
+        if bf16:
+            assert resolve_engine("auto", "cpu", "bf16") == "inference"
+        else:
+            with pytest.raises(CapabilityError, match="avx512_bf16 or amx_bf16.*what runs here: eager on cpu fp32"):
+                resolve_engine("auto", "cpu", "bf16")
+        with pytest.raises(CapabilityError, match="fp16 needs a GPU"):
+            resolve_engine("auto", "cpu", "fp16")
+    with runtime.simulate(profile, extras=("onnxruntime", "paddle2onnx")):
+        assert resolve_engine("auto", "cpu", "fp32") == "inference"  # measured slower than Paddle Inference
+    with runtime.simulate(profile, extras=("openvino", "onnxruntime", "paddle2onnx")):
+        assert resolve_engine("auto", "cpu", "fp32") == "openvino"
+        if bf16:
+            assert resolve_engine("auto", "cpu", "bf16") == "openvino"
+        if profile == "gpu":
+            assert resolve_engine("auto", "gpu", "fp16") == resolve_engine("auto", "gpu", "bf16") == "inference"
+        else:
+            with pytest.raises(CapabilityError, match="CPU-only build"):
+                resolve_engine("auto", "gpu", "fp32")
+    with runtime.simulate(profile, extras=("openvino",)):  # without paddle2onnx: not usable
+        assert resolve_engine("auto", "cpu", "fp32") == "inference"
+        with pytest.raises(MissingExtraError, match=r"paddle2onnx not installed \(pip install 'ppim\[openvino\]'\)"):
+            create_runner(tiny(), engine="openvino")
     assert resolve_engine("eager") == "eager"
     with pytest.raises(ValueError, match="engine"):
         resolve_engine("tensorflow")

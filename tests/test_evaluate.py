@@ -329,25 +329,3 @@ def test_cli_distributed_equals_single_process(tmp_path):
     for key in ("num_images", "correct1", "correct5", "top1", "top5", "skipped", "skipped_images"):
         assert results[key] == single[key], key
     assert "top-1" in logs and logs.count("top-1") == 1  # only rank 0 printed the summary
-
-
-def test_cli_pins_each_launched_process_to_its_gpu(monkeypatch):
-    """Not run on GPUs here: the environment rewrite tools/eval.py does before importing Paddle."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ppim_eval_tool", ROOT / "tools" / "eval.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    # The tool writes os.environ itself: give it a copy, so nothing leaks into later tests' launches.
-    monkeypatch.setattr(os, "environ", os.environ.copy())
-    cases = [({"PADDLE_TRAINERS_NUM": "4", "FLAGS_selected_gpus": "3"}, ("3", "0")),
-             ({"PADDLE_TRAINERS_NUM": "2", "FLAGS_selected_gpus": "1", "CUDA_VISIBLE_DEVICES": "4,6"}, ("6", "0")),
-             ({"PADDLE_TRAINERS_NUM": "1", "FLAGS_selected_gpus": "1"}, (None, "1")),
-             ({"PADDLE_TRAINERS_NUM": "2"}, (None, None))]  # CPU (gloo): nothing to pin
-    for env, expected in cases:
-        for key in ("PADDLE_TRAINERS_NUM", "FLAGS_selected_gpus", "CUDA_VISIBLE_DEVICES"):
-            monkeypatch.delenv(key, raising=False)
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        tool._pin_launch_gpu()
-        assert (os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("FLAGS_selected_gpus")) == expected, env

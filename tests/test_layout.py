@@ -57,7 +57,7 @@ def test_registry_is_a_leaf():
 
 
 def test_key_mapping_and_file_io_import_no_weights_io():
-    for leaf in ("ppim.convert", "ppim.convert.mapping", "ppim.fileio", "ppim.weights.errors"):
+    for leaf in ("ppim.weights.torch_layout", "ppim.fileio", "ppim.weights.errors"):
         assert not {m for m in GRAPH[leaf] if m.startswith("ppim.weights")}, leaf
 
 
@@ -84,3 +84,27 @@ def test_every_module_imports():
     # module in turn covers every entry point; the graph check above rules out cycles.
     code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)"
     subprocess.run([sys.executable, "-c", code, *MODULES], check=True, cwd=ROOT)
+
+
+def test_no_package_attribute_shadows_a_submodule():
+    # `import ppim.deploy.exporting as m` must give the module: a package attribute named like one of
+    # its submodules (a re-exported function called `export` beside export.py) would hide it.
+    code = ("import importlib, sys\nbad = []\nfor name in sys.argv[1:]:\n"
+            "    module = importlib.import_module(name)\n"
+            "    parent, _, leaf = name.rpartition('.')\n"
+            "    if parent and getattr(sys.modules[parent], leaf) is not module:\n"
+            "        bad.append(name)\n"
+            "print(' '.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code, *MODULES], check=True, cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.split() == []
+
+
+def test_runtime_is_a_leaf_and_the_only_reader_of_the_cpu():
+    # ppim.runtime is what every layer asks about the machine: it may import only the leaves below
+    # it, and no other module reads /proc/cpuinfo or guesses CPU features itself.
+    assert GRAPH["ppim.runtime"] <= {"ppim.errors", "ppim.fileio"}
+    readers = sorted(module_name(p) for p in PACKAGE.rglob("*.py") if "/proc/cpuinfo" in p.read_text(encoding="utf-8"))
+    assert readers == ["ppim.runtime"]
+    guessing = sorted(module_name(p) for p in PACKAGE.rglob("*.py") if module_name(p) != "ppim.runtime"
+                      and any(flag in p.read_text(encoding="utf-8") for flag in ('"avx512', '"amx_', '"avx2"')))
+    assert guessing == []

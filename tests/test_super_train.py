@@ -16,7 +16,7 @@ from token_label_reference import reference_soft_ce, reference_token_label_ce
 from torch_reference import SUPERVIT_SIZES, TorchSuperViT
 
 from ppim.training.losses import TokenLabelCrossEntropy, soft_target_cross_entropy
-from ppim.training.supervit import SuperStep, mixtoken_boxes, training_subnets
+from ppim.training.supervit_step import SuperStep, mixtoken_boxes, training_subnets
 
 ARCH = {
     "super_deit_s": dict(deit=True, mlp_ratio=4.0, qkv_bias=True, eps=1e-6, skip_lam=1.0, aux_weight=None),

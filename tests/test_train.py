@@ -136,9 +136,27 @@ TRAIN_ARGS = ["--model", "lvvit_s", "--model-kwargs", json.dumps(TINY_LVVIT), "-
               "-j", "0", "--warmup-epochs", "0", "--cooldown-epochs", "0", "--no-progress"]
 
 
+# ppim-train whose checkpoint writer stops for two minutes halfway through a file.
+PAUSING_TRAIN = f"""import sys, time
+sys.path.insert(0, {str(ROOT)!r})
+import ppim.training.checkpoint as checkpoint
+
+def write_half_then_wait(file, data):
+    file.write(data[:len(data) // 2])
+    file.flush()
+    time.sleep(120)
+    file.write(data[len(data) // 2:])
+
+checkpoint.write_bytes = write_half_then_wait
+from ppim.cli.train import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_kill_while_writing_a_checkpoint_keeps_the_last_one(tmp_path):
-    """SIGKILL while last.pdparams is being written (a test hook pauses halfway through the temp
-    file): the previous last.pdparams still loads, and --resume continues from it."""
+    """SIGKILL while last.pdparams is being written (the run's checkpoint writer, replaced through its
+    seam, pauses halfway through the temp file): the previous last.pdparams still loads, and --resume
+    continues from it."""
     data = write_dataset(tmp_path / "data", train_per_class=4, val_per_class=2, classes=2, size=40)
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "tools" / "train.py"), str(data), *TRAIN_ARGS, "--output", str(out)]
@@ -146,8 +164,9 @@ def test_kill_while_writing_a_checkpoint_keeps_the_last_one(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     before = (out / "last.pdparams").read_bytes()
 
-    env = dict(os.environ, PYTHONWARNINGS="ignore", PPIM_TEST_CHECKPOINT_PAUSE="120")
-    proc = subprocess.Popen([*command, "--epochs", "2", "--resume", str(out / "last.pdparams")], cwd=tmp_path,
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    pausing = [sys.executable, "-c", PAUSING_TRAIN, str(data), *TRAIN_ARGS, "--output", str(out)]
+    proc = subprocess.Popen([*pausing, "--epochs", "2", "--resume", str(out / "last.pdparams")], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240

@@ -1,15 +1,11 @@
-"""python tools/train.py: ppim-train from a checkout (see ppim/cli/train.py or --help). Start this
-script under paddle.distributed.launch on GPUs: it pins each process to its GPU before Paddle is
-imported (as tools/eval.py), so every device-0 default lands on the process's own GPU."""
+"""python tools/train.py: ppim-train from a checkout (see ppim/cli/train.py or --help); under
+paddle.distributed.launch each process is pinned to its GPU before Paddle loads (ppim.cli.launch)."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from ppim.cli.train import main  # noqa: E402
+
 if __name__ == "__main__":
-    from eval import _pin_launch_gpu  # tools/ is on sys.path as the script's folder
-
-    _pin_launch_gpu()
-    from ppim.cli.train import main
-
     sys.exit(main())

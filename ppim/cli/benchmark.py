@@ -8,7 +8,8 @@ ceiling measured in the same run, e.g.
 after --warmup), GFLOP/s achieved (2 x MACs), the ceiling (the best GFLOP/s any installed engine
 reaches on the model's own dense GEMM shapes at that batch, timed right after each point) and the
 share of it; combinations an engine cannot run here are skipped and listed; super models add each
-sub-network's speed-up over (224, 1.0) next to its FLOPs ratio. "cores" is process CPU time over wall
+sub-network's speed-up over (224, 1.0) next to its FLOPs ratio. --checkpoint of a ppim run gives the
+model (its kwargs and classes). "cores" is process CPU time over wall
 time while the model ran: below --threads, other processes took some of the CPUs (compare shares,
 which are measured under the same conditions). Weights do not change the speed: random ones are used.
 """
@@ -18,9 +19,9 @@ import argparse
 import os
 import platform
 import sys
-from pathlib import Path
 
-from .common import ArgumentParser, add_model_arguments, command, create_model, writable_file
+from .common import (BATCH, THREADS, ArgumentParser, add_model_arguments, command, create_model, integer, number,
+                     writable_file)
 
 
 def _list(text, kind=str, choices=None):
@@ -45,54 +46,50 @@ def _subnets(text):
 
 
 def environment(threads=None) -> dict:
-    import paddle
+    from ..runtime import REPORTED_FLAGS, has, machine
 
-    from ..deploy import cpu_supports_bf16
-
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"paddle_version": paddle.__version__, "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "threads": threads, "cpu_bf16": cpu_supports_bf16(),
-            "cuda": paddle.is_compiled_with_cuda()}
+    m = machine()
+    return {"paddle_version": m.paddle_version, "python": platform.python_version(), "cpu": m.cpu_model,
+            "cpu_flags": sorted(flag for flag in REPORTED_FLAGS if flag in m.cpu_flags),
+            "cpu_count": os.cpu_count(), "threads": threads, "cpu_bf16": has("cpu_bf16"),
+            "cuda": m.cuda_build, "simulated_profile": m.profile}
 
 
 @command
 def main(argv=None) -> int:
-    from ..deploy import ENGINES, PRECISIONS
+    from ..deploy.registry import DEVICES, ENGINES, PRECISIONS
 
     parser = ArgumentParser(prog="ppim-benchmark", description=__doc__)
-    add_model_arguments(parser, weights=False)
+    add_model_arguments(parser)
     parser.add_argument("--engine", default="eager,inference", type=lambda t: _list(t, choices=ENGINES),
                         help="comma list of eager, inference, openvino, onnxruntime (default eager,inference)")
     parser.add_argument("--precision", default="fp32", type=lambda t: _list(t, choices=PRECISIONS),
                         help="comma list of fp32, bf16, fp16 (default fp32)")
-    parser.add_argument("-b", "--batch-size", default="1,16", type=lambda t: _list(t, int),
+    parser.add_argument("-b", "--batch-size", default="1,16", type=lambda t: _list(t, BATCH),
                         help="comma list of batch sizes (default 1,16)")
-    parser.add_argument("--iters", type=int, default=10, help="timed calls per point (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--iters", type=integer(1), default=10, help="timed calls per point (default 10)")
+    parser.add_argument("--warmup", type=integer(0), default=2, help="untimed calls first (default 2)")
+    parser.add_argument("--threads", type=THREADS, help="CPU threads (default: all this process may use)")
+    parser.add_argument("--device", default="cpu", choices=DEVICES)
     parser.add_argument("--subnets", default="all", type=_subnets,
                         help="SuperViT: all (default) or a list like 224x1.0,160x0.7")
-    parser.add_argument("--gmacs", type=float, help="override the model's GMACs per image (non-super models)")
+    parser.add_argument("--gmacs", type=number(above=0.0), help="override the model's GMACs per image (non-super models)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
     parser.add_argument("--json", help="write the rows and the environment to this JSON file")
     parser.add_argument("--train", action="store_true",
                         help="training step throughput instead (fp32; bf16 where eager Paddle has CPU kernels), "
                              "with its breakdown, against the PyTorch reference when torch is installed")
-    parser.add_argument("--rounds", type=int, default=3, help="--train: interleaved rounds (default 3)")
+    parser.add_argument("--rounds", type=integer(1), default=3, help="--train: interleaved rounds (default 3)")
     args = parser.parse_args(argv)
     if args.train:
         return _train(args)
     from ..deploy import benchmark, format_rows
+    from ..deploy.registry import check_supported, unsupported
     from ..fileio import write_json
 
+    runnable = [(e, p) for e in args.engine for p in args.precision if unsupported(e, p, args.device) is None]
+    if not runnable:  # nothing asked for runs here: say why (the first) and what does
+        check_supported(args.engine[0], args.precision[0], args.device)
     if args.json:
         writable_file(args.json, "--json")
     model = create_model(args, warn=False)  # weights do not change the speed
@@ -111,41 +108,44 @@ def main(argv=None) -> int:
 
 
 def _torch_peers(threads) -> dict:
-    """The PyTorch reference's train step (benchmarks/torch_train_step.py of a checkout), fp32 and
-    bf16 where the CPU has it; empty without torch or outside a checkout."""
+    """The PyTorch reference's train step (the optional module benchmarks.torch_train_step, importable
+    when a ppim checkout is on sys.path, as tools/benchmark.py puts it), fp32 and bf16 where the CPU
+    has it; empty, with a note saying why, without torch or that module."""
     import importlib.util
 
-    from ..deploy import cpu_supports_bf16
+    from ..runtime import has
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "torch_train_step.py"
-    if importlib.util.find_spec("torch") is None or not path.is_file():
-        print("note: no PyTorch peer (needs torch and a ppim checkout's benchmarks/)", file=sys.stderr)
+    if importlib.util.find_spec("torch") is None:
+        print("note: no PyTorch peer: torch is not installed", file=sys.stderr)
         return {}
-    spec = importlib.util.spec_from_file_location("ppim_bench_torch_train_step", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    peers = {"torch eager fp32": module.torch_step_factory(threads=threads)}
-    if cpu_supports_bf16():
-        peers["torch eager bf16 autocast"] = module.torch_step_factory(amp="bfloat16", threads=threads)
+    try:
+        from benchmarks.torch_train_step import torch_step_factory
+    except ImportError:
+        print("note: no PyTorch peer: the module benchmarks.torch_train_step is not importable (run "
+              "python tools/benchmark.py --train from a ppim checkout)", file=sys.stderr)
+        return {}
+    peers = {"torch eager fp32": torch_step_factory(threads=threads)}
+    if has("cpu_bf16"):
+        peers["torch eager bf16 autocast"] = torch_step_factory(amp="bfloat16", threads=threads)
     return peers
 
 
 def _train(args) -> int:
-    from ..deploy.runner import set_eager_threads
     from ..fileio import write_json
-    from ..training.benchmark import format_train_rows, train_benchmark
-    from ..training.engine import cpu_bf16_training_supported
+    from ..runtime import missing, set_cpu_threads
+    from ..training.step_timing import format_train_rows, train_benchmark
 
     if args.json:
         writable_file(args.json, "--json")
-    threads = set_eager_threads(args.threads)
+    threads = set_cpu_threads(args.threads)  # for this process, a benchmark run
     env = environment(threads)
     batch_size = args.batch_size[-1]
     variants = [("paddle fp32", {}), ("paddle fp32 +oneDNN", {"flags": {"FLAGS_use_mkldnn": True}})]
-    if cpu_bf16_training_supported():
+    reason = missing("eager_cpu_bf16")
+    if reason is None:
         variants.append(("paddle bf16 autocast", {"amp": "bfloat16"}))
     else:
-        print("note: no paddle bf16 row: this Paddle has no eager bfloat16 CPU matmul kernel", file=sys.stderr)
+        print(f"note: no paddle bf16 row: {reason}", file=sys.stderr)
     print(f"{args.model} training step, batch {batch_size}, {threads} threads, on {env['cpu'] or 'this CPU'}, "
           f"Paddle {env['paddle_version']}", flush=True)
     rows = train_benchmark(lambda: create_model(args, warn=False), batch_size, variants=variants,

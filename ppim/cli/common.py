@@ -13,7 +13,7 @@ A tool is a module in ppim.cli with ``main(argv=None) -> int`` decorated by :fun
         return 0
 
 Expected errors are ppim.errors.PpimError (unknown model, bad image, weights that cannot be got or
-read, bad input), OSError (missing file, no permission, disk full) and MemoryError: one line on
+read, bad input, what this machine cannot run: CapabilityError), OSError (missing file, no permission, disk full) and MemoryError: one line on
 stderr naming the cause and the fix, exit status 2. Ctrl-C exits with 130 without a traceback.
 Anything else is a bug and keeps its traceback; PPIM_DEBUG=1 prints the traceback for every error.
 """
@@ -23,16 +23,21 @@ import argparse
 import errno
 import functools
 import json
+import math
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from ..errors import InputError, PpimError
+from ..errors import InputError, ParameterError, PpimError
+from ..registry import PADDLE_IMPORT_NOISE
+from .launch import pin_launch_gpu
 
 __all__ = ["ArgumentParser", "EXIT_ERROR", "EXIT_INTERRUPTED", "add_ema_arguments", "add_model_arguments", "command", "create_model",
-           "describe_error", "model_kwargs", "refuse_same_file", "weights_of", "writable_file"]
+           "check_engine", "describe_error", "integer", "model_kwargs", "number", "number_pair", "refuse_same_file", "weights_of",
+           "writable_file", "BATCH", "CLASSES", "EPOCHS", "IMG_SIZE", "PROBABILITY", "RATE", "THREADS", "WORKERS"]
 
 #: Exit status of an expected error (argparse uses 2 for usage errors too).
 EXIT_ERROR = 2
@@ -56,8 +61,33 @@ _OS_HINTS = {
 }
 
 
+#: Library parameters whose command-line spelling is not ``--`` + the name with dashes.
+FLAGS = {"name": "--model", "checkpoint_path": "--checkpoint", "data": "DATA", "batch_size": "-b",
+         "num_workers": "-j", "workers": "-j", "model_kwargs": "--model-kwargs"}
+
+
+def flag_of(param: str) -> str:
+    """The command-line flag of a library parameter (``clip_grad`` -> ``--clip-grad``)."""
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def _spell_flag(param: str, value: Any) -> str:
+    flag = flag_of(param)
+    if value is ParameterError.NAME_ONLY or value is True:
+        return flag
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    elif isinstance(value, dict):
+        value = "'" + json.dumps(value) + "'"
+    return f"{flag} {value}" if flag != "DATA" else str(value)
+
+
 def describe_error(error: BaseException) -> str:
-    """One line saying what went wrong and, where ppim knows, what to do about it."""
+    """One line saying what went wrong and, where ppim knows, what to do about it. A library error
+    naming its parameters (ParameterError) names the command line's flags instead."""
+    if isinstance(error, ParameterError):
+        message = error.render(_spell_flag)
+        return "; ".join(line.strip() for line in message.splitlines() if line.strip())
     if isinstance(error, MemoryError):
         return ("out of memory" + (f" ({error})" if str(error) else "")
                 + ": use a smaller batch size (-b) or fewer workers (-j), or free memory")
@@ -80,7 +110,9 @@ def _debug() -> bool:
 def run(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
     """Call ``main(argv)``; expected errors become one ``error:`` line on stderr and status 2."""
     try:
-        return main(argv)
+        with warnings.catch_warnings():  # the tool's own output stays free of Paddle's import note
+            warnings.filterwarnings("ignore", message=PADDLE_IMPORT_NOISE, category=UserWarning)
+            return main(argv)
     except KeyboardInterrupt:
         if _debug():
             traceback.print_exc()
@@ -104,10 +136,12 @@ def _silence_stdout() -> None:
 
 
 def command(main: Callable[..., int]) -> Callable[[Optional[Sequence[str]]], int]:
-    """Decorator for a tool's ``main(argv=None) -> int``: runs it through :func:`run`."""
+    """Decorator for a tool's ``main(argv=None) -> int``: pins the process to its GPU under
+    paddle.distributed.launch (before anything imports Paddle) and runs ``main`` through :func:`run`."""
 
     @functools.wraps(main)
     def wrapper(argv: Optional[Sequence[str]] = None) -> int:
+        pin_launch_gpu()
         return run(main, argv)
 
     return wrapper
@@ -125,18 +159,98 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 # ----------------------------------------------------------------------------------------------
+# Argument types: every value checked at parse time (one ``error:`` line naming the flag, status 2)
+# ----------------------------------------------------------------------------------------------
+
+
+def integer(low: int = 1, high: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``low`` .. ``high``."""
+    span = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {span}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {span}, got {text}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(low: Optional[float] = None, high: Optional[float] = None, *, above: Optional[float] = None
+           ) -> Callable[[str], float]:
+    """An argparse type: a finite number >= ``low`` (or > ``above``) and <= ``high``."""
+    parts = ([f">= {low:g}"] if low is not None else []) + ([f"> {above:g}"] if above is not None else []) \
+        + ([f"<= {high:g}"] if high is not None else [])
+    span = "a finite number" + (f" {' and '.join(parts)}" if parts else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {span}, got {text!r}") from None
+        if (not math.isfinite(value) or (low is not None and value < low) or (above is not None and value <= above)
+                or (high is not None and value > high)):
+            raise argparse.ArgumentTypeError(f"expected {span}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def number_pair(low: Optional[float] = None, high: Optional[float] = None, *, above: Optional[float] = None
+                ) -> Callable[[str], "tuple[float, float]"]:
+    """An argparse type: "a,b", two numbers of ``number(low, high, above=above)`` with a <= b."""
+    one = number(low, high, above=above)
+
+    def parse(text: str) -> "tuple[float, float]":
+        parts = text.split(",")
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(f"expected two numbers like 0.08,1.0, got {text!r}")
+        first, second = (one(part) for part in parts)
+        if first > second:
+            raise argparse.ArgumentTypeError(f"expected the smaller number first, got {text}")
+        return first, second
+
+    parse.__name__ = "pair"
+    return parse
+
+
+#: The shared types of the flags every tool has (bounds far beyond real use, well below absurd allocations).
+BATCH = integer(1, 1 << 16)
+WORKERS = integer(0, 256)
+THREADS = integer(1, 4096)
+EPOCHS = integer(1, 1_000_000)
+IMG_SIZE = integer(1, 8192)
+CLASSES = integer(1, 1_000_000)
+PROBABILITY = number(0.0, 1.0)
+RATE = number(0.0)
+
+
+# ----------------------------------------------------------------------------------------------
 # Model arguments
 # ----------------------------------------------------------------------------------------------
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, weights: bool = True) -> None:
-    """--model NAME, --model-kwargs JSON and (``weights``) --pretrained | --checkpoint PATH."""
-    parser.add_argument("--model", required=True, help="model name, e.g. lvvit_s (see ppim.list_models())")
+def add_model_arguments(parser: argparse.ArgumentParser, weights: bool = True, num_classes: bool = True) -> None:
+    """--model NAME, --model-kwargs JSON, --num-classes N (``num_classes``) and (``weights``)
+    --pretrained | --checkpoint PATH. With ``weights``, --model is optional: a checkpoint ppim wrote
+    names its model (see :func:`create_model`)."""
+    parser.add_argument("--model", required=not weights,
+                        help="model name, e.g. lvvit_s (see ppim.list_models()); with --checkpoint of a ppim "
+                             "run or conversion: optional, taken from it")
     if weights:
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--pretrained", action="store_true", help="the registered weights")
         group.add_argument("--checkpoint", metavar="PATH",
-                           help="weights file or URL (.pdparams, or a PyTorch checkpoint converted on load)")
+                           help="weights file or URL (.pdparams, or a PyTorch checkpoint converted on load); a "
+                                "checkpoint ppim wrote gives the model, its kwargs, classes and transforms")
+    if num_classes:
+        parser.add_argument("--num-classes", type=CLASSES, default=None,
+                            help="classifier size (default: the checkpoint's, else the model's)")
     parser.add_argument("--model-kwargs", default=None, metavar="JSON",
                         help='extra constructor arguments as JSON, for experiments and tests, e.g. '
                              '\'{"embed_dim": 48, "depth": 2}\'')
@@ -173,30 +287,45 @@ def weights_of(args: argparse.Namespace) -> Any:
     return getattr(args, "checkpoint", None) or getattr(args, "pretrained", False)
 
 
-def create_model(args: argparse.Namespace, warn: bool = True, **kwargs: Any) -> Any:
-    """ppim.create_model for --model with its weights and --model-kwargs (``kwargs`` override them).
-    Constructor arguments it cannot take are reported as input errors naming them."""
-    from ..registry import create_model as build
+def create_model(args: argparse.Namespace, warn: bool = True, new_head: bool = False, **kwargs: Any) -> Any:
+    """ppim.builder.create_model for --model (or the model --checkpoint describes) with its weights,
+    --num-classes and --model-kwargs (``kwargs`` override them). The classifier must load unless
+    ``new_head`` (fine-tuning): a tool never scores with random heads. ``args.model`` is set to the
+    name built. Constructor arguments it cannot take are reported as input errors naming them."""
+    from ..builder import create_model as build
 
-    pretrained = weights_of(args)
-    ema = getattr(args, "ema", None)
+    if not getattr(args, "model", None) and not getattr(args, "checkpoint", None):
+        raise InputError("pass --model NAME, or --checkpoint of a ppim run")
+    pretrained = getattr(args, "pretrained", False)
+    checkpoint = getattr(args, "checkpoint", None)
     kwargs = {**model_kwargs(args), **kwargs}
+    if getattr(args, "num_classes", None) is not None:
+        kwargs.setdefault("num_classes", args.num_classes)
     try:
-        # An explicit --ema/--no-ema: build, then load the chosen weights of the checkpoint.
-        model = build(args.model, pretrained=pretrained if ema is None else False, **kwargs)
-        if pretrained and ema is not None:
-            from ..registry import get_model_cfg
-            from ..weights import load_pretrained
-
-            load_pretrained(model, get_model_cfg(args.model), pretrained, ema=ema)
+        model = build(args.model, pretrained=pretrained, checkpoint_path=checkpoint, ema=getattr(args, "ema", None),
+                      new_head=new_head, **kwargs)
     except PpimError:
         raise
     except (TypeError, ValueError) as error:  # a constructor refusing its arguments
         given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
-        raise InputError(f"cannot build {args.model} with {given}: {error}") from error
-    if warn and not pretrained:
+        raise InputError(f"cannot build {args.model or 'the model'} with {given}: {error}") from error
+    from ..registry import model_name
+
+    args.model = model_name(model)
+    if warn and not (pretrained or checkpoint):
         print("warning: random weights (pass --pretrained or --checkpoint)", file=sys.stderr)
     return model
+
+
+def check_engine(engine: str, precision: str, device: str) -> str:
+    """``engine`` ('auto': the one it resolves to) after checking that this machine runs it with
+    ``precision`` on ``device``: checked before data, weights or exports are touched; otherwise
+    CapabilityError, whose message names what does run here (one ``error:`` line, exit 2)."""
+    from ..deploy.registry import check_supported, resolve_engine
+
+    resolved = resolve_engine(engine, device, precision)
+    check_supported(resolved, precision, device)
+    return resolved
 
 
 # ----------------------------------------------------------------------------------------------

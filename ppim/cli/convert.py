@@ -9,7 +9,8 @@ the source.
 """
 from __future__ import annotations
 
-from .common import ArgumentParser, add_ema_arguments, add_model_arguments, command, create_model, refuse_same_file, writable_file
+from .common import (CLASSES, ArgumentParser, add_ema_arguments, add_model_arguments, command, create_model,
+                     refuse_same_file, writable_file)
 
 
 @command
@@ -17,9 +18,9 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="ppim-convert", description=__doc__)
     parser.add_argument("source", help="PyTorch checkpoint (.pth, .pth.tar, .bin)")
     parser.add_argument("output", help="the .pdparams file to write")
-    add_model_arguments(parser, weights=False)
+    add_model_arguments(parser, weights=False, num_classes=False)
     add_ema_arguments(parser)
-    parser.add_argument("--num-classes", type=int, default=None,
+    parser.add_argument("--num-classes", type=CLASSES, default=None,
                         help="convert for another head size: the classifier weights are dropped")
     parser.add_argument("--no-strict", dest="strict", action="store_false",
                         help="write the keys that fit even if some are missing, unexpected or mis-shaped")

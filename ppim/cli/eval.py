@@ -9,41 +9,48 @@
 (python tools/eval.py takes the same arguments.) DATA is a folder of class subfolders (sorted names =
 class index; WordNet-id folders of an ImageNet subset get their ImageNet ids), or the root of the
 paths in --val-list ("relative/path label" lines, PaddleClas format; a val_list.txt inside DATA is
-used by itself). Without DATA: the sample shipped in ppim/assets/sample. Under
+used by itself; a root holding train/ and val/ is evaluated on val/, said in a note). Without DATA: the
+sample shipped in ppim/assets/sample. With --checkpoint of a ppim run, the model, its classes and its
+transforms come from the checkpoint (--model and --num-classes, if given, must agree with it), and the
+class folders are matched to the model's classes by name. Under
 paddle.distributed.launch each process takes every W-th image and the counts are summed: the result
 is exactly the single-process one; rank 0 prints and writes the file. --results-file is checked
 writable before anything runs.
 """
 from __future__ import annotations
 
+import sys
+
 from ..errors import InputError
-from .common import (ArgumentParser, add_model_arguments, command, create_model, model_kwargs, weights_of,
-                     writable_file)
+from .common import (BATCH, IMG_SIZE, THREADS, WORKERS, ArgumentParser, add_model_arguments, check_engine, command,
+                     create_model, weights_of, writable_file)
 
 
 def build_parser() -> ArgumentParser:
+    from ..deploy.registry import DEVICES, ENGINE_CHOICES, PRECISIONS
+
     parser = ArgumentParser(prog="ppim-eval", description=__doc__)
     parser.add_argument("data", nargs="?", metavar="DATA",
                         help="validation folder, or the root of --val-list paths (default: the shipped sample)")
     add_model_arguments(parser)
-    parser.add_argument("-b", "--batch-size", type=int, default=64, help="images per batch (default 64)")
-    parser.add_argument("-j", "--workers", type=int, default=None,
+    parser.add_argument("-b", "--batch-size", type=BATCH, default=64, help="images per batch (default 64)")
+    parser.add_argument("-j", "--workers", type=WORKERS, default=None,
                         help="data-loading processes (default: one per CPU, at most 4; 0 decodes in the "
                              "main process)")
     parser.add_argument("--val-list", metavar="FILE", help='list file of "relative/path label" lines')
-    parser.add_argument("--engine", choices=("eager", "inference", "openvino", "onnxruntime", "auto"),
+    parser.add_argument("--engine", choices=ENGINE_CHOICES,
                         default="eager", help="eager Paddle (default); inference, openvino, onnxruntime: the "
-                        "exported model (the last two: optional extras); auto: the fastest installed")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    parser.add_argument("--device", choices=("cpu", "gpu"), default=None,
+                        "exported model (the last two: optional extras); auto: the fastest that runs here "
+                        "(python -m ppim env lists what runs here)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--device", choices=DEVICES, default=None,
                         help="default: gpu when Paddle has CUDA and sees a GPU, else cpu")
-    parser.add_argument("--threads", type=int, default=None, help="CPU math threads (default: the engine's)")
+    parser.add_argument("--threads", type=THREADS, default=None, help="CPU math threads (default: the engine's)")
     parser.add_argument("--workdir", metavar="DIR", help="where an exported engine keeps the model (default: the export cache)")
     parser.add_argument("--subnets", metavar="LIST",
                         help="super models: 'all' or e.g. 224x1.0,128x0.5; all in one pass over the data")
-    parser.add_argument("--img-size", type=int, default=None,
+    parser.add_argument("--img-size", type=IMG_SIZE, default=None,
                         help="build the model for this input size (crop; resize keeps the cfg's ratio)")
-    parser.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the cfg's)")
     parser.add_argument("--crop-pct", default=None, metavar="PCT|official",
                         help="resize the shorter side to floor(crop / PCT) before the centre crop, or "
                              "'official': the official code's crop where it differs (lvvit_m: 1.0, "
@@ -69,42 +76,35 @@ def crop_pct(value: str, cfg: dict) -> float:
     return pct
 
 
-def default_device() -> str:
-    import paddle
-
-    try:
-        if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
-            return "gpu"
-    except Exception:  # pragma: no cover - broken CUDA setups fall back to the CPU
-        pass
-    return "cpu"
-
-
 @command
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ..data import open_dataset
-    from ..evaluate import dist_info, evaluate
+    from ..runtime import default_device, dist_info
+    from ..data import eval_root, open_dataset
+    from ..evaluate import evaluate
     from ..registry import get_model_cfg
     from ..transforms import create_transforms
 
+    device = args.device or default_device()
+    engine = check_engine(args.engine, args.precision, device)  # before data, weights or export
     rank, world = dist_info()  # joins the process group when started by paddle.distributed.launch
+
+    def log(message: str) -> None:
+        if rank == 0:
+            print(message, file=sys.stderr, flush=True)
     if args.results_file and rank == 0:
         writable_file(args.results_file, "--results-file")  # now, not after an hour of evaluation
-    extra = {}
-    if args.img_size:
-        extra["img_size"] = args.img_size
-    if args.num_classes is not None:
-        extra["num_classes"] = args.num_classes
-    # The data first: a wrong folder or list file is reported before weights are fetched.
-    cfg = get_model_cfg(args.model)
-    pct = None if args.crop_pct is None else crop_pct(args.crop_pct, cfg)
-    num_classes = {**cfg, **model_kwargs(args), **extra}["num_classes"]
-    dataset = open_dataset(args.data, args.val_list, num_classes=num_classes)
+    extra = {"img_size": args.img_size} if args.img_size else {}
+    # The data first: a wrong folder is reported before weights are fetched.
+    data = eval_root(args.data, log) if args.data is not None and args.val_list is None else args.data
+    if args.model and args.crop_pct is not None:
+        crop_pct(args.crop_pct, get_model_cfg(args.model))
     model = create_model(args, warn=rank == 0, **extra)
-    transforms = None if pct is None else create_transforms(model, crop_pct=pct)
+    cfg = model.pretrained_cfg
+    dataset = open_dataset(data, args.val_list, num_classes=cfg["num_classes"], class_names=cfg.get("class_names"))
+    transforms = None if args.crop_pct is None else create_transforms(model, crop_pct=crop_pct(args.crop_pct, cfg))
     evaluate(model, dataset, transforms=transforms, batch_size=args.batch_size, num_workers=args.workers,
-             engine=args.engine, precision=args.precision, device=args.device or default_device(),
+             engine=engine, precision=args.precision, device=device,
              threads=args.threads, workdir=args.workdir, subnets=args.subnets, skip_bad=args.skip_bad,
              distributed=world > 1, progress=not args.no_progress, pretrained=weights_of(args),
              results_file=args.results_file)

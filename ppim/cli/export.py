@@ -15,21 +15,24 @@ import time
 from typing import Any
 
 from ..errors import InputError
-from .common import ArgumentParser, add_model_arguments, command, create_model, refuse_same_file
+from .common import (BATCH, IMG_SIZE, ArgumentParser, add_model_arguments, command, create_model, number,
+                     refuse_same_file)
 
 
 def build(args) -> Any:
     """The model to export: super models get the sub-network (--img-size, --keep-ratio); other models
     are built for --img-size (pretrained positional embeddings resized)."""
-    from ..registry import get_model_cfg
+    from ..models.supervit import is_supernet
 
-    if get_model_cfg(args.model).get("architecture") == "supervit":
-        model = create_model(args)
+    model = create_model(args)
+    if is_supernet(model):
         model.set_subnet(args.img_size or max(model.img_sizes), 1.0 if args.keep_ratio is None else args.keep_ratio)
         return model
     if args.keep_ratio not in (None, 1.0):
         raise InputError(f"--keep-ratio applies to SuperViT models only, not {args.model}: drop it")
-    return create_model(args, **({"img_size": args.img_size} if args.img_size else {}))
+    if args.img_size and args.img_size != model.pretrained_cfg["crop"]:
+        return create_model(args, img_size=args.img_size)
+    return model
 
 
 @command
@@ -37,9 +40,9 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="ppim-export", description=__doc__)
     add_model_arguments(parser)
     parser.add_argument("--output", required=True, help="directory to write (replaced if it is a previous export)")
-    parser.add_argument("--img-size", type=int, help="SuperViT: sub-network size; others: the input size")
-    parser.add_argument("--keep-ratio", type=float, help="SuperViT: the sub-network's token keep ratio")
-    parser.add_argument("--batch-size", type=int, help="fix the batch size (default: any)")
+    parser.add_argument("--img-size", type=IMG_SIZE, help="SuperViT: sub-network size; others: the input size")
+    parser.add_argument("--keep-ratio", type=number(high=1.0, above=0.0), help="SuperViT: the sub-network's token keep ratio")
+    parser.add_argument("--batch-size", type=BATCH, help="fix the batch size (default: any)")
     parser.add_argument("--no-optimize", action="store_true",
                         help="export the model's own graph (no fused-attention layout)")
     parser.add_argument("--verify", action="store_true",

@@ -14,26 +14,33 @@ share of the images. Convert between the formats with --convert SRC.
 """
 from __future__ import annotations
 
-from .common import ArgumentParser, command, create_model
+import sys
+
+from .common import BATCH, CLASSES, WORKERS, ArgumentParser, command, create_model, integer
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="ppim-make-token-labels", description=__doc__)
     p.add_argument("data", metavar="DATA", nargs="?", help="training images: a folder of class folders")
-    p.add_argument("--teacher", "--model", dest="model", help="teacher model name, e.g. lvvit_l_448")
+    p.add_argument("--teacher", "--model", dest="model",
+                   help="teacher model name, e.g. lvvit_l_448 (optional with --checkpoint of a ppim run)")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", action="store_true", help="the teacher's registered weights")
-    weights.add_argument("--checkpoint", metavar="PATH", help="teacher weights file or URL")
-    p.add_argument("--num-classes", type=int, help="the teacher's classifier size (default: the model's)")
+    weights.add_argument("--checkpoint", metavar="PATH",
+                         help="teacher weights file or URL; a checkpoint ppim wrote gives the model too")
+    p.add_argument("--num-classes", type=CLASSES, help="the teacher's classifier size (default: the checkpoint's or "
+                                                   "the model's)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable images (each reported once) instead of stopping")
     p.add_argument("--model-kwargs", metavar="JSON", help="extra teacher constructor arguments as JSON")
     p.add_argument("--output", required=True, help="folder of the token labels")
     p.add_argument("--format", choices=("packed", "official"), default="packed",
                    help="packed memory-mapped arrays + index (default) or official per-image .pt files")
     p.add_argument("--convert", metavar="SRC", help="instead of generating: copy the labels in SRC (either "
                                                     "format) to --output in --format")
-    p.add_argument("--topk", type=int, default=5, help="classes kept per token (default 5, as official)")
-    p.add_argument("-b", "--batch-size", type=int, default=64, help="images per teacher batch (default 64)")
-    p.add_argument("-j", "--workers", type=int, help="data-loading processes (default: one per CPU, at most 4)")
+    p.add_argument("--topk", type=integer(1, 1000), default=5, help="classes kept per token (default 5, as official)")
+    p.add_argument("-b", "--batch-size", type=BATCH, default=64, help="images per teacher batch (default 64)")
+    p.add_argument("-j", "--workers", type=WORKERS, help="data-loading processes (default: one per CPU, at most 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -48,22 +55,22 @@ def main(argv=None) -> int:
         count = convert_token_labels(args.convert, args.output, args.format, progress=not args.no_progress)
         print(f"{count} token labels written to {args.output} ({args.format})")
         return 0
-    if not args.data or not args.model:
-        parser.error("DATA and --teacher are required (or --convert SRC)")
+    if not args.data or not (args.model or args.checkpoint):
+        parser.error("DATA and --teacher (or --checkpoint of a ppim run) are required (or --convert SRC)")
     if not 1 <= args.topk <= 64:
         parser.error("--topk must be in 1..64")
     from ..data import ImageFolderDataset
-    from ..evaluate import dist_info
+    from ..runtime import dist_info
     from ..training.token_labels.generate import make_token_labels
     from ..transforms import create_transforms
 
     rank, world = dist_info()
-    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
-    teacher = create_model(args, warn=rank == 0, **kwargs)
+    teacher = create_model(args, warn=rank == 0)
     dataset = ImageFolderDataset(args.data, transforms=create_transforms(teacher))
     done = make_token_labels(teacher, dataset, args.output, fmt=args.format, topk=args.topk,
                              batch_size=args.batch_size, num_workers=args.workers, rank=rank, world_size=world,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, skip_bad=args.skip_bad,
+                             log=lambda message: print(message, file=sys.stderr, flush=True))
     print(f"rank {rank}: {done['written']} images labelled, {done['kept']} already done; labels in {args.output}"
           if world > 1 else f"{done['written']} images labelled, {done['kept']} already done; labels in "
                             f"{args.output} ({args.format})")

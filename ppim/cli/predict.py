@@ -3,38 +3,41 @@
     ppim-predict IMAGE... --model lvvit_s --pretrained
     ppim-predict --model lvvit_s --checkpoint lvvit_s.pdparams   # the shipped sample
     ppim-predict --model lvvit_s --pretrained --engine inference --precision bf16
+    ppim-predict photos/*.jpg --checkpoint runs/flowers/best.pdparams    # a fine-tune: its class names
 
-(python tools/predict.py takes the same arguments.)
+(python tools/predict.py takes the same arguments.) An unreadable image is reported (one `error:` line)
+and the others are classified; the exit status is then 1 (0 with --skip-bad, which reports it as skipped).
 """
 from __future__ import annotations
 
-from .common import ArgumentParser, add_model_arguments, command, create_model
+import sys
 
-
-def _read(path: str):
-    from ..data import BadImageError, load_image
-
-    try:
-        return load_image(path)
-    except BadImageError as error:  # its default hint names --skip-bad, which predict has not
-        raise BadImageError(error.path, error.reason, hint="check the path, or leave the file out") from None
+from .common import ArgumentParser, add_model_arguments, check_engine, command, create_model, integer
 
 
 @command
 def main(argv=None) -> int:
+    from ..deploy.registry import DEVICES, ENGINE_CHOICES, PRECISIONS
+
     parser = ArgumentParser(prog="ppim-predict", description=__doc__)
     parser.add_argument("images", nargs="*", help="image files (default: the sample shipped with ppim)")
     add_model_arguments(parser)
-    parser.add_argument("--topk", type=int, default=5)
-    parser.add_argument("--engine", default="auto", choices=["auto", "eager", "inference", "openvino", "onnxruntime"],
+    parser.add_argument("--topk", type=integer(1, 1000), default=5)
+    parser.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,
                         help="auto (default): the fastest installed engine on the cached export, eager if the "
                              "model cannot be exported; eager: the Paddle model; inference: Paddle Inference; "
                              "openvino, onnxruntime: the optional extras")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="inference engine: bf16 on CPUs with avx512_bf16/amx_bf16, fp16 on GPU")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="inference engine: bf16 on CPUs with avx512_bf16/amx_bf16, fp16 on GPU "
+                             "(python -m ppim env lists what runs here)")
+    parser.add_argument("--device", default="cpu", choices=DEVICES)
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="report unreadable images as skipped and exit 0 (default: report them as errors, "
+                             "classify the others, exit 1)")
     args = parser.parse_args(argv)
-    from ..data import imagenet_class_names, sample_images
+    check_engine(args.engine, args.precision, args.device)  # before images, weights or exports
+    from ..builder import class_names_of
+    from ..data import BadImageError, imagenet_class_names, load_image, sample_images
     from ..deploy import classify
 
     if args.images:
@@ -42,16 +45,27 @@ def main(argv=None) -> int:
     else:
         sample = sample_images()
         paths, labels = [str(path) for path, _ in sample], [label for _, label in sample]
-    images = [_read(path) for path in paths]  # a bad file is reported before the model is built
+    readable, failed = [], 0
+    for path, label in zip(paths, labels):  # bad files are reported before the model is built
+        try:
+            readable.append((path, label, load_image(path)))
+        except BadImageError as error:
+            failed += 1
+            message = f"skipped {error.path}" if args.skip_bad else f"error: cannot read image {error.path}"
+            print(f"{message}: {error.reason}", file=sys.stderr, flush=True)
+    if not readable:
+        return 0 if args.skip_bad else 1
     model = create_model(args)
-    names = imagenet_class_names()
-    top_k = classify(model, images, topk=args.topk, engine=args.engine, precision=args.precision, device=args.device)
-    for path, label, top in zip(paths, labels, top_k):
-        truth = f"  (true class: {label} {names[label]})" if label is not None else ""
+    names = class_names_of(model) or []
+    truths = imagenet_class_names()
+    top_k = classify(model, [image for _, _, image in readable], topk=min(args.topk, len(names) or args.topk),
+                     engine=args.engine, precision=args.precision, device=args.device)
+    for (path, label, _), top in zip(readable, top_k):
+        truth = f"  (true class: {label} {truths[label]})" if label is not None else ""
         print(f"{path}{truth}")
         for rank, (index, name, prob) in enumerate(top, 1):
             print(f"  {rank}. {prob:7.2%}  {index:4d}  {name}")
-    return 0
+    return 1 if failed and not args.skip_bad else 0
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     visualize.require_matplotlib()  # before the model is built: the one thing a user must install
     subnets = None
     if args.subnets is not None:
-        if get_model_cfg(args.model)["architecture"] != "supervit":
+        if args.model and get_model_cfg(args.model)["architecture"] != "supervit":
             raise InputError(f"--subnets is for SuperViT models; {args.model} has no sub-networks")
         try:
             subnets = parse_subnet_spec(args.subnets)
@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     writable_file(f"{args.output}/accuracy_vs_gflops.png", "--output")
     model = create_model(args)
     if args.subnets is not None:
+        if get_model_cfg(args.model)["architecture"] != "supervit":
+            raise InputError(f"--subnets is for SuperViT models; {args.model} has no sub-networks")
         try:  # "all" parses to None: every published sub-network
             subnets = [model.check_subnet(*subnet) for subnet in subnets or model.subnets]
         except ValueError as error:

@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ..errors import InputError, PpimError
+from ..errors import InputError, ParameterError, PpimError
 from ..transforms import as_numpy
 
 ASSETS = Path(__file__).parent.parent / "assets"
@@ -72,21 +72,27 @@ def sample_images() -> List[Tuple[Path, int]]:
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class BadImageError(PpimError, RuntimeError):
+class BadImageError(ParameterError, RuntimeError):
     """An image file that cannot be read or decoded; ``path`` names it, ``reason`` says why and
-    ``hint`` what to do (by default: skip_bad / --skip-bad)."""
+    ``hint`` what to do (by default: skip_bad=True, which a command line spells --skip-bad)."""
 
-    SKIP_HINT = ("pass skip_bad=True / --skip-bad to skip unreadable images; they are then excluded and "
-                 "reported")
+    SKIP_HINT = "pass {skip_bad} to skip unreadable images; they are then excluded and reported"
 
     def __init__(self, path: str, reason: str, hint: Optional[str] = None):
-        super().__init__(path, reason, hint)
         self.path = str(path)
         self.reason = reason
-        self.hint = self.SKIP_HINT if hint is None else hint
+        self.hint = self.SKIP_HINT if hint is None else _escape(hint)
+        super().__init__(f"cannot read image {_escape(self.path)}: {_escape(reason)} ({self.hint})",
+                         **({"skip_bad": True} if hint is None else {}))
 
-    def __str__(self) -> str:
-        return f"cannot read image {self.path}: {self.reason} ({self.hint})"
+    def __reduce__(self):  # raised in loader worker processes and pickled back
+        hint = None if self.hint == self.SKIP_HINT else self.hint.replace("{{", "{").replace("}}", "}")
+        return (type(self), (self.path, self.reason, hint))
+
+
+def _escape(text: str) -> str:
+    """``text`` as literal text of a ParameterError template."""
+    return str(text).replace("{", "{{").replace("}", "}}")
 
 
 def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
@@ -260,6 +266,7 @@ class ImageFolderDataset(ImageDataset):
             raise FileNotFoundError(
                 f"{self.root} has no class folders: expected the ImageNet layout root/<class>/<image> "
                 f"(or pass a list file of 'relative/path label' lines: --val-list / ImageListDataset)")
+        self.wnid_labels = False  # folders labelled by their ImageNet class id (open_dataset)
         if class_to_idx is None:
             class_to_idx = {name: index for index, name in enumerate(self.classes)}
         else:
@@ -309,18 +316,82 @@ def sample_dataset(transforms: Optional[Callable] = None) -> ImageListDataset:
     return ImageListDataset(SAMPLE_DIR, SAMPLE_LIST, transforms)
 
 
+#: Folder names that make a DATA folder a root of splits, not a folder of classes.
+SPLIT_NAMES = ("train", "val", "validation", "test")
+
+
+def eval_root(data: "str | os.PathLike[str]", log: Optional[Callable[[str], None]] = None) -> Path:
+    """The folder to evaluate for ``data``: itself, or, when it is a root of splits (class folders
+    named train / val / test, or train_list.txt without val_list.txt), its val split (``log`` says
+    so). A root without a val split raises InputError: its train images are not a val set."""
+    root = Path(data)
+    if root.is_file():
+        raise InputError(f"{root} is a file: DATA is a folder (pass a list file with --val-list)")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    if (root / "val_list.txt").is_file():
+        return root
+    folders = class_folders(root)
+    splits = [name for name in folders if name in SPLIT_NAMES]
+    if not splits and not (root / "train_list.txt").is_file():
+        return root
+    for name in ("val", "validation"):
+        if name in folders:
+            if log is not None:
+                log(f"note: {root} holds the splits {', '.join(splits)}: evaluating its val split {root / name}")
+            return root / name
+    found = ", ".join(splits) or "train_list.txt"
+    raise InputError(f"{root} holds {found} but no val split (val/ or val_list.txt): these are not classes; "
+                     f"pass the folder of held-out images")
+
+
+def check_eval_classes(dataset: "ImageDataset", num_classes: int, class_names: Optional[Sequence[str]] = None
+                       ) -> None:
+    """InputError unless ``dataset`` can score a ``num_classes``-class model: at least 2 classes, no
+    more than the model's, and labels within its head."""
+    where = getattr(dataset, "list_file", None) or getattr(dataset, "root", "the data")
+    classes = getattr(dataset, "classes", None)
+    if classes is not None:
+        if len(classes) < 2:
+            raise InputError(f"{where} has {len(classes)} class folder{'s' if len(classes) != 1 else ''} "
+                             f"({', '.join(classes)}): evaluation needs a folder of at least 2 class folders; "
+                             f"pass its parent")
+        if len(classes) > num_classes:
+            raise InputError(f"{where} has {len(classes)} class folders but the model has {num_classes} classes: "
+                             f"it is not this model's data")
+        if class_names is None and num_classes != len(classes) and not dataset.wnid_labels:
+            raise InputError(f"{where} has {len(classes)} class folders ({', '.join(classes[:5])}"
+                             f"{' ...' if len(classes) > 5 else ''}) but the model has {num_classes} classes: "
+                             f"their labels would not be the model's; evaluate a model trained on these classes")
+        return
+    labels = sorted(set(dataset.labels))
+    if len(labels) < 2:
+        raise InputError(f"{where} has {len(labels)} class label{'s' if len(labels) != 1 else ''}: evaluation "
+                         f"needs at least 2 classes")
+    if labels[0] < 0 or labels[-1] >= num_classes:
+        raise InputError(f"{where} has labels {labels[0]}..{labels[-1]}, outside the model's {num_classes} "
+                         f"classes 0..{num_classes - 1}: it is not this model's data")
+
+
 def open_dataset(data: "str | os.PathLike[str] | None" = None,
                  val_list: "str | os.PathLike[str] | None" = None,
-                 transforms: Optional[Callable] = None, num_classes: Optional[int] = None) -> ImageDataset:
+                 transforms: Optional[Callable] = None, num_classes: Optional[int] = None,
+                 class_names: Optional[Sequence[str]] = None,
+                 log: Optional[Callable[[str], None]] = None) -> ImageDataset:
     """The dataset tools/eval.py evaluates:
 
     * no ``data`` and no ``val_list``: the sample shipped with ppim;
     * ``val_list``: its lines, paths relative to ``data`` (default: the list's folder); a relative
       ``val_list`` not found from the working directory is looked up in ``data``;
     * ``data`` holding a ``val_list.txt`` (PaddleClas' layout): that list;
+    * ``data`` a root of splits (train/ and val/ folders): its val split, said through ``log``
+      (see eval_root; without one, an error);
     * otherwise the ImageNet folder layout, sorted class folders = class index. When the folders are
       WordNet ids but fewer than the model's 1000 classes (an ImageNet subset), each folder gets its
-      ImageNet class id instead (``num_classes`` tells the model's class count)."""
+      ImageNet class id instead (``num_classes`` tells the model's class count). ``class_names``
+      (a fine-tuned model's, index order) label each folder by its name's index.
+
+    With ``num_classes`` the classes are checked against the model (check_eval_classes)."""
     if data is None and val_list is None:
         return sample_dataset(transforms)
     if val_list is not None:
@@ -329,17 +400,32 @@ def open_dataset(data: "str | os.PathLike[str] | None" = None,
             list_path = Path(data) / list_path
         if not list_path.is_file():
             raise FileNotFoundError(f"--val-list {val_list}: no such file")
-        return ImageListDataset(data if data is not None else list_path.parent, list_path, transforms)
-    root = Path(data)
-    if root.is_file():
-        raise InputError(f"{root} is a file: DATA is a folder (pass a list file with --val-list)")
-    if (root / "val_list.txt").is_file():
-        return ImageListDataset(root, root / "val_list.txt", transforms)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder")
-    wnids = imagenet_class_to_idx()
+        dataset = ImageListDataset(data if data is not None else list_path.parent, list_path, transforms)
+    else:
+        root = eval_root(data, log)
+        if (root / "val_list.txt").is_file():
+            dataset = ImageListDataset(root, root / "val_list.txt", transforms)
+        else:
+            dataset = _open_class_folders(root, transforms, num_classes, class_names)
+    if num_classes is not None:
+        check_eval_classes(dataset, num_classes, class_names)
+    return dataset
+
+
+def _open_class_folders(root: Path, transforms: Optional[Callable], num_classes: Optional[int],
+                        class_names: Optional[Sequence[str]]) -> "ImageFolderDataset":
     folders = class_folders(root)
+    if class_names is not None:
+        index = {name: i for i, name in enumerate(class_names)}
+        unknown = [name for name in folders if name not in index]
+        if unknown:
+            raise InputError(f"{root} has class folders the model does not know: {', '.join(unknown[:10])} (its "
+                             f"classes: {', '.join(list(class_names)[:10])}{' ...' if len(class_names) > 10 else ''})")
+        return ImageFolderDataset(root, transforms, class_to_idx={name: index[name] for name in folders})
+    wnids = imagenet_class_to_idx()
     if (num_classes == len(wnids) and folders and len(folders) < len(wnids)
             and all(name in wnids for name in folders)):
-        return ImageFolderDataset(root, transforms, class_to_idx={name: wnids[name] for name in folders})
+        dataset = ImageFolderDataset(root, transforms, class_to_idx={name: wnids[name] for name in folders})
+        dataset.wnid_labels = True
+        return dataset
     return ImageFolderDataset(root, transforms)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, NamedTuple, Optio
 
 import numpy as np
 
+from ..runtime import cpu_count, exit_with_parent
 from .datasets import BadImageError
 
 # ----------------------------------------------------------------------------------------------
@@ -103,8 +104,9 @@ def _read_samples(dataset, indices: Sequence[int], counted: Sequence[bool], skip
 _WORKER: Dict[str, Any] = {}
 
 
-def _init_worker(dataset, buffers, shape) -> None:
+def _init_worker(dataset, buffers, shape, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and shuts us down
+    exit_with_parent(parent_pid)  # a parent killed (SIGKILL, OOM, crash) leaves no orphans behind
     _WORKER["dataset"] = dataset
     _WORKER["slots"] = [np.frombuffer(buffer, dtype=np.float32).reshape(shape) for buffer in buffers]
 
@@ -125,11 +127,7 @@ def _mp_context() -> multiprocessing.context.BaseContext:
 def default_workers() -> int:
     """Loader processes by default: one per CPU this process may use, at most 4 (2 workers decode
     about 1.8x as fast as one process on a 2-core machine; beyond the core count they only compete)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus))
+    return max(1, min(4, cpu_count()))
 
 
 class BatchLoader:
@@ -216,7 +214,7 @@ class BatchLoader:
         pending: Deque[Tuple[int, Any]] = collections.deque()
         chunks = self._chunks()
         executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                       initargs=(self.dataset, buffers, slot_shape))
+                                       initargs=(self.dataset, buffers, slot_shape, os.getpid()))
         held = None
         finished = False
         try:

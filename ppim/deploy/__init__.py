@@ -8,19 +8,24 @@ interface over the engines, top-k classification and the benchmark.
     classify(model, ["cat.jpg"])                     # top-5 (class id, name, probability)
     rows = benchmark("lvvit_s", batch_sizes=(16,))
 
-Modules: common (names, checks), export (+ cache), predictor (Paddle Inference), engines
-(OpenVINO, ONNX Runtime), runner, classify, benchmark; each imports only the ones before it.
+Modules: registry (one record per engine: devices, precisions, extras, capability needs; auto;
+"cannot run here" errors), common (file layout, input sizes), export (+ cache, integrity),
+predictor (Paddle Inference), engines (OpenVINO, ONNX Runtime), runner, classify, benchmark; each
+imports only the ones before it. What this machine runs is ppim.runtime's answer.
 """
-from .benchmark import CeilingProbe, DenseChain, benchmark, ceiling_engines, dense_shapes, format_rows, measure_ceiling
-from .classify import classify
-from .common import ENGINE_CHOICES, ENGINES, PRECISIONS, cpu_supports_bf16
-from .engines import OnnxRuntimePredictor, OpenVINOPredictor, engine_available
-from .export import attention_layout, cache_dir, cached_export, export, export_key, fused_attention_available, load_manifest
+from .throughput import CeilingProbe, DenseChain, benchmark, ceiling_engines, dense_shapes, format_rows, measure_ceiling
+from .classification import classify
+from .engines import OnnxRuntimePredictor, OpenVINOPredictor
+from .exporting import (DamagedExportError, attention_layout, cache_dir, cached_export, export, export_key,
+                     fused_attention_available, load_manifest, verify_export)
 from .predictor import Predictor
-from .runner import AUTO_ORDER, Runner, create_runner, resolve_engine
+from .registry import (ENGINE_CHOICES, ENGINE_SPECS, ENGINES, PRECISIONS, EngineSpec, auto_order, check_supported,
+                       engine_available, resolve_engine, runs_here, unsupported)
+from .runner import Runner, create_runner
 
 __all__ = ["classify", "export", "load_manifest", "cached_export", "export_key", "cache_dir", "attention_layout",
-           "fused_attention_available", "Predictor",
-           "OpenVINOPredictor", "OnnxRuntimePredictor", "engine_available", "Runner", "create_runner",
-           "resolve_engine", "AUTO_ORDER", "benchmark", "format_rows", "CeilingProbe", "DenseChain", "dense_shapes", "measure_ceiling", "ceiling_engines", "cpu_supports_bf16",
-           "ENGINES", "ENGINE_CHOICES", "PRECISIONS"]
+           "fused_attention_available", "verify_export", "DamagedExportError", "Predictor",
+           "OpenVINOPredictor", "OnnxRuntimePredictor", "Runner", "create_runner",
+           "benchmark", "format_rows", "CeilingProbe", "DenseChain", "dense_shapes", "measure_ceiling",
+           "ceiling_engines", "EngineSpec", "ENGINE_SPECS", "ENGINES", "ENGINE_CHOICES", "PRECISIONS",
+           "engine_available", "unsupported", "check_supported", "runs_here", "resolve_engine", "auto_order"]

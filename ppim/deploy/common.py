@@ -1,28 +1,24 @@
-"""What the deploy modules share: engine/precision/device names, the export file layout, the
-input-size and sub-network rules, CPU capability checks and thread defaults."""
+"""What the deploy modules share: the export file layout, the input-size and sub-network rules and
+the silencing of Paddle's native prints. (Engines, precisions and devices: registry; what this
+machine can run: ppim.runtime.)"""
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import os
 import sys
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
-import paddle
 import paddle.nn as nn
 
 from ..models.supervit import is_supernet
 from ..registry import model_name
 
-ENGINES = ("eager", "inference", "openvino", "onnxruntime")  # the last two: optional extras
-ENGINE_CHOICES = ENGINES + ("auto",)  # auto: the fastest installed (runner.resolve_engine)
-PRECISIONS = ("fp32", "bf16", "fp16")
-DEVICES = ("cpu", "gpu")
 MANIFEST = "ppim.json"
 INPUT_NAME = "x"
 PROGRAM_FILES = ("model.json", "model.pdmodel")  # Paddle 3.x PIR program, legacy (Paddle 2.x) program
 PARAMS_FILE = "model.pdiparams"
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
 
 def current_subnet(model: nn.Layer) -> Optional[Tuple[int, float]]:
     if not is_supernet(model):
@@ -49,50 +45,6 @@ def input_size(model: nn.Layer, img_size: Optional[int]) -> int:
         raise ValueError(f"{name} is built for {native}x{native} inputs, not {img_size}x{img_size}: build it "
                          f"for that size (ppim.create_model({name!r}, img_size={img_size})) and export that model")
     return int(img_size)
-
-
-def cpu_flags() -> set:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bfloat16 arithmetic (avx512_bf16 or amx_bf16 in /proc/cpuinfo)."""
-    return bool(cpu_flags() & set(BF16_CPU_FLAGS))
-
-
-def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-    return value
-
-
-def onednn_compiled() -> bool:
-    core = paddle.base.core if hasattr(paddle, "base") else paddle.fluid.core
-    check = getattr(core, "is_compiled_with_onednn", None) or getattr(core, "is_compiled_with_mkldnn", None)
-    return bool(check()) if check else False
-
-
-def check_gpu(what: str) -> None:
-    if not paddle.is_compiled_with_cuda():
-        raise RuntimeError(f"{what} needs a CUDA build of Paddle (pip install paddlepaddle-gpu); this Paddle "
-                           f"{paddle.__version__} is a CPU-only build. Use device='cpu'.")
-    if paddle.device.cuda.device_count() < 1:
-        raise RuntimeError(f"{what}: Paddle is built with CUDA but sees no GPU (check CUDA_VISIBLE_DEVICES "
-                           f"and the driver)")
-
-
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @contextlib.contextmanager

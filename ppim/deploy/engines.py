@@ -9,7 +9,6 @@ kept in the export directory. Optional extras: ``pip install 'ppim[openvino]'`` 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import os
 import threading
@@ -19,30 +18,25 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 import paddle
 
-from .common import BF16_CPU_FLAGS, PARAMS_FILE, check_choice, cpu_supports_bf16, default_threads, native_stdout_silenced
-from .export import add_file, load_manifest, program_file
+from ..runtime import cpu_count
+from ..errors import MissingExtraError
+from .common import native_stdout_silenced
+from .exporting import add_file, export_file, load_manifest, params_file, program_file
 from .predictor import ExportPredictor
+from .registry import check_choice, check_supported
 
-__all__ = ["ONNX_FILE", "EXTRA_ENGINES", "engine_available", "onnx_file", "OpenVINOPredictor",
-           "OnnxRuntimePredictor"]
+__all__ = ["ONNX_FILE", "onnx_file", "OpenVINOPredictor", "OnnxRuntimePredictor"]
 
 ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
-# engine -> the modules it needs (each installed by the extra of the engine's name)
-EXTRA_ENGINES = {"openvino": ("openvino", "paddle2onnx"), "onnxruntime": ("onnxruntime", "paddle2onnx")}
-
-
-def engine_available(engine: str) -> bool:
-    """True when the modules of an extra engine are importable (always True for Paddle's own)."""
-    return all(importlib.util.find_spec(module) is not None for module in EXTRA_ENGINES.get(engine, ()))
 
 
 def _require(module: str, engine: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"engine={engine!r} needs the {module} package, which is not installed: "
-                          f"pip install 'ppim[{engine}]'") from exc
+        raise MissingExtraError(f"engine={engine!r} needs the {module} package, which is not installed: "
+                                f"pip install 'ppim[{engine}]'") from exc
 
 
 def onnx_file(model_dir: Union[str, os.PathLike], engine: str = "onnxruntime") -> Path:
@@ -50,14 +44,14 @@ def onnx_file(model_dir: Union[str, os.PathLike], engine: str = "onnxruntime") -
     it is asked for, then added to the export's files."""
     model_dir = Path(model_dir)
     path = model_dir / ONNX_FILE
-    if path.is_file():
-        return path
+    if path.is_file() or path.is_symlink():
+        return export_file(model_dir, ONNX_FILE)
     if load_manifest(model_dir).get("deploy_attention") == "fused":
         raise ValueError(f"{model_dir} holds Paddle Inference's fused CPU attention, which ONNX has not: export "
                          f"with engine={engine!r} (ppim.deploy.export(..., engine={engine!r}))")
     p2o = _require("paddle2onnx", engine)
     program = program_file(model_dir)
-    params = model_dir / load_manifest(model_dir).get("params_file", PARAMS_FILE)
+    params = params_file(model_dir)
     # Its own constant folding (polygraphy) would pip-install onnx_graphsurgeon from NVIDIA's index:
     # off; ONNX Runtime and OpenVINO fold constants themselves.
     quiet = logging.getLogger("paddle2onnx")
@@ -77,11 +71,6 @@ def onnx_file(model_dir: Union[str, os.PathLike], engine: str = "onnxruntime") -
     return add_file(model_dir, ONNX_FILE, bytes(data))
 
 
-def _cpu_only(engine: str, device: str) -> None:
-    if device != "cpu":
-        raise ValueError(f"engine={engine!r} runs on CPU here; use engine='inference' for device={device!r}")
-
-
 class OpenVINOPredictor(ExportPredictor):
     """OpenVINO's CPU plugin over the ONNX form of an export.
 
@@ -94,11 +83,9 @@ class OpenVINOPredictor(ExportPredictor):
     def __init__(self, model_dir: Union[str, os.PathLike], precision: str = "fp32", threads: Optional[int] = None,
                  device: str = "cpu", hint: str = "LATENCY"):
         super().__init__(model_dir)
-        _cpu_only("openvino", device)
-        self.device, self.precision = device, check_choice("precision", precision, ("fp32", "bf16"))
-        if precision == "bf16" and not cpu_supports_bf16():
-            raise RuntimeError(f"precision='bf16' needs a CPU with {' / '.join(BF16_CPU_FLAGS)}; use 'fp32'")
-        self.threads = int(threads or default_threads())
+        check_supported("openvino", precision, device)
+        self.device, self.precision = device, precision
+        self.threads = int(threads or cpu_count())
         self.hint = check_choice("hint", hint.upper(), ("LATENCY", "THROUGHPUT"))
         ov = _require("openvino", "openvino")
         self._core = ov.Core()
@@ -135,12 +122,9 @@ class OnnxRuntimePredictor(ExportPredictor):
     def __init__(self, model_dir: Union[str, os.PathLike], precision: str = "fp32", threads: Optional[int] = None,
                  device: str = "cpu"):
         super().__init__(model_dir)
-        _cpu_only("onnxruntime", device)
-        if precision != "fp32":
-            raise ValueError(f"engine='onnxruntime' runs fp32 on CPU; use engine='openvino' or 'inference' "
-                             f"for {precision}")
+        check_supported("onnxruntime", precision, device)
         self.device, self.precision = device, precision
-        self.threads = int(threads or default_threads())
+        self.threads = int(threads or cpu_count())
         ort = _require("onnxruntime", "onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads

@@ -14,10 +14,11 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import paddle
 
+from ..runtime import cpu_count, machine
 from ..transforms import create_transforms
-from .common import (BF16_CPU_FLAGS, DEVICES, INPUT_NAME, PARAMS_FILE, PRECISIONS, check_choice, check_gpu,
-                     default_threads, native_stdout_silenced, onednn_compiled, cpu_supports_bf16)
-from .export import program_file, load_manifest
+from .common import INPUT_NAME, native_stdout_silenced
+from .exporting import DamagedExportError, check_requirements, load_manifest, params_file, program_file, verify_export
+from .registry import DEVICES, PRECISIONS, check_choice, check_supported
 
 __all__ = ["ExportPredictor", "Predictor"]
 
@@ -42,11 +43,20 @@ def _call_first(obj: Any, names: Sequence[str], *args: Any) -> None:
 class ExportPredictor:
     """What every predictor over an export directory shares: the manifest, the input shape and its
     check, the model's cfg and eval transforms. Subclasses set up their engine and define
-    ``__call__(batch)``: float32 numpy (B, 3, S, S) -> float32 numpy logits (B, classes)."""
+    ``__call__(batch)``: float32 numpy (B, 3, S, S) -> float32 numpy logits (B, classes).
+
+    An export whose files are not what was exported (see verify_export) is refused
+    (DamagedExportError), and so is one that needs a capability this machine lacks (CapabilityError:
+    e.g. the fused attention kernel of an export made on an AVX-512 machine)."""
 
     def __init__(self, model_dir: Union[str, os.PathLike]):
         self.model_dir = Path(model_dir)
         self.manifest = load_manifest(self.model_dir)
+        if self.manifest:
+            problem = verify_export(self.model_dir)
+            if problem:
+                raise DamagedExportError(problem)
+            check_requirements(self.model_dir, self.manifest)
         shape = self.manifest.get("input_shape") or [-1, 3, -1, -1]
         self.input_shape = tuple(int(v) for v in shape)
 
@@ -81,7 +91,7 @@ class Predictor(ExportPredictor):
 
     CPU: oneDNN with its fusion passes, ``threads`` math-library threads (default: the CPUs this
     process may use); ``bf16`` runs oneDNN bfloat16 kernels and needs a CPU with avx512_bf16 or
-    amx_bf16. GPU (a CUDA build of Paddle): ``fp16``/``bf16`` by Paddle's mixed-precision pass, or by
+    amx_bf16. What this machine cannot run raises CapabilityError (ppim.deploy.registry). GPU (a CUDA build of Paddle): ``fp16``/``bf16`` by Paddle's mixed-precision pass, or by
     TensorRT with ``tensorrt=True`` (dynamic batch 1..max_batch_size). The input and output handles
     are created once and reused; calls are serialised by a lock (use one Predictor per thread for
     parallelism)."""
@@ -93,21 +103,19 @@ class Predictor(ExportPredictor):
         self.device = check_choice("device", device, DEVICES)
         self.precision = check_choice("precision", precision, PRECISIONS)
         self.tensorrt = bool(tensorrt)
+        if self.device == "cpu" and self.tensorrt:
+            raise ValueError("tensorrt=True needs device='gpu' (TensorRT runs on NVIDIA GPUs only)")
+        check_supported("inference", self.precision, self.device)
         program = program_file(self.model_dir)
-        params = self.model_dir / self.manifest.get("params_file", PARAMS_FILE)
+        params = params_file(self.model_dir)
         shape = self.input_shape
         self.max_batch_size = int(max_batch_size or (shape[0] if shape[0] > 0 else 64))
         self.threads = None
         self._tmp = None
         if self.device == "cpu":
-            if self.tensorrt:
-                raise ValueError("tensorrt=True needs device='gpu' (TensorRT runs on NVIDIA GPUs only)")
-            if self.precision == "fp16":
-                raise ValueError("precision='fp16' needs device='gpu'; on CPU use 'bf16' (oneDNN) or 'fp32'")
-            self.threads = int(threads or default_threads())
+            self.threads = int(threads or cpu_count())
             config = self._cpu_config(program, params)
         else:
-            check_gpu("device='gpu'")
             if self.manifest.get("deploy_attention") == "fused":
                 raise ValueError(f"{self.model_dir} holds the fused CPU attention (an fp32 CPU export): export "
                                  f"with device='gpu' for GPUs")
@@ -133,22 +141,14 @@ class Predictor(ExportPredictor):
         config = paddle.inference.Config(str(program), str(params))
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(self.threads)
-        if not onednn_compiled():
-            if self.precision == "bf16":
-                raise RuntimeError(f"precision='bf16' on CPU needs oneDNN, and this Paddle {paddle.__version__} "
-                                   f"is built without it")
+        if not machine().onednn:  # (bf16 needs oneDNN: refused by check_supported)
             return config
         _call_first(config, ("enable_onednn", "enable_mkldnn"))
         if self.precision == "bf16":
-            if not cpu_supports_bf16():
-                raise RuntimeError(f"precision='bf16' on CPU needs native bfloat16 instructions: this CPU has "
-                                   f"neither of the flags {' / '.join(BF16_CPU_FLAGS)} in /proc/cpuinfo. "
-                                   f"Use precision='fp32'.")
             _call_first(config, ("enable_onednn_bfloat16", "enable_mkldnn_bfloat16"))
         return config
 
     def _gpu_config(self, program: Path, params: Path, device_id: int):
-        check_gpu("device='gpu'")
         infer = paddle.inference
         mode = {"fp32": infer.PrecisionType.Float32, "fp16": infer.PrecisionType.Half,
                 "bf16": infer.PrecisionType.Bfloat16}[self.precision]

@@ -5,6 +5,8 @@ callable float32 numpy (B, 3, S, S) -> logits (B, classes).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -14,13 +16,13 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from .common import (BF16_CPU_FLAGS, DEVICES, ENGINE_CHOICES, PRECISIONS, check_choice, check_gpu,
-                     cpu_supports_bf16, current_subnet, default_threads, input_size)
-from .engines import OnnxRuntimePredictor, OpenVINOPredictor, engine_available
-from .export import cached_export, export
-from .predictor import ExportPredictor, Predictor
+from ..runtime import cpu_count, cpu_threads
+from .common import current_subnet, input_size
+from .exporting import cached_export, export
+from .predictor import ExportPredictor
+from .registry import DEVICES, PRECISIONS, check_choice, check_supported, create_predictor, resolve_engine
 
-__all__ = ["Runner", "create_runner", "resolve_engine", "unsupported", "AUTO_ORDER", "PREDICTORS"]
+__all__ = ["Runner", "create_runner"]
 
 
 class Runner:
@@ -45,33 +47,21 @@ class Runner:
         return f"Runner(engine={self.engine!r}, precision={self.precision!r}, device={self.device!r}{sub})"
 
 
-def set_eager_threads(threads: Optional[int]) -> int:
-    """Paddle's CPU math threads for eager mode (process-wide; Paddle starts with 1, from its
-    OMP_NUM_THREADS default): ``threads``, by default every CPU this process may use."""
-    threads = int(threads or default_threads())
-    core = paddle.base.core if hasattr(paddle, "base") else paddle.fluid.core
-    core.set_num_threads(threads)
-    return threads
-
-
 def _eager_fn(model: nn.Layer, precision: str, device: str, threads: Optional[int]):
     if device == "gpu":
-        check_gpu("device='gpu'")
         place = paddle.CUDAPlace(0)
         model.to(device="gpu")
+        threads_here = contextlib.nullcontext
     else:
         place = paddle.CPUPlace()
-        if precision != "fp32":
-            raise ValueError(f"engine='eager' on CPU runs fp32 only (Paddle has no eager {precision} CPU "
-                             f"kernels); use engine='inference' for {precision}")
-        set_eager_threads(threads)
+        threads_here = functools.partial(cpu_threads, threads)  # this call's, then set back
     subnet = current_subnet(model)
     kwargs = {} if subnet is None else {"img_size": subnet[0], "keep_ratio": subnet[1]}
     amp = None if precision == "fp32" else ("float16" if precision == "fp16" else "bfloat16")
 
     def run(batch: np.ndarray) -> np.ndarray:
         model.eval()
-        with paddle.no_grad():
+        with paddle.no_grad(), threads_here():
             x = paddle.to_tensor(np.ascontiguousarray(batch, dtype=np.float32), place=place)
             if amp:
                 with paddle.amp.auto_cast(level="O1", dtype=amp):
@@ -83,69 +73,30 @@ def _eager_fn(model: nn.Layer, precision: str, device: str, threads: Optional[in
     return run
 
 
-# The engines ``engine='auto'`` tries, fastest first, per (device, precision). Measured on lvvit_s,
-# batch 16, interleaved in one run on a loaded 2-core machine: fp32 OpenVINO 1.75, Paddle Inference
-# (fused attention export) 1.49, ONNX Runtime 1.26 img/s; bf16 OpenVINO 2.01, Paddle Inference 1.84.
-# Rerun benchmarks/peers.py to check on other machines.
-AUTO_ORDER = {("cpu", "fp32"): ("openvino", "inference"), ("cpu", "bf16"): ("openvino", "inference")}
-PREDICTORS = {"inference": Predictor, "openvino": OpenVINOPredictor, "onnxruntime": OnnxRuntimePredictor}
-
-
-def unsupported(engine: str, precision: str, device: str = "cpu") -> Optional[str]:
-    """Why ``engine`` cannot run ``precision`` on ``device`` here, or None when it can: fp16 is
-    GPU-only, bf16 on CPU needs avx512_bf16/amx_bf16 (eager and ONNX Runtime: fp32 only on CPU),
-    GPUs need a CUDA build, and the extras must be installed."""
-    if device == "gpu" and not paddle.is_compiled_with_cuda():
-        return f"this Paddle {paddle.__version__} is a CPU-only build"
-    if engine in ("openvino", "onnxruntime"):
-        if device != "cpu":
-            return f"{engine} runs on CPU here"
-        if not engine_available(engine):
-            return f"not installed (pip install 'ppim[{engine}]')"
-    if device == "cpu":
-        if precision == "fp16":
-            return "fp16 needs a GPU (CPUs run bf16)"
-        if precision == "bf16" and engine in ("eager", "onnxruntime"):
-            return f"{engine} runs fp32 only on CPU"
-        if precision == "bf16" and not cpu_supports_bf16():
-            return f"this CPU has no bfloat16 instructions ({' / '.join(BF16_CPU_FLAGS)})"
-    return None
-
-
-def resolve_engine(engine: str, device: str = "cpu", precision: str = "fp32") -> str:
-    """``engine``, or for 'auto' the fastest installed engine for ``device`` and ``precision``
-    (AUTO_ORDER; Paddle Inference when none of the extras is installed)."""
-    check_choice("engine", engine, ENGINE_CHOICES)
-    if engine != "auto":
-        return engine
-    for candidate in AUTO_ORDER.get((device, precision), ("inference",)):
-        if engine_available(candidate) and not unsupported(candidate, precision, device):
-            return candidate
-    return "inference"
-
-
 def create_runner(model: nn.Layer, engine: str = "eager", precision: str = "fp32", device: str = "cpu",
                   threads: Optional[int] = None, workdir: Optional[Union[str, os.PathLike]] = None,
                   cache: bool = True) -> Runner:
     """A callable mapping a float32 batch (B, 3, S, S) to logits (B, classes), numpy in and out.
 
     ``engine='eager'``: the model itself, eval mode, under paddle.no_grad: fp32 on CPU, with Paddle's
-    process-wide CPU math threads set to ``threads`` (default all CPUs); fp16/bf16 by autocast on
-    GPU. The other engines run the model's export: 'inference' (Paddle Inference, Predictor),
-    'openvino' and 'onnxruntime' (optional extras, see ppim.deploy.engines), 'auto' the fastest
-    installed one (resolve_engine). The export is written to ``workdir`` when given, else taken from
+    CPU math threads set to ``threads`` (default all CPUs) during each call and set back after it;
+    fp16/bf16 by autocast on GPU. The other engines run the model's export: 'inference' (Paddle
+    Inference, Predictor), 'openvino' and 'onnxruntime' (optional extras, see ppim.deploy.engines),
+    'auto' the fastest that runs here (ppim.deploy.registry.resolve_engine). What this machine cannot
+    run raises CapabilityError naming what does (before anything is exported). The export is written to ``workdir`` when given, else taken from
     the export cache (cached_export, ``$PPIM_HOME/exports``) with ``cache`` (default), else made in
     a temporary directory removed with the runner. Super models run the sub-network current when
     the runner is made, in every engine."""
-    engine = resolve_engine(engine, device, precision)
     check_choice("precision", precision, PRECISIONS)
     check_choice("device", device, DEVICES)
+    engine = resolve_engine(engine, device, precision)
+    check_supported(engine, precision, device)
     size = input_size(model, None)
     subnet = current_subnet(model)
     if engine == "eager":
         fn = _eager_fn(model, precision, device, threads)
         return Runner(fn, engine, precision, device, size, subnet,
-                      None if device == "gpu" else int(threads or default_threads()))
+                      None if device == "gpu" else int(threads or cpu_count()))
     keep = None
     try:
         target = {"precision": precision, "device": device, "engine": engine}  # the export's layout is for them
@@ -156,7 +107,7 @@ def create_runner(model: nn.Layer, engine: str = "eager", precision: str = "fp32
         else:
             keep = tempfile.TemporaryDirectory(prefix="ppim-export-")
             model_dir = export(model, Path(keep.name) / "model", **target)
-        predictor = PREDICTORS[engine](model_dir, device=device, precision=precision, threads=threads)
+        predictor = create_predictor(engine, model_dir, device=device, precision=precision, threads=threads)
     except BaseException:
         if keep is not None:
             keep.cleanup()

@@ -139,7 +139,7 @@ _ARCHS = {
 
 
 def _lvvit(name: str, size: str, pretrained, return_transforms: bool, **kwargs):
-    return build_model(LVViT, name, pretrained, return_transforms, **{**_ARCHS[size], **kwargs})
+    return build_model(LVViT, name, pretrained, return_transforms, arch=_ARCHS[size], **kwargs)
 
 
 def _cfg(name: str, img_size: int, resize: int, weights: dict, **extra) -> dict:

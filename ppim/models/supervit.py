@@ -278,7 +278,7 @@ _ARCHS = {
 
 
 def _supervit(name: str, pretrained, return_transforms: bool, **kwargs):
-    return build_model(SuperViT, name, pretrained, return_transforms, **{**_ARCHS[name], **kwargs})
+    return build_model(SuperViT, name, pretrained, return_transforms, arch=_ARCHS[name], **kwargs)
 
 
 @register_model(make_cfg("super_deit_s", 224, 256, _weights(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import time
 from pathlib import Path
 from typing import Any, Dict
 
@@ -21,13 +20,9 @@ import paddle
 
 from ..errors import InputError
 from ..fileio import atomic_path
-from ..weights.checkpoint import TRAIN_CHECKPOINT_FORMAT
+from ..weights.containers import TRAIN_CHECKPOINT_FORMAT
 from ..weights.errors import InvalidWeightsError
 from ..weights.pdparams import read_pickle
-
-#: Fault injection for tests: seconds to sleep once half of a checkpoint is written.
-PAUSE_ENV = "PPIM_TEST_CHECKPOINT_PAUSE"
-
 
 class ResumeError(InputError):
     """A checkpoint that cannot be resumed here (unreadable, or another model / class count)."""
@@ -51,32 +46,18 @@ def to_plain(value: Any) -> Any:
     raise TypeError(f"a checkpoint cannot hold a {type(value).__name__}")
 
 
-class _PausingWriter:
-    """File wrapper that sleeps once after ``at`` bytes (the fault-injection hook)."""
-
-    def __init__(self, file, at: int, seconds: float):
-        self.file, self.at, self.seconds, self.written = file, at, seconds, 0
-
-    def write(self, data) -> int:
-        data = memoryview(data)
-        split = self.at - self.written
-        self.written += len(data)
-        if 0 <= split < len(data):
-            self.file.write(data[:split])
-            self.file.flush()
-            time.sleep(self.seconds)
-            data = data[split:]
-        self.file.write(data)
-        return len(data)
+def write_bytes(file, data: bytes) -> None:
+    """Write a checkpoint's bytes into its open temporary file. A seam: a test replaces it (e.g. to
+    stop halfway) to check that a run killed mid-write keeps the previous checkpoint."""
+    file.write(data)
 
 
 def save_checkpoint(path: "str | os.PathLike[str]", checkpoint: Dict[str, Any]) -> Path:
     """Write ``checkpoint`` (see Trainer.state) to ``path`` atomically; returns the path."""
     path = Path(path)
     data = pickle.dumps(to_plain({"format": TRAIN_CHECKPOINT_FORMAT, "version": 1, **checkpoint}), protocol=4)
-    pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
     with atomic_path(path) as tmp, open(tmp, "wb") as file:
-        (_PausingWriter(file, len(data) // 2, pause) if pause > 0 else file).write(data)
+        write_bytes(file, data)
         file.flush()
         os.fsync(file.fileno())
     return path

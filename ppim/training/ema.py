@@ -9,7 +9,7 @@ from typing import Dict
 import paddle
 from paddle import nn
 
-from .optim import unwrap_model
+from ..runtime import unwrap_parallel
 
 
 class ModelEma:
@@ -22,14 +22,14 @@ class ModelEma:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
         self.decay = decay
-        self.module = copy.deepcopy(unwrap_model(model))
+        self.module = copy.deepcopy(unwrap_parallel(model))
         self.module.eval()
         for param in self.module.parameters():
             param.stop_gradient = True
 
     @paddle.no_grad()
     def _update(self, model: nn.Layer, weight: float) -> None:
-        source = unwrap_model(model).state_dict()
+        source = unwrap_parallel(model).state_dict()
         for name, ema_value in self.module.state_dict().items():
             if name not in source:
                 raise KeyError(f"ModelEma: the model has no {name!r}; was it built like the EMA copy?")

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -19,6 +20,7 @@ import numpy as np
 import paddle
 
 from ..errors import InputError, PpimError
+from ..runtime import unwrap_parallel
 from .checkpoint import (ResumeError, optimizer_state, rng_state, save_checkpoint, set_optimizer_state,
                          set_rng_state)
 
@@ -43,22 +45,6 @@ class ClassificationStep:
         return loss
 
 
-def unwrap(model: paddle.nn.Layer) -> paddle.nn.Layer:
-    """The model inside paddle.DataParallel (its own name for its parameters and state)."""
-    return model._layers if isinstance(model, paddle.DataParallel) else model
-
-
-def cpu_bf16_training_supported() -> bool:
-    """Whether eager Paddle multiplies bfloat16 matrices on this CPU, i.e. autocast to bf16 is real
-    (Paddle 3.3's CPU wheel has no eager bf16 matmul kernel: autocast then silently stays fp32)."""
-    try:
-        with paddle.amp.auto_cast(enable=True, dtype="bfloat16", level="O1"):
-            out = paddle.nn.functional.linear(paddle.ones([2, 4]), paddle.ones([4, 4]))
-        return out.dtype == paddle.bfloat16
-    except Exception:  # kernels missing or not runnable on this CPU
-        return False
-
-
 def current_lr(optimizer) -> float:
     return float(optimizer.get_lr())
 
@@ -71,6 +57,7 @@ class Trainer:
     step: the per-batch work (default ClassificationStep(paddle.nn.CrossEntropyLoss())).
     scheduler: ``step_epoch(epoch + 1)`` after each epoch and ``step_update(updates)`` after each
         step when it has them (ppim.training.CosineLRScheduler), else ``step()`` after each epoch.
+    on_skipped: called with [(path, reason)] of the unreadable images a batch left out (skip_bad).
     ema: a ModelEma-like object (``update(model)``, ``module``, ``state_dict``/``set_state_dict``).
     amp: None, "bfloat16" or "float16" (paddle.amp.auto_cast O1; float16 scales the loss with
         ``scaler``, a paddle.amp.GradScaler).
@@ -78,6 +65,7 @@ class Trainer:
         ``eval_interval`` epochs and after the last; run on the EMA weights too.
     output: folder for last.pdparams / best.pdparams (rank 0 writes); records: a Records or None.
     identity: what a checkpoint must match to be resumed (model name, num_classes, ...).
+    run_folder: a ppim.training.run_folder.RunFolder locked during ``fit`` (released when it ends).
     """
 
     def __init__(self, model: paddle.nn.Layer, optimizer, loader, *, step: Optional[Callable] = None,
@@ -85,8 +73,9 @@ class Trainer:
                  scaler=None, evaluate: Optional[Callable[[paddle.nn.Layer], Dict[str, Any]]] = None,
                  eval_interval: int = 1, output: "str | os.PathLike[str] | None" = None, records=None,
                  progress: bool = True, rank: int = 0, identity: Optional[Dict[str, Any]] = None,
-                 args: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print):
-        self.model, self.module = model, unwrap(model)
+                 args: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print, run_folder=None,
+                 on_skipped: Optional[Callable[[list], None]] = None):
+        self.model, self.module = model, unwrap_parallel(model)
         self.optimizer, self.loader, self.scheduler, self.ema = optimizer, loader, scheduler, ema
         self.step = step or ClassificationStep(paddle.nn.CrossEntropyLoss())
         self.mixup, self.amp, self.scaler = mixup, amp, scaler
@@ -94,6 +83,8 @@ class Trainer:
         self.output = Path(output) if output is not None else None
         self.records, self.progress, self.rank = records, progress, rank
         self.identity, self.args, self.log = dict(identity or {}), dict(args or {}), log
+        self.run_folder = run_folder
+        self.on_skipped = on_skipped  # called with [(path, reason)] of the images a batch skipped
         self.epoch = 0  # the next epoch to train
         self.best: Optional[Dict[str, Any]] = None  # {"epoch", "metric", "weights"}
         self.global_step = 0
@@ -129,39 +120,48 @@ class Trainer:
         lr = current_lr(self.optimizer)  # the epoch's (timm's per-epoch schedule; per-step ones move it)
         losses, images_seen, start = [], 0, time.perf_counter()
         try:
-            for batch in self.loader:
-                images = paddle.to_tensor(batch.images)
-                targets = paddle.to_tensor(batch.labels)
-                if self.mixup is not None:
-                    images, targets = self.mixup(images, targets)
-                with self._autocast():
-                    loss = self.step(self.model, images, targets, self._backward)
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)  # unscales first, so gradient clipping sees true norms
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.optimizer.clear_grad()
-                if self.ema is not None:
-                    self.ema.update(self.module)
-                if hasattr(self.scheduler, "step_update"):  # per-update schedules (no-op per epoch)
-                    self.scheduler.step_update(self.global_step + 1)
-                value, lr = float(loss), current_lr(self.optimizer)
-                losses.append(value)
-                images_seen += len(batch.labels)
-                self.global_step += 1
-                if self.records is not None and self.rank == 0:
-                    self.records.step(self.global_step, {"loss": value, "lr": lr})
-                if bar is not None:
-                    rate = images_seen / max(time.perf_counter() - start, 1e-9)
-                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.1f}", refresh=False)
-                    bar.update()
+            with warnings.catch_warnings():
+                # Paddle's BatchNorm says on every train-mode call that it tracks running statistics
+                # (as it always did): nothing a user can act on, and it breaks the progress bar.
+                warnings.filterwarnings("ignore", message="When training, we now always track global mean",
+                                        category=UserWarning)
+                for batch in self.loader:
+                    if batch.bad and self.on_skipped is not None:
+                        self.on_skipped([(path, reason) for _, path, reason in batch.bad])
+                    if not len(batch.labels):
+                        continue
+                    images = paddle.to_tensor(batch.images)
+                    targets = paddle.to_tensor(batch.labels)
+                    if self.mixup is not None:
+                        images, targets = self.mixup(images, targets)
+                    with self._autocast():
+                        loss = self.step(self.model, images, targets, self._backward)
+                    if self.scaler is not None:
+                        self.scaler.step(self.optimizer)  # unscales first, so gradient clipping sees true norms
+                        self.scaler.update()
+                    else:
+                        self.optimizer.step()
+                    self.optimizer.clear_grad()
+                    if self.ema is not None:
+                        self.ema.update(self.module)
+                    if hasattr(self.scheduler, "step_update"):  # per-update schedules (no-op per epoch)
+                        self.scheduler.step_update(self.global_step + 1)
+                    value, lr = float(loss), current_lr(self.optimizer)
+                    losses.append(value)
+                    images_seen += len(batch.labels)
+                    self.global_step += 1
+                    if self.records is not None and self.rank == 0:
+                        self.records.step(self.global_step, {"loss": value, "lr": lr})
+                    if bar is not None:
+                        rate = images_seen / max(time.perf_counter() - start, 1e-9)
+                        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.1f}", refresh=False)
+                        bar.update()
         finally:
             if bar is not None:
                 bar.close()
         seconds = time.perf_counter() - start
-        return {"train_loss": float(np.mean(losses)), "lr": lr, "images_per_sec": images_seen / seconds,
-                "seconds": seconds}
+        return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "lr": lr,
+                "images_per_sec": images_seen / seconds, "seconds": seconds}
 
     # ------------------------------------------------------------------------------------------
     # the run
@@ -179,6 +179,10 @@ class Trainer:
     def fit(self, epochs: int) -> Dict[str, Any]:
         """Train from ``self.epoch`` (0, or where a resumed checkpoint stopped) to ``epochs``.
         Returns {"epochs", "best": {"epoch", "metric", "weights"} or None, "last": row}."""
+        with self.run_folder if self.run_folder is not None else contextlib.nullcontext():
+            return self._fit(epochs)
+
+    def _fit(self, epochs: int) -> Dict[str, Any]:
         row: Dict[str, Any] = {}
         for epoch in range(self.epoch, epochs):
             row = {"epoch": epoch, **self.train_one_epoch(epoch)}
@@ -226,8 +230,11 @@ class Trainer:
         """Everything an exact resume needs, as a checkpoint dict (see checkpoint.save_checkpoint).
         "eval_weights" names the weights eval --checkpoint loads: the EMA's when there is one (best is
         chosen by their top-1 then), else the model's."""
+        from ..builder import MODEL_KEY, describe_model
+
         return {
             **self.identity,
+            MODEL_KEY: describe_model(self.module, self.args),
             "epoch": self.epoch,
             "global_step": self.global_step,
             "model": self.module.state_dict(),
@@ -266,6 +273,9 @@ class Trainer:
             have = "has" if checkpoint.get("model_ema") is not None else "has no"
             raise ResumeError(f"--resume {source} {have} EMA weights; pass --model-ema the same way as "
                                   f"in the run that wrote it")
+        from .resume_check import validate_checkpoint
+
+        validate_checkpoint(checkpoint, source, self)  # every field, before anything is set
         self.module.set_state_dict(checkpoint["model"])
         if self.ema is not None:
             self.ema.set_state_dict(checkpoint["model_ema"])

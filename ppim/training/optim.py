@@ -9,13 +9,9 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 import paddle
 from paddle import nn
 
+from ..runtime import unwrap_parallel
+
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum")
-
-
-def unwrap_model(model: nn.Layer) -> nn.Layer:
-    """The model inside a paddle.DataParallel wrapper (whose parameter names gain a '_layers.'
-    prefix and which hides ``no_weight_decay``), else ``model``."""
-    return model._layers if isinstance(model, paddle.DataParallel) else model
 
 
 def param_groups_weight_decay(model: nn.Layer, weight_decay: float = 1e-5,
@@ -25,7 +21,7 @@ def param_groups_weight_decay(model: nn.Layer, weight_decay: float = 1e-5,
     weights), names ending in '.bias', and names in ``no_weight_decay_list`` or
     ``model.no_weight_decay()``. Frozen parameters (stop_gradient) are left out. A DataParallel
     model is unwrapped first, so names match."""
-    model = unwrap_model(model)
+    model = unwrap_parallel(model)
     skip = set(no_weight_decay_list)
     if hasattr(model, "no_weight_decay"):
         skip |= set(model.no_weight_decay())

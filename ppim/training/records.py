@@ -26,14 +26,17 @@ def read_summary(path: "str | os.PathLike[str]") -> List[Dict[str, str]]:
 
 class Records:
     """Per-epoch records in ``output``: summary.csv rewritten atomically after each epoch (a resumed
-    run keeps the rows of the epochs before its start), curves.png when matplotlib is installed,
+    run keeps the rows of the epochs before its start, also when it resumes into a new folder: ``history``),
+    curves.png when matplotlib is installed,
     and VisualDL logs in ``output/visualdl`` with ``visualdl=True`` (per step and per epoch)."""
 
     def __init__(self, output: "str | os.PathLike[str]", *, visualdl: bool = False, start_epoch: int = 0,
-                 plot: bool = True):
+                 plot: bool = True, history: "str | os.PathLike[str] | None" = None):
         self.output = Path(output)
         self.csv_path = self.output / "summary.csv"
-        self.rows = [row for row in read_summary(self.csv_path) if _int(row.get("epoch")) < start_epoch]
+        # ``history``: the summary.csv of the resumed run when it was in another folder.
+        earlier = self.csv_path if history is None or not Path(history).is_file() else Path(history)
+        self.rows = [row for row in read_summary(earlier) if _int(row.get("epoch")) < start_epoch]
         self.plot = plot
         self.writer = None
         if visualdl:

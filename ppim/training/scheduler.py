@@ -16,7 +16,7 @@ optimizer as its learning rate, call ``step_update(num_updates)`` after every op
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 from paddle.optimizer.lr import LRScheduler
 
@@ -27,7 +27,7 @@ class CosineLRScheduler(LRScheduler):
     ``t_in_epochs=False`` updates every optimizer step (needs ``steps_per_epoch``); ``cycle_limit``
     > 1 restarts the cosine (timm's), 0 restarts forever."""
 
-    def __init__(self, base_lr: float, epochs: int, steps_per_epoch: Optional[int] = None, warmup_epochs: int = 5,
+    def __init__(self, base_lr: float, epochs: int, steps_per_epoch: Optional[int] = None, warmup_epochs: float = 5,
                  warmup_lr: float = 1e-6, min_lr: float = 1e-5, cooldown_epochs: int = 10, t_in_epochs: bool = True,
                  warmup_prefix: bool = False, cycle_limit: int = 1, last_epoch: int = -1):
         if epochs <= 0:
@@ -75,3 +75,18 @@ class CosineLRScheduler(LRScheduler):
         """After optimizer update ``num_updates``; no-op for per-epoch schedules."""
         if not self.t_in_epochs:
             self.step(num_updates)
+
+
+def fit_schedule(epochs: int, warmup_epochs: float, cooldown_epochs: int) -> Tuple[float, int, Optional[str]]:
+    """Warm-up and cooldown that fit a run of ``epochs``: together at most half of it, so the run
+    reaches its peak lr and has a cosine to descend. Ones that do not fit are scaled down in
+    proportion (the warm-up to a fraction of an epoch if need be: run it per update). Returns
+    (warmup_epochs, cooldown_epochs, a one-line note saying what was scaled, or None)."""
+    budget = epochs / 2
+    if warmup_epochs + cooldown_epochs <= budget:
+        return warmup_epochs, cooldown_epochs, None
+    scale = budget / (warmup_epochs + cooldown_epochs)
+    warmup, cooldown = warmup_epochs * scale, int(cooldown_epochs * scale)
+    note = (f"note: {warmup_epochs:g} warm-up + {cooldown_epochs} cooldown epochs do not fit {epochs} epochs: scaled to "
+            f"{warmup:.2g} warm-up (per step) + {cooldown} cooldown, so the lr reaches its peak")
+    return warmup, cooldown, note

@@ -6,14 +6,15 @@
 * :mod:`.unpickler`    the allow-list unpickler both readers build on
 * :mod:`.pdparams`     the .pdparams reader and atomic writer
 * :mod:`.torch_reader` the torch-free PyTorch checkpoint reader
-* :mod:`.checkpoint`   picking the model (or EMA) weights out of a checkpoint container
+* :mod:`.containers`   picking the model (or EMA) weights out of a checkpoint container
+* :mod:`.torch_layout` PyTorch -> Paddle key and layout mapping (a leaf: no file I/O)
 * :mod:`.formats`      any supported file -> a state dict in Paddle's layout
 * :mod:`.state`        checks against a model and adaptation (classifier drop, pos-embed resize)
-* :mod:`.conversion`   ``convert_file``: PyTorch checkpoint -> .pdparams (tools/convert.py)
+* :mod:`.conversion`   ``convert_file``: a PyTorch checkpoint file -> a .pdparams file (ppim-convert)
 * :mod:`.pretrained`   ``load_pretrained``: the orchestration the model builder calls
 """
 from .cache import cached_file_path, ppim_home, sha256_file, verify_sidecar, weights_dir
-from .checkpoint import Selected, select_state_dict
+from .containers import Selected, select_state_dict
 from .conversion import ConversionReport, convert_file
 from .download import cache_path_for, download_to_cache
 from .errors import (CheckpointError, CorruptWeightsError, InvalidWeightsError, UnsafeCheckpointError,

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..fileio import write_atomic
+from ..fileio import ENV_PPIM_HOME, ppim_home, write_atomic
 from .errors import CorruptWeightsError, WeightsLockError
 
 try:  # POSIX
@@ -40,8 +40,6 @@ __all__ = ["ENV_PPIM_HOME", "ppim_home", "weights_dir", "cached_file_path", "sha
 
 _logger = logging.getLogger(__name__)
 
-ENV_PPIM_HOME = "PPIM_HOME"
-DEFAULT_PPIM_HOME = "~/.cache/ppim"
 SHA256_SUFFIX = ".sha256"
 LOCK_SUFFIX = ".lock"
 #: Seconds to wait for another process holding a cache lock (a download of a large file takes minutes).
@@ -50,11 +48,6 @@ ENV_LOCK_TIMEOUT = "PPIM_LOCK_TIMEOUT"
 
 #: Bytes read from disk at a time when hashing.
 CHUNK_SIZE = 1 << 20
-
-
-def ppim_home() -> Path:
-    """The ppim data directory: ``$PPIM_HOME``, else ``~/.cache/ppim`` (read at each call)."""
-    return Path(os.path.expanduser(os.environ.get(ENV_PPIM_HOME) or DEFAULT_PPIM_HOME))
 
 
 def weights_dir() -> Path:

@@ -60,7 +60,8 @@ def convert_file(source: "str | os.PathLike[str]", output: "str | os.PathLike[st
     if strict and not report.ok:
         raise CheckpointError(f"{source} does not fit {model_name(model)}: {report.problems()} "
                               "(nothing written; --no-strict writes the keys that fit)")
-    kept = {key: state[key] for key in report.matched}
+    broken = {entry.split(" ", 1)[0] for entry in report.nonfinite}  # "key (2 NaN, ...)"
+    kept = {key: state[key] for key in report.matched if key not in broken}
     save_pdparams(kept, output)
     reloaded = read_pdparams(output)
     set_weights(model, dict(reloaded))

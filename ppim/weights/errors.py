@@ -46,7 +46,7 @@ class InvalidWeightsError(WeightsError):
 
 
 class CheckpointError(InvalidWeightsError, ValueError):
-    """A file could not be read as a checkpoint (a ValueError too, as ppim.convert raised before)."""
+    """A file could not be read as a checkpoint (a ValueError too, as ppim's converter raised before)."""
 
 
 class UnsafeCheckpointError(CheckpointError):

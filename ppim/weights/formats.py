@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from ..convert.mapping import to_paddle_layout
-from .checkpoint import Selected, select_state_dict
+from .torch_layout import to_paddle_layout
+from .containers import Selected, select_state_dict
 from .errors import InvalidWeightsError
 from .pdparams import read_pickle
 from .torch_reader import load_torch_checkpoint

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..fileio import atomic_path, remove_stale_parts
 from .cache import sha256_file, write_sidecar
-from .checkpoint import select_state_dict
+from .containers import select_state_dict
 from .errors import InvalidWeightsError
 from .unpickler import DEFAULT_MAX_BYTES, AllowlistUnpickler, check_structure, latin1_encode, numpy_dtype, short_repr
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..registry import model_name
 from .cache import cached_file_path, sha256_file, use_cached, verify_sidecar, weights_dir
-from .checkpoint import Selected
+from .containers import Selected
 from .download import cache_path_for, download_to_cache, is_url
 from .errors import CorruptWeightsError, WeightsDownloadError, WeightsError
 from .formats import PYTORCH, detect_format, read_weights
@@ -53,8 +53,8 @@ def _converted_path(model, source_sha256: str, ema: Optional[bool], prefer_ema: 
     return weights_dir() / "converted" / f"{model_name(model)}-{source_sha256[:32]}-{mode}.pdparams"
 
 
-def _read_and_fit(model, path: Path, ema: Optional[bool], prefer_ema: bool, sha256: Optional[str] = None
-                  ) -> Tuple[Dict[str, np.ndarray], Selected]:
+def _read_and_fit(model, path: Path, ema: Optional[bool], prefer_ema: bool, sha256: Optional[str] = None,
+                  new_head: bool = True) -> Tuple[Dict[str, np.ndarray], Selected]:
     """Read ``path`` (any format), check it against ``model`` and adapt it. A PyTorch checkpoint is
     converted once: its Paddle layout (unadapted, so it serves any head or input size) is cached
     under the source's content hash. A cache that cannot be written (read-only or full) only costs
@@ -66,11 +66,11 @@ def _read_and_fit(model, path: Path, ema: Optional[bool], prefer_ema: bool, sha2
         try:
             if use_cached(converted):
                 selected = read_weights(converted, model, ema=ema, prefer_ema=prefer_ema, max_bytes=budget)
-                return adapt_state(model, selected.state, path), selected
+                return adapt_state(model, selected.state, path, new_head), selected
         except CorruptWeightsError as e:
             _logger.warning("%s; converting %s again", e, path)
     selected = read_weights(path, model, ema=ema, prefer_ema=prefer_ema, max_bytes=budget)
-    adapted = adapt_state(model, selected.state, path)
+    adapted = adapt_state(model, selected.state, path, new_head)
     if converted is not None:
         try:
             save_pdparams({selected.entry: selected.state} if selected.entry else selected.state, converted)
@@ -88,7 +88,7 @@ def _manual_download_hint(model, weights: Dict[str, Any], path: Path) -> str:
 
 
 def load_pretrained(model, cfg: dict, pretrained: "bool | str | os.PathLike[str]" = True,
-                    progress: bool = True, ema: Optional[bool] = None) -> Dict[str, Any]:
+                    progress: bool = True, ema: Optional[bool] = None, new_head: bool = True) -> Dict[str, Any]:
     """Load weights into ``model`` in place and return what was loaded (also kept as
     ``model.pretrained_info``): source, path, sha256, format, the container entry and whether
     the weights are EMA weights.
@@ -97,7 +97,9 @@ def load_pretrained(model, cfg: dict, pretrained: "bool | str | os.PathLike[str]
     PyTorch checkpoint, or a training checkpoint of either). ``ema``: True/False picks the EMA or
     the model weights of a checkpoint that holds both; None follows the cfg (``weights["prefer_ema"]``:
     EMA when the file has it, as for super_lvvit_s, whose published accuracy is the EMA's) and a
-    ppim training checkpoint's own "eval_weights".
+    ppim training checkpoint's own "eval_weights". ``new_head``: a classifier that does not fit the
+    model (another class count) is dropped with a warning, the model keeping its fresh heads (fine-tuning);
+    False makes that an error instead (the model would score with random heads).
     """
     weights = cfg.get("weights") or {}
     prefer_ema = bool(weights.get("prefer_ema"))
@@ -111,7 +113,7 @@ def load_pretrained(model, cfg: dict, pretrained: "bool | str | os.PathLike[str]
         source = url or str(path)
         if url:
             try:
-                path, sha256, checked = _fetch(model, url, file_name, ema, prefer_ema, progress)
+                path, sha256, checked = _fetch(model, url, file_name, ema, prefer_ema, progress, new_head)
             except WeightsDownloadError as e:
                 if "drive.google.com" not in f"{url} {weights.get('source_url') or ''}":
                     raise
@@ -125,34 +127,34 @@ def load_pretrained(model, cfg: dict, pretrained: "bool | str | os.PathLike[str]
     else:
         source = os.fspath(pretrained)
         if is_url(source):
-            path, sha256, checked = _fetch(model, source, None, ema, prefer_ema, progress)
+            path, sha256, checked = _fetch(model, source, None, ema, prefer_ema, progress, new_head)
         elif not os.path.isfile(source):
             raise FileNotFoundError(f"pretrained={source!r}: no such file (pass True for the "
                                     f"registered weights, or a path or URL of a weights file)")
         else:
             path = Path(source)
             sha256 = verify_sidecar(path)  # a file ppim wrote (convert_file) is checked against its sidecar
-    state, selected = checked or _read_and_fit(model, path, ema, prefer_ema, sha256)
+    state, selected = checked or _read_and_fit(model, path, ema, prefer_ema, sha256, new_head)
     set_weights(model, state)
     info = {"source": source, "path": str(Path(path).resolve()), "sha256": sha256,
             "format": detect_format(path), "entry": selected.entry or None, "ema": selected.ema}
     model.pretrained_info = info
     if selected.ema:
-        message = f"{model_name(model)}: loaded the EMA weights ({selected.entry!r}) of {path}"
-        _logger.info(message)
-        if progress:
-            print(message, file=sys.stderr, flush=True)
+        if progress:  # once, on stderr (not also through logging, which Paddle routes to the console)
+            print(f"{model_name(model)}: loaded the EMA weights ({selected.entry!r}) of {path}", file=sys.stderr,
+                  flush=True)
     return info
 
 
-def _fetch(model, url: str, file_name: Optional[str], ema: Optional[bool], prefer_ema: bool, progress: bool
-           ) -> Tuple[Path, str, Optional[Tuple[Dict[str, np.ndarray], Selected]]]:
+def _fetch(model, url: str, file_name: Optional[str], ema: Optional[bool], prefer_ema: bool, progress: bool,
+           new_head: bool = True) -> Tuple[Path, str, Optional[Tuple[Dict[str, np.ndarray], Selected]]]:
     """Download ``url`` into the cache (or find it there): (path, sha256, the checked state if it
     was just downloaded). A downloaded file is read and checked against the model before it is kept,
     so nothing that does not fit enters the cache, and that read is not repeated."""
     checked = []
     path = download_to_cache(url, file_name, progress=progress,
-                             validate=lambda tmp: checked.append(_read_and_fit(model, tmp, ema, prefer_ema)))
+                             validate=lambda tmp: checked.append(_read_and_fit(model, tmp, ema, prefer_ema,
+                                                                                     new_head=new_head)))
     return path, verify_sidecar(path), (checked[0] if checked else None)
 
 

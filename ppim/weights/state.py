@@ -13,7 +13,7 @@ import numpy as np
 from ..registry import model_name
 from .errors import InvalidWeightsError
 
-__all__ = ["StateReport", "adapt_state", "check_state", "resize_pos_embed", "set_weights"]
+__all__ = ["StateReport", "adapt_state", "check_state", "non_finite", "resize_pos_embed", "set_weights"]
 
 
 def resize_pos_embed(pos_embed: np.ndarray, grid: int) -> np.ndarray:
@@ -42,23 +42,39 @@ class StateReport:
     missing: List[str]
     unexpected: List[str]
     mismatched: List[str]  # "key: file [shape], model [shape]"
+    nonfinite: List[str] = dataclasses.field(default_factory=list)  # "key (3 NaN, 1 inf of 100)"
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
+        return not (self.missing or self.unexpected or self.mismatched or self.nonfinite)
 
     def problems(self) -> str:
         def listed(title: str, keys: List[str]) -> str:
             return f"{title} ({len(keys)}): {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
 
         parts = [listed(title, keys) for title, keys in (
-            ("missing", self.missing), ("unexpected", self.unexpected), ("shape mismatches", self.mismatched))
-            if keys]
+            ("missing", self.missing), ("unexpected", self.unexpected), ("shape mismatches", self.mismatched),
+            ("NaN or infinite values", self.nonfinite)) if keys]
         return "; ".join(parts)
 
 
+def non_finite(value) -> str:
+    """"" when a floating-point array holds only finite numbers, else what it holds ("2 NaN, 1 inf
+    of 96"). Weights with NaN or inf make every prediction meaningless, so no reader loads them."""
+    value = np.asarray(value)
+    if value.dtype.kind not in "fc" or value.size == 0:
+        return ""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(value.sum(dtype=np.complex128 if value.dtype.kind == "c" else np.float64)):
+            return ""  # NaN and inf propagate through the sum; a finite sum means all are finite
+    nans = int(np.isnan(value).sum())
+    infs = int(np.isinf(value).sum())
+    return f"{nans} NaN, {infs} inf of {value.size}" if nans or infs else ""
+
+
 def check_state(model, state: "dict[str, np.ndarray]") -> StateReport:
-    """Compare ``state`` (Paddle layout) with ``model``'s parameters and buffers."""
+    """Compare ``state`` (Paddle layout) with ``model``'s parameters and buffers; NaN or infinite
+    values in any of them are a problem too (``nonfinite``)."""
     model_state = model.state_dict()
     expected = {key: tuple(value.shape) for key, value in model_state.items()}
     kinds = {key: "f" if "float" in str(value.dtype) else "i" for key, value in model_state.items()}
@@ -78,22 +94,36 @@ def check_state(model, state: "dict[str, np.ndarray]") -> StateReport:
             report.resized.append(key)
         else:
             report.mismatched.append(f"{key}: file {list(shape)}, model {list(expected[key])}")
+    for key, value in state.items():
+        found = non_finite(value)
+        if found:
+            report.nonfinite.append(f"{key} ({found})")
     present = set(state)
     report.missing = [key for key in expected if key not in present and not key.startswith(classifier)]
     return report
 
 
-def adapt_state(model, state: "dict[str, np.ndarray]", source: "str | os.PathLike[str]") -> "dict[str, np.ndarray]":
+def adapt_state(model, state: "dict[str, np.ndarray]", source: "str | os.PathLike[str]",
+                new_head: bool = True) -> "dict[str, np.ndarray]":
     """Check ``state`` against ``model`` and adapt what can be adapted: classifier weights of another
     class count are dropped (warned; the model keeps its fresh heads), a positional embedding of
     another grid is resized. Anything else that differs raises InvalidWeightsError naming ``source``
-    and the keys."""
+    and the keys. ``new_head=False``: a classifier that does not load (another class count, or none in
+    the file) is an error naming both class counts, not a model with random heads."""
     report = check_state(model, state)
     model_state = model.state_dict()
     if not report.ok:
         name = model_name(model)
+        if report.nonfinite and not (report.missing or report.unexpected or report.mismatched):
+            raise InvalidWeightsError(f"{source}: its weights hold {report.problems()}; nothing computed with "
+                                      f"them would mean anything (a diverged training run?): use an earlier "
+                                      f"checkpoint")
         raise InvalidWeightsError(f"{source} does not fit {name}: {report.problems()}. Check that the "
                                   f"file is {name}'s weights (ppim.get_model_cfg({name!r})['weights']).")
+    classifier = tuple(f"{name}." for name in model.pretrained_cfg.get("classifier", ()))
+    absent = [key for key in model_state if key.startswith(classifier) and key not in state]
+    if not new_head and (report.dropped or absent):
+        raise _head_error(model, state, source, report.dropped)
     if report.dropped:
         warnings.warn(f"{source}: classifier weights not loaded (the model has "
                       f"{model.pretrained_cfg.get('num_classes')} classes, so they stay freshly "
@@ -103,6 +133,19 @@ def adapt_state(model, state: "dict[str, np.ndarray]", source: "str | os.PathLik
         adapted[key] = resize_pos_embed(_as_model_dtype(state[key], model_state[key]),
                                         int(round(math.sqrt(model_state[key].shape[1] - 1))))
     return adapted
+
+
+def _head_error(model, state, source, dropped: List[str]) -> Exception:
+    from ..errors import ParameterError
+
+    ours = model.pretrained_cfg.get("num_classes")
+    weight = next((key for key in dropped if key.endswith("weight") and np.ndim(state[key]) == 2), None)
+    if weight is None:
+        return InvalidWeightsError(f"{source} has no classifier weights for the model's {ours} classes (a "
+                                   f"features-only file?): a model with a random classifier would score nothing")
+    theirs = int(np.shape(state[weight])[1])
+    return ParameterError(f"{os.fspath(source)} has a {theirs}-class classifier but the model was built with "
+                          f"{{num_classes}}: pass {{num_classes:={theirs}}}", num_classes=ours)
 
 
 def _as_model_dtype(value: np.ndarray, target) -> np.ndarray:

@@ -5,7 +5,7 @@ image, the teacher's per-token class scores at its eval transforms, top-k per to
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import paddle
@@ -42,11 +42,14 @@ def teacher_labels(model: paddle.nn.Layer, images: paddle.Tensor, topk: int = 5)
 def make_token_labels(model: paddle.nn.Layer, dataset: ImageDataset, output: "str | Path", *,
                       fmt: str = "packed", topk: int = 5, batch_size: int = 64,
                       num_workers: Optional[int] = None, rank: int = 0, world_size: int = 1,
-                      progress: bool = True) -> Dict[str, int]:
+                      progress: bool = True, skip_bad: bool = False,
+                      log: Optional[Callable[[str], None]] = None) -> Dict[str, int]:
     """Write token labels of every image of ``dataset`` (its transforms: the teacher's eval ones)
     to ``output`` in ``fmt`` ('packed' or 'official'). Resumable: labels already written are
     kept. Under several processes, rank r labels images r, r + W, ... (packed: its own part).
-    Returns {"images": this rank's images, "written": labelled now, "kept": found done}."""
+    ``skip_bad``: unreadable images get no labels and are reported once each through ``log``
+    instead of stopping the run. Returns {"images": this rank's images, "written": labelled now,
+    "kept": found done, "skipped": unreadable}."""
     from tqdm import tqdm
 
     model.eval()
@@ -55,16 +58,26 @@ def make_token_labels(model: paddle.nn.Layer, dataset: ImageDataset, output: "st
     if len(set(keys)) != len(keys):
         raise ValueError(f"{dataset.root}: two images share a label key (class folder / name up to the "
                          f"first dot); rename one")
-    probe = paddle.to_tensor(np.asarray(dataset[shard[0]][0], dtype=np.float32)[None])
-    shape = teacher_labels(model, probe, topk).shape[1:]
+    probe = BatchLoader(dataset, 1, 0, indices=shard, skip_bad=skip_bad)._probe_shape()
+    if probe is None:
+        raise ValueError(f"{dataset.root}: no readable image to label")
+    shape = teacher_labels(model, paddle.zeros([1, *probe], dtype="float32"), topk).shape[1:]
     writer = open_label_writer(fmt, output, keys, shape, rank, world_size)
     pending = writer.pending()
-    loader = BatchLoader(dataset, batch_size, num_workers, indices=[shard[i] for i in pending])
+    position = {index: p for p, index in enumerate(shard)}
+    loader = BatchLoader(dataset, batch_size, num_workers, indices=[shard[i] for i in pending], skip_bad=skip_bad)
+    written, skipped = 0, 0
     with tqdm(total=len(keys), initial=len(keys) - len(pending), unit="img", desc="token labels",
               disable=not progress or rank != 0, dynamic_ncols=True) as bar:
-        for start, batch in zip(range(0, len(pending), loader.batch_size), loader):
-            labels = teacher_labels(model, paddle.to_tensor(batch.images), topk)
-            writer.write(pending[start:start + len(labels)], labels)
-            bar.update(len(labels))
+        for batch in loader:
+            for _, path, reason in batch.bad:
+                skipped += 1
+                if log is not None:
+                    log(f"skipped {path}: {reason}")
+            if len(batch.labels):
+                labels = teacher_labels(model, paddle.to_tensor(batch.images), topk)
+                writer.write([position[int(i)] for i in batch.indices], labels)
+                written += len(labels)
+            bar.update(len(batch.labels) + len(batch.bad))
     writer.close()
-    return {"images": len(keys), "written": len(pending), "kept": len(keys) - len(pending)}
+    return {"images": len(keys), "written": written, "kept": len(keys) - len(pending), "skipped": skipped}

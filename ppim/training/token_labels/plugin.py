@@ -16,13 +16,7 @@ from .dataset import TokenLabelDataset, TokenLabelTransforms
 from .formats import TokenLabelError, open_token_labels
 from .step import TokenLabelMixup, TokenLabelStep, TokenLabelTargets
 
-__all__ = ["TrainingPlan", "plan_training", "repeated_augmentation_order", "DEIT_RECIPE"]
-
-# SuperViT(DeiT-S)'s recipe (main_deit.py): the defaults of tools/train.py for super_deit_s;
-# its lr is 5e-4 per 512 images of global batch.
-DEIT_RECIPE = dict(mixup=0.8, cutmix=1.0, smoothing=0.1, drop_path=0.1, model_ema=True, model_ema_decay=0.99996,
-                   repeated_aug=True, lr_per_512=5e-4)
-
+__all__ = ["TrainingPlan", "plan_training", "repeated_augmentation_order"]
 
 class TrainingPlan(NamedTuple):
     train_set: Any
@@ -95,7 +89,7 @@ def plan_training(config, model, train_set, num_classes: int, criterion, mixup, 
         if mixup is not None:
             mixup = TokenLabelMixup(mixup, targets)
     if supernet:
-        from ..supervit import SuperStep
+        from ..supervit_step import SuperStep
 
         return TrainingPlan(train_set, SuperStep(criterion, targets, random.Random(config.seed)), mixup, order)
     return TrainingPlan(train_set, TokenLabelStep(criterion, targets), mixup, order)

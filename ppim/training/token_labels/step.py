@@ -8,6 +8,7 @@ from typing import Callable, Optional, TypeVar
 
 import paddle
 
+from ...runtime import unwrap_parallel
 from ..losses import TokenLabelCrossEntropy
 from ..mixup import Mixup, mixup_target
 from .dataset import packed_width, unpack_labels
@@ -27,9 +28,10 @@ def unwrapped_step(model: paddle.nn.Layer, work: Callable[[paddle.nn.Layer], T])
         return work(model)
     from paddle.distributed.fleet.utils.hybrid_parallel_util import fused_allreduce_gradients
 
+    layer = unwrap_parallel(model)
     with model.no_sync():
-        result = work(model._layers)
-    params = [p for p in model._layers.parameters() if not p.stop_gradient and p.grad is not None]
+        result = work(layer)
+    params = [p for p in layer.parameters() if not p.stop_gradient and p.grad is not None]
     fused_allreduce_gradients(params, None)
     return result
 

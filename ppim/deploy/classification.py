@@ -7,7 +7,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import paddle
 
-from ..data import imagenet_class_names
+from ..builder import class_names_of
 from ..registry import model_name
 from ..transforms import ImageLike, as_numpy, create_transforms
 from .runner import create_runner
@@ -21,14 +21,15 @@ def classify(model: paddle.nn.Layer, images: Sequence[ImageLike], transforms: Ca
              topk: int = 5, batch_size: int = 16, engine: str = "auto", precision: str = "fp32", device: str = "cpu",
              runner: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> List[Prediction]:
     """Top-k (class id, class name, probability) per image, probabilities from a softmax over the
-    model's eval logits. ``transforms`` defaults to the model's own eval transforms. ``engine`` /
+    model's eval logits; class names are the model's own (a fine-tuned model's, from its checkpoint;
+    the ImageNet names for 1000 classes), else the index as text. ``transforms`` defaults to the model's own eval transforms. ``engine`` /
     ``precision`` / ``device`` pick the runner (see create_runner); an existing ``runner`` may be passed instead.
 
     The default ``engine='auto'`` runs the fastest installed engine on the model's cached export
     (made once per weights in ``$PPIM_HOME/exports``; within 1e-4 of eager); a model that cannot be
     exported runs eagerly, with a warning saying why."""
     transforms = transforms or create_transforms(model.pretrained_cfg)
-    names = imagenet_class_names()
+    names = class_names_of(model)
     if runner is None:
         try:
             runner = create_runner(model, engine=engine, precision=precision, device=device)
@@ -44,7 +45,7 @@ def classify(model: paddle.nn.Layer, images: Sequence[ImageLike], transforms: Ca
         probs = _softmax(runner(batch.astype("float32")))
         for row in probs:
             top = np.argsort(-row)[:topk]
-            results.append([(int(i), names[i] if len(row) == len(names) else str(i), float(row[i]))
+            results.append([(int(i), names[i] if names and len(row) == len(names) else str(i), float(row[i]))
                             for i in top])
     return results
 

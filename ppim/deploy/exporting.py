@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -23,16 +24,32 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..fileio import current_umask, write_atomic, write_json
-from ..weights.cache import ppim_home
+from ..builder import MODEL_KEY, describe_model
+from ..runtime import CAPABILITIES, has, missing
+from ..errors import CapabilityError, InputError
+from ..fileio import current_umask, ppim_home, write_atomic, write_json
 from ..layers import Attention
 from ..registry import cfg_for_img_size, model_name
 from .common import INPUT_NAME, MANIFEST, PARAMS_FILE, PROGRAM_FILES, current_subnet, input_size
+from .registry import engine_spec
 
-__all__ = ["export", "load_manifest", "cached_export", "export_key", "cache_dir"]
+__all__ = ["export", "load_manifest", "cached_export", "export_key", "cache_dir", "attention_layout",
+           "fused_attention_available", "export_requirements", "check_requirements", "verify_export",
+           "DamagedExportError"]
 
 # Bumped whenever the rewrites below change the exported graph, so cached exports are remade.
-EXPORT_REVISION = 4
+EXPORT_REVISION = 5
+#: The ppim.runtime capability each attention layout needs on the machine that runs the export.
+LAYOUT_REQUIREMENTS = {"fused": ("fused_attention",), "matmul": (), None: ()}
+
+
+class DamagedExportError(InputError):
+    """An export directory whose manifest or files are not what was exported (edited, truncated,
+    swapped, missing, or naming files outside the directory). ``problem``: what is wrong."""
+
+    def __init__(self, problem: str):
+        super().__init__(f"{problem}: export the model again")
+        self.problem = problem
 
 
 class _DeployAttention(nn.Layer):
@@ -105,21 +122,43 @@ class _FusedAttention(nn.Layer):
 
 
 def attention_layout(precision: str = "fp32", device: str = "cpu", engine: str = "inference") -> str:
-    """The attention layout an optimised export uses: 'fused' (_FusedAttention) for Paddle Inference
-    fp32 on CPU where Paddle has the op, else 'matmul' (_DeployAttention: bf16 runs it faster, the
-    fused kernel being fp32 only, and paddle2onnx converts it for the other engines)."""
-    fused = engine == "inference" and precision == "fp32" and device == "cpu" and fused_attention_available()
+    """The attention layout an optimised export uses: 'fused' (_FusedAttention) for fp32 on CPU in an
+    engine that runs Paddle's fused op (Paddle Inference) where this machine runs it
+    (fused_attention_available), else 'matmul' (_DeployAttention: bf16 runs it faster, the fused
+    kernel being fp32 only, paddle2onnx converts it for the other engines, and every CPU runs it)."""
+    fused = (engine_spec(engine).fused_attention and precision == "fp32" and device == "cpu"
+             and fused_attention_available())
     return "fused" if fused else "matmul"
 
 
 def fused_attention_available() -> bool:
-    """Paddle 3.x (PIR programs) with the ``self_dp_attention`` CPU op."""
-    if getattr(paddle.framework, "in_pir_mode", None) is None or not hasattr(paddle._C_ops, "self_dp_attention"):
-        return False
-    try:
-        return bool(paddle.get_flags("FLAGS_enable_pir_api").get("FLAGS_enable_pir_api", False))
-    except ValueError:  # a Paddle without the flag: no PIR programs
-        return False
+    """Whether this machine runs Paddle's fused CPU attention op (``self_dp_attention``): Paddle 3.x
+    with PIR programs, a CPU with avx512f (Paddle's own self_attention_fuse_pass emits the op only
+    there; elsewhere its kernel dies by SIGILL), and its canary (ppim.runtime, capability
+    'fused_attention')."""
+    return has("fused_attention")
+
+
+def export_requirements(manifest: Dict[str, Any]) -> Tuple[str, ...]:
+    """The ppim.runtime capabilities the machine running an export needs (its manifest's ``requires``;
+    exports made before it was recorded: from their attention layout)."""
+    if isinstance(manifest.get("requires"), list):
+        return tuple(str(name) for name in manifest["requires"])
+    return LAYOUT_REQUIREMENTS.get(manifest.get("deploy_attention"), ())
+
+
+def check_requirements(model_dir: Union[str, os.PathLike], manifest: Dict[str, Any]) -> None:
+    """CapabilityError unless this machine has every capability the export needs, so an export made
+    on a machine with the fused attention kernel is never run on one without it."""
+    for name in export_requirements(manifest):
+        if name not in CAPABILITIES:
+            raise CapabilityError(f"{model_dir} needs {name!r}, which this ppim does not know: export it again "
+                                  f"with this ppim")
+        reason = missing(name)
+        if reason:
+            raise CapabilityError(f"{model_dir} was exported for machines with {CAPABILITIES[name].needs}, "
+                                  f"and {reason}: export the model again on this machine (ppim.deploy.export or "
+                                  f"ppim-export), which picks a layout this machine runs")
 
 
 def _resize_matrix(src: int, dst: int) -> np.ndarray:
@@ -202,6 +241,11 @@ def _preserve_forwards(model: nn.Layer):
 
 
 def program_file(model_dir: Path) -> Path:
+    """The exported program of ``model_dir``: the manifest's program_file (confined to the export),
+    else the first of PROGRAM_FILES there."""
+    named = load_manifest(model_dir).get("program_file")
+    if named is not None:
+        return export_file(model_dir, named)
     for name in PROGRAM_FILES:
         if (model_dir / name).is_file():
             return model_dir / name
@@ -216,8 +260,15 @@ def add_file(model_dir: Path, name: str, data: bytes) -> Path:
     manifest = load_manifest(model_dir)
     files = set(_ppim_files(model_dir)) | {name}
     manifest["files"] = sorted(files)
-    write_json(model_dir / MANIFEST, manifest)
+    if isinstance(manifest.get("digests"), dict):
+        manifest["digests"][name] = _digest(model_dir / name)
+    _write_manifest(model_dir, manifest)
     return model_dir / name
+
+
+def params_file(model_dir: Path) -> Path:
+    """The parameters file of an export: the manifest's params_file, confined to the export."""
+    return export_file(model_dir, load_manifest(model_dir).get("params_file", PARAMS_FILE))
 
 
 def _ppim_files(model_dir: Path) -> List[str]:
@@ -279,9 +330,17 @@ def check_output_dir(output_dir: Path, sources: Sequence[Union[str, os.PathLike]
                 output_dir == Path(source).absolute() or (output_dir.exists() and output_dir.samefile(source))):
             raise ValueError(f"the export output {output_dir} is the model's own input {source}: choose "
                              f"another output directory")
-    if output_dir.exists() and not (output_dir.is_dir() and (
-            (output_dir / MANIFEST).is_file() or not any(output_dir.iterdir()))):
-        raise FileExistsError(f"{output_dir} exists and is not a ppim export; choose another output directory")
+    for parent in output_dir.parents:  # "a_file/sub": say which part is in the way
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{parent} is a file, so {output_dir} cannot be created; "
+                                         f"choose another output directory")
+            break
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"{output_dir} is a file, not a folder; choose another output directory")
+    if output_dir.exists() and not ((output_dir / MANIFEST).is_file() or not any(output_dir.iterdir())):
+        raise FileExistsError(f"{output_dir} is a folder of other files, not a ppim export; choose another "
+                              f"output directory")
     return output_dir
 
 
@@ -341,6 +400,7 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
                 "input_shape": [batch_size or -1, 3, size, size],
                 "input_dtype": "float32",
                 "num_classes": int(getattr(model, "num_classes", cfg.get("num_classes", 0)) or 0),
+                MODEL_KEY: describe_model(model),  # what ppim.create_model(checkpoint_path=) reads from a checkpoint
                 "subnet": None if subnet is None else {"img_size": subnet[0], "keep_ratio": subnet[1]},
                 "cfg": cfg,
                 "program_file": program.name,
@@ -355,9 +415,11 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
                 "ppim_version": ppim_version,
                 "export_revision": EXPORT_REVISION,
                 "cache_key": cache_key,
+                "requires": list(LAYOUT_REQUIREMENTS[deploy_attention]),
                 "files": sorted([p.name for p in tmp.iterdir()] + [MANIFEST]),
+                "digests": {p.name: _digest(p) for p in sorted(tmp.iterdir())},
             }
-            write_json(tmp / MANIFEST, manifest)
+            _write_manifest(tmp, manifest)
     finally:
         if was_training:
             model.train()
@@ -365,10 +427,124 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
 
 
 def load_manifest(model_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """The ppim.json of an export ({} for a directory exported by other tools)."""
+    """The ppim.json of an export ({} for a directory exported by other tools); DamagedExportError
+    when it is not a JSON object."""
     path = Path(model_dir) / MANIFEST
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DamagedExportError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(manifest, dict):
+        raise DamagedExportError(f"{path} is not a JSON object")
+    return manifest
 
+
+# ------------------------------------------------------------------------------------------------
+# integrity: every file's size and sha256 in the manifest, the manifest's own digest, names confined
+# ------------------------------------------------------------------------------------------------
+_MANIFEST_DIGEST = "manifest_sha256"
+#: Beside the files of an export: the sha256 already computed for each (size, mtime, ctime, inode),
+#: so a file is hashed again only when it changed (not listed in the manifest: never removed by an
+#: export over it, harmless when stale).
+VERIFIED_FILE = ".ppim-verified.json"
+_HASH_CHUNK = 1 << 20
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _digest(path: Path) -> Dict[str, Any]:
+    return {"size": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _manifest_digest(manifest: Dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != _MANIFEST_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _write_manifest(model_dir: Path, manifest: Dict[str, Any]) -> None:
+    manifest = {**manifest, _MANIFEST_DIGEST: _manifest_digest(manifest)}
+    write_json(model_dir / MANIFEST, manifest)
+
+
+def export_file(model_dir: Union[str, os.PathLike], name: Any) -> Path:
+    """``model_dir / name`` for a file name an export's manifest gives, confined to the export: a
+    plain name (no folder, not '..'), a regular file whose real path is inside ``model_dir``
+    (DamagedExportError otherwise: a manifest never leads a reader elsewhere)."""
+    model_dir = Path(model_dir)
+    if not isinstance(name, str) or not name or name in (".", "..") or name != os.path.basename(name) \
+            or "/" in name or "\\" in name or "\0" in name:
+        raise DamagedExportError(f"{model_dir / MANIFEST} names {name!r} as a file of the export, which is not "
+                                 f"a file name inside {model_dir}")
+    path = model_dir / name
+    if os.path.dirname(os.path.realpath(path)) != os.path.realpath(model_dir):
+        raise DamagedExportError(f"{path} leads outside {model_dir} (a link)")
+    if not path.is_file():
+        raise DamagedExportError(f"{path} is missing")
+    return path
+
+
+def _verified(model_dir: Path) -> Dict[str, Any]:
+    try:
+        stamps = json.loads((model_dir / VERIFIED_FILE).read_text(encoding="utf-8"))
+        return stamps if isinstance(stamps, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def verify_export(model_dir: Union[str, os.PathLike], remember: bool = False) -> Optional[str]:
+    """None when the export in ``model_dir`` is what was exported, else what is wrong (one
+    sentence): the manifest's own digest, then every file it lists (confined to ``model_dir``, see
+    export_file) against its recorded size and sha256. Hashes already checked are kept in
+    VERIFIED_FILE by (size, mtime, ctime, inode) with ``remember`` (the export cache), so an
+    unchanged file is not read again. Exports made before digests were recorded have nothing to
+    check (None)."""
+    model_dir = Path(model_dir)
+    try:
+        manifest = load_manifest(model_dir)
+        if not manifest:
+            return f"{model_dir} has no {MANIFEST}"
+        if _MANIFEST_DIGEST not in manifest:
+            return None
+        if manifest[_MANIFEST_DIGEST] != _manifest_digest(manifest):
+            return f"{model_dir / MANIFEST} was changed after the export"
+        digests = manifest.get("digests")
+        if not isinstance(digests, dict):
+            return f"{model_dir / MANIFEST} lists no file digests"
+        for key in ("program_file", "params_file"):
+            if manifest.get(key) not in digests:
+                return f"{model_dir / MANIFEST}: its {key} {manifest.get(key)!r} has no digest"
+        stamps, fresh = _verified(model_dir), {}
+        for name, expected in sorted(digests.items()):
+            path = export_file(model_dir, name)
+            if not isinstance(expected, dict):
+                return f"{model_dir / MANIFEST}: bad digest for {name}"
+            info = path.stat()
+            if info.st_size != expected.get("size"):
+                return f"{path} has {info.st_size} bytes, not the {expected.get('size')} exported"
+            stamp = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+            known = stamps.get(name)
+            if isinstance(known, dict) and known.get("stamp") == stamp and known.get("sha256") == expected.get("sha256"):
+                fresh[name] = known
+                continue
+            if _sha256(path) != expected.get("sha256"):
+                return f"{path} is not the file exported (sha256 differs)"
+            fresh[name] = {"stamp": stamp, "sha256": expected["sha256"]}
+        if remember and fresh != stamps:
+            with contextlib.suppress(OSError):  # a read-only export: checked again next time
+                write_json(model_dir / VERIFIED_FILE, fresh)
+    except DamagedExportError as error:
+        return error.problem
+    except OSError as error:
+        return f"{model_dir} cannot be read ({error.strerror or error})"
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -378,14 +554,16 @@ def export_key(model: nn.Layer, img_size: Optional[int] = None, optimize: bool =
                device: str = "cpu", engine: str = "inference") -> str:
     """What identifies an export: the model's class and name, every parameter and buffer (names,
     shapes, dtypes, values), the sub-network, the input size, the rewrites (``optimize``, the
-    attention layout for ``precision``, ``device`` and ``engine``, EXPORT_REVISION), and the Paddle and
-    ppim versions. 32 hex digits (BLAKE2b)."""
+    attention layout for ``precision``, ``device`` and ``engine`` on this machine, EXPORT_REVISION),
+    the capabilities a machine needs to run it, and the Paddle and ppim versions. 32 hex digits
+    (BLAKE2b)."""
     from ..version import __version__ as ppim_version
 
     digest = hashlib.blake2b(digest_size=16)
+    layout = attention_layout(precision, device, engine) if optimize else None
     meta = {"model": model_name(model), "class": type(model).__name__, "subnet": current_subnet(model),
             "input_size": input_size(model, img_size), "optimize": bool(optimize), "revision": EXPORT_REVISION,
-            "layout": attention_layout(precision, device, engine) if optimize else None,
+            "layout": layout, "requires": list(LAYOUT_REQUIREMENTS[layout]),
             "paddle": paddle.__version__, "ppim": ppim_version}
     digest.update(json.dumps(meta, sort_keys=True).encode("utf-8"))
     for name, value in model.state_dict().items():
@@ -400,22 +578,52 @@ def cache_dir() -> Path:
     return ppim_home() / "exports"
 
 
+def _entry_problem(path: Path, key: str) -> Optional[str]:
+    """None when the cache entry ``path`` is the export of ``key``, whole and unchanged."""
+    problem = verify_export(path, remember=True)
+    if problem:
+        return problem
+    manifest = load_manifest(path)
+    if _MANIFEST_DIGEST not in manifest:
+        return "it records no digests"
+    if manifest.get("cache_key") != key:
+        return f"its manifest is for another export ({manifest.get('cache_key')!r})"
+    return None
+
+
+def _discard(path: Path) -> None:
+    """Remove a damaged cache entry: moved aside first (one rename: no reader sees it half removed),
+    then deleted without following links."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".damaged", dir=path.parent))
+    os.rename(path, aside / "entry")
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def cached_export(model: nn.Layer, img_size: Optional[int] = None, optimize: bool = True, precision: str = "fp32",
                   device: str = "cpu", engine: str = "inference", root: Optional[Union[str, os.PathLike]] = None) -> Path:
     """The export of ``model`` from the cache (``root``, default ``$PPIM_HOME/exports``), made once.
 
-    Keyed by export_key (weights, sub-network, input size, rewrites, Paddle and ppim versions) in a
-    directory of its own, ``<model>-<key>``, published whole by one rename, so concurrent processes
-    and readers never see a partial export. Targets (precision, device, engine) that share an
-    attention layout share the export."""
+    Keyed by export_key (weights, sub-network, input size, rewrites, the capabilities it needs,
+    Paddle and ppim versions) in a directory of its own, ``<model>-<layout>-<key>``, published whole
+    by one rename, so concurrent processes and readers never see a partial export. Targets
+    (precision, device, engine) that share an attention layout share the export. A shared
+    PPIM_HOME is safe on every machine: an export with the fused attention kernel has another key
+    than the one a machine without it uses, and its manifest's ``requires`` is checked before it is
+    run. An entry that is not what was exported (a file changed, swapped or missing, the manifest
+    edited or naming files outside the entry) is exported again, with a one-line note on stderr."""
     key = export_key(model, img_size, optimize, precision, device, engine)
+    layout = attention_layout(precision, device, engine) if optimize else "own"
     safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name(model))
-    path = Path(root or cache_dir()) / f"{safe_name}-{key}"
-    if load_manifest(path).get("cache_key") == key:
-        try:
-            program_file(path)
+    path = Path(root or cache_dir()) / f"{safe_name}-{layout}-{key}"
+    if path.exists() or path.is_symlink():
+        problem = _entry_problem(path, key)
+        if problem is None:
+            check_requirements(path, load_manifest(path))
             return path
-        except FileNotFoundError:
-            pass  # damaged by hand: export again
+        print(f"note: the cached export {path} is damaged ({problem}); exporting it again", file=sys.stderr)
+        _discard(path)
     return export(model, path, img_size, optimize=optimize, precision=precision, device=device, engine=engine,
                   cache_key=key)

@@ -21,9 +21,12 @@ from ..flops import count_macs
 from ..fileio import write_json
 from ..models.supervit import is_supernet
 from ..registry import create_model, model_name
-from .common import ENGINES, INPUT_NAME, MANIFEST, check_choice, current_subnet, default_threads, input_size
-from .export import attention_layout, export, staged_dir
-from .runner import PREDICTORS, Runner, create_runner, set_eager_threads, unsupported
+from ..runtime import cpu_count, cpu_threads
+from ..errors import CapabilityError
+from .common import INPUT_NAME, MANIFEST, current_subnet, input_size
+from .exporting import attention_layout, export, staged_dir
+from .registry import create_predictor, exported_engines, unsupported
+from .runner import Runner, create_runner
 
 __all__ = ["benchmark", "format_rows", "CeilingProbe", "DenseChain", "dense_shapes", "measure_ceiling",
            "ceiling_engines"]
@@ -86,10 +89,9 @@ class CeilingProbe:
 
     def __init__(self, engine: str = "inference", precision: str = "fp32", device: str = "cpu",
                  threads: Optional[int] = None, dim: int = 384, hidden: int = 1152, rows: int = 3152):
-        check_choice("engine", engine, ENGINES)
         reason = unsupported(engine, precision, device)
         if reason:
-            raise ValueError(reason)
+            raise CapabilityError(f"{engine} {precision} on {device}: {reason}")
         self.engine, self.precision, self.device = engine, precision, device
         paddle.seed(0)
         chain = DenseChain(dim, hidden)
@@ -97,18 +99,17 @@ class CeilingProbe:
         self.flops = 2.0 * chain.macs_per_row * rows
         self._x = np.random.default_rng(0).standard_normal((rows, dim), dtype=np.float32)
         if engine == "eager":
-            set_eager_threads(threads)
             place = paddle.CUDAPlace(0) if device == "gpu" else paddle.CPUPlace()
             x = paddle.to_tensor(self._x, place=place)
 
             def step() -> None:
-                with paddle.no_grad():
+                with paddle.no_grad(), cpu_threads(threads):
                     chain(x).numpy()
             self._step = step
         else:
             self._tmp = tempfile.TemporaryDirectory(prefix="ppim-ceiling-")
             model_dir = _export_probe(chain, Path(self._tmp.name) / "chain", [rows, dim])
-            predictor = PREDICTORS[engine](model_dir, device=device, precision=precision, threads=threads)
+            predictor = create_predictor(engine, model_dir, device=device, precision=precision, threads=threads)
             self._step = functools.partial(predictor, self._x)
 
     def measure(self, iters: int = 5, warmup: int = 1) -> float:
@@ -133,7 +134,7 @@ def measure_ceiling(model: nn.Layer, batch_size: int = 16, engines: Optional[Seq
 def ceiling_engines(precision: str = "fp32", device: str = "cpu") -> List[str]:
     """The engines whose GEMM rate makes up the ceiling: Paddle Inference and the installed extras
     that run ``precision``."""
-    return [engine for engine in ("inference", "openvino", "onnxruntime") if not unsupported(engine, precision, device)]
+    return exported_engines(precision, device)
 
 
 def _export_probe(probe: nn.Layer, output_dir: Path, shape: List[int]) -> Path:
@@ -186,7 +187,7 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "i
     name = model_name(model)
     model.eval()
     size = input_size(model, None)
-    threads_used = threads or (default_threads() if device == "cpu" else None)
+    threads_used = threads or (cpu_count() if device == "cpu" else None)
     probes: Dict[tuple, Any] = {}
     ceiling_iters = max(3, min(iters, 5))
     rows: List[Dict[str, Any]] = []
@@ -223,8 +224,8 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "i
                             if layout not in exported:
                                 exported[layout] = export(model, Path(workdir.name) / f"model-{layout}",
                                                           precision=precision, device=device, engine=engine)
-                            predictor = PREDICTORS[engine](exported[layout], device=device, precision=precision,
-                                                           threads=threads)
+                            predictor = create_predictor(engine, exported[layout], device=device,
+                                                         precision=precision, threads=threads)
                             runner = Runner(predictor, engine, precision, device, size, subnet, predictor.threads,
                                             predictor, exported[layout])
                     except Exception as exc:  # noqa: BLE001 - reported in the rows
