@@ -56,14 +56,11 @@ def enabled() -> bool:
 
 
 def _cpu_vendor() -> str:
-    """The CPU vendor id ('AuthenticAMD', 'GenuineIntel', ...) from the capability layer, without
-    loading Paddle; '' when unknown (then nothing vendor-specific is applied)."""
-    try:
-        from . import runtime
-    except ImportError:  # the capability layer is not part of this build
-        return ""
-    vendor = getattr(runtime, "cpu_vendor", None)
-    return vendor() if vendor else ""
+    """The CPU vendor id ('AuthenticAMD', 'GenuineIntel', ...) from the capability layer (simulated
+    machines included), without loading Paddle."""
+    from .runtime import cpu
+
+    return cpu()[0]
 
 
 def tune_before_paddle() -> None:
@@ -145,25 +142,6 @@ def paddle_threads() -> Optional[int]:
     return int(library.mkl_get_max_threads())
 
 
-def _set_threads(threads: int) -> None:
-    try:
-        from .runtime import set_cpu_threads
-    except ImportError:
-        import paddle
-
-        core = paddle.base.core if hasattr(paddle, "base") else paddle.fluid.core
-        core.set_num_threads(threads)
-    else:
-        set_cpu_threads(threads)
-
-
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def tune_after_paddle() -> None:
     """Raise Paddle's eager CPU math threads from its start value of 1 to this process's share of the
     CPUs, unless the user set a thread count (once per process; Paddle must be importable)."""
@@ -181,9 +159,13 @@ def tune_after_paddle() -> None:
     if current != 1:
         _REPORT["kept"].append(f"threads: {current} (set before ppim loaded)")
         return
-    threads = max(1, _cpu_count() // _local_processes())
+    from .runtime import cpu_count
+
+    threads = max(1, cpu_count() // _local_processes())
     if threads > 1:
-        _set_threads(threads)
+        from .runtime import set_cpu_threads
+
+        set_cpu_threads(threads)
         _REPORT["applied"].append(f"eager CPU math threads 1 -> {threads}")
 
 
@@ -195,15 +177,10 @@ def report() -> Dict[str, List[str]]:
 
 
 def machine_summary() -> str:
-    """One line naming the CPU (capability layer) and this process's CPU count, for benchmark tables."""
-    try:
-        from . import runtime
+    """One line naming the CPU and its instruction sets that decide kernels (capability layer), for
+    benchmark tables."""
+    from .runtime import REPORTED_FLAGS, cpu, cpu_count
 
-        describe = getattr(runtime, "cpu_summary", None)
-        if describe:
-            return describe()
-    except ImportError:
-        pass
-    import platform
-
-    return f"{platform.processor() or platform.machine()}, {_cpu_count()} CPUs"
+    vendor, model, flags = cpu()
+    named = " ".join(flag for flag in REPORTED_FLAGS if flag in flags and flag.startswith(("avx", "amx")))
+    return f"{model} ({vendor}, {cpu_count()} CPUs; {named or 'no AVX'})"

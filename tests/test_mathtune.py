@@ -69,15 +69,15 @@ def test_tuned_forward_and_gradients_equal_untuned_within_fp32_rounding():
 
 
 @pytest.mark.skipif(_cpus() < 2, reason="one CPU: nothing to raise")
-@pytest.mark.parametrize("before", ["", "import paddle"])
-def test_threads_raised_from_paddles_default_whatever_was_imported_first(before):
-    out, _ = _run(PROBE.format(before=before))
+def test_threads_raised_from_paddles_default_when_paddle_was_imported_first():
+    # (ppim imported first: test_tuned_forward_and_gradients_equal_untuned_within_fp32_rounding)
+    out, _ = _run(PROBE.format(before="import paddle"))
     assert out["threads"] == _cpus()
     assert out["report"]["applied"] == [f"eager CPU math threads 1 -> {_cpus()}"]
 
 
 @pytest.mark.parametrize("before, env, kept", [
-    ("", {"OMP_NUM_THREADS": "1"}, "OMP_NUM_THREADS=1 (set by the user)"),
+    # Paddle writes OMP_NUM_THREADS=1 itself as it loads: the user's own 1 is told apart.
     ("import paddle", {"OMP_NUM_THREADS": "1"}, "OMP_NUM_THREADS=1 (set by the user)"),
     ("", {"FLAGS_paddle_num_threads": "1"}, "FLAGS_paddle_num_threads=1 (set by the user)"),
     ("import paddle; paddle.base.core.set_num_threads(2)", {}, "threads: 2 (set before ppim loaded)"),
@@ -94,3 +94,27 @@ def test_opt_out_changes_nothing():
     out, _ = _run(PROBE.format(before=""), PPIM_TUNE_MATH="0")
     assert out["threads"] == 1 and out["mkl_dispatch"] is None
     assert out["report"] == {"applied": [], "kept": ["PPIM_TUNE_MATH=0: tuning off"]}
+
+
+@pytest.mark.parametrize("profile, before, env, dispatch, note", [
+    ("avx2", "", {}, "5", "applied"),  # AMD (simulated): MKL's AVX2 path, set before Paddle loads
+    ("avx2", "", {"MKL_DEBUG_CPU_TYPE": "4"}, "4", "kept"),  # the user's own value wins
+    ("avx512", "", {}, None, None),  # Intel: MKL dispatches well by itself
+])
+def test_mkl_dispatch_on_amd_cpus_set_before_paddle_loads(profile, before, env, dispatch, note):
+    code = PROBE.format(before="import sys; import ppim; assert 'paddle' not in sys.modules")
+    out, _ = _run(code, PPIM_SIMULATE_MACHINE=profile, **env)
+    assert out["mkl_dispatch"] == dispatch
+    lines = [line for key in ("applied", "kept") for line in out["report"][key] if "MKL_DEBUG_CPU_TYPE" in line]
+    if note is None:
+        assert lines == []
+    else:
+        assert lines and lines[0] in out["report"][note]
+
+
+def test_paddle_loaded_first_on_amd_is_reported_not_silently_slow():
+    out, stderr = _run("import warnings; warnings.simplefilter('always')\n" + PROBE.format(before="import paddle"),
+                       PPIM_SIMULATE_MACHINE="avx2")
+    assert out["mkl_dispatch"] is None
+    assert "MKL_DEBUG_CPU_TYPE not set: Paddle was already loaded" in out["report"]["kept"]
+    assert "set MKL_DEBUG_CPU_TYPE=5 in the environment before Python starts" in stderr
