@@ -437,13 +437,19 @@ def main(argv=None) -> int:
     summary = summarize(args, raw, gmacs)
     print(format_table(summary, args.batch_sizes, args.precisions))
     print("(x): speed relative to OpenVINO's best engine at the same precision and batch")
+    from ppim import runtime
+    from ppim.mathtune import machine_summary
+
+    load = os.getloadavg()
     print(f"({args.model}, {gmacs:.2f} GMACs/image, {args.threads} threads, {args.rounds} rounds x {args.iters} "
-          f"calls, {time.perf_counter() - began:.0f} s)")
+          f"calls, {time.perf_counter() - began:.0f} s; {machine_summary()}; load average {load[0]:.1f})")
     if args.json:
         from ppim.fileio import write_json
 
+        vendor, model, flags = runtime.cpu()
         environment = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "threads": args.threads,
-                       "cpu_bf16": _cpu_bf16()}
+                       "cpu_bf16": _cpu_bf16(), "cpu": model, "cpu_vendor": vendor,
+                       "cpu_flags": sorted(f for f in runtime.REPORTED_FLAGS if f in flags), "load_average": load}
         write_json(args.json, {"model": args.model, "gmacs": gmacs, "environment": environment, **summary})
         print(f"wrote {args.json}")
     return 0
