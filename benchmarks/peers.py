@@ -182,7 +182,8 @@ def worker(args) -> int:
     model_kwargs = json.loads(args.model_kwargs or "{}")
     if engine == "prepare":  # fill the export cache (and its ONNX file) for the workers
         from ppim.deploy import cached_export
-        from ppim.deploy.engines import engine_available, onnx_file
+        from ppim.deploy import engine_available
+        from ppim.deploy.engines import onnx_file
 
         model = _ppim_model(args.model, model_kwargs)
         for precision in ("fp32", "bf16"):  # the attention layout differs (see ppim.deploy.attention_layout)
