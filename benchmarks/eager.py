@@ -12,7 +12,7 @@ rounds, and each variant's speed relative to torch. Variants: ``paddle-untuned``
 Paddle as it starts, one math thread), ``paddle`` (ppim's math tuning, see ppim.mathtune),
 ``torch`` (benchmarks/torch_reference.py, fp32, torch's default threads); more with
 ``--variant NAME:VAR=VALUE[,VAR=VALUE]`` (Paddle with extra environment variables). The train step
-is ppim.training.benchmark.paddle_train_step's (AdamW, soft-target cross-entropy, a fixed batch)
+is ppim.training.step_timing.paddle_train_step's (AdamW, soft-target cross-entropy, a fixed batch)
 and its torch twin (benchmarks/torch_train_step.py). Weights are random.
 """
 import argparse
@@ -43,7 +43,7 @@ def worker(args) -> int:
     import ppim  # before paddle: the math tuning must see Paddle not yet loaded
     import paddle
 
-    from ppim.training.benchmark import paddle_train_step
+    from ppim.training.step_timing import paddle_train_step
 
     kwargs = json.loads(args.model_kwargs or "{}")
     paddle.seed(0)
