@@ -182,7 +182,8 @@ def worker(args) -> int:
     model_kwargs = json.loads(args.model_kwargs or "{}")
     if engine == "prepare":  # fill the export cache (and its ONNX file) for the workers
         from ppim.deploy import cached_export
-        from ppim.deploy.engines import engine_available, onnx_file
+        from ppim.deploy import engine_available
+        from ppim.deploy.engines import onnx_file
 
         model = _ppim_model(args.model, model_kwargs)
         for precision in ("fp32", "bf16"):  # the attention layout differs (see ppim.deploy.attention_layout)
@@ -437,13 +438,19 @@ def main(argv=None) -> int:
     summary = summarize(args, raw, gmacs)
     print(format_table(summary, args.batch_sizes, args.precisions))
     print("(x): speed relative to OpenVINO's best engine at the same precision and batch")
+    from ppim import runtime
+    from ppim.mathtune import machine_summary
+
+    load = os.getloadavg()
     print(f"({args.model}, {gmacs:.2f} GMACs/image, {args.threads} threads, {args.rounds} rounds x {args.iters} "
-          f"calls, {time.perf_counter() - began:.0f} s)")
+          f"calls, {time.perf_counter() - began:.0f} s; {machine_summary()}; load average {load[0]:.1f})")
     if args.json:
         from ppim.fileio import write_json
 
+        vendor, model, flags = runtime.cpu()
         environment = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "threads": args.threads,
-                       "cpu_bf16": _cpu_bf16()}
+                       "cpu_bf16": _cpu_bf16(), "cpu": model, "cpu_vendor": vendor,
+                       "cpu_flags": sorted(f for f in runtime.REPORTED_FLAGS if f in flags), "load_average": load}
         write_json(args.json, {"model": args.model, "gmacs": gmacs, "environment": environment, **summary})
         print(f"wrote {args.json}")
     return 0

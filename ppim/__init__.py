@@ -13,6 +13,10 @@ from ._zlib import check_zlib_order
 
 check_zlib_order()
 
+from .mathtune import tune_before_paddle  # noqa: E402
+
+tune_before_paddle()  # before anything loads Paddle: MKL reads its dispatch setting as it loads
+
 import importlib  # noqa: E402
 
 from .version import __version__  # noqa: E402
@@ -22,7 +26,7 @@ _API = {"available": "registry", "create_model": "builder", "get_model_cfg": "re
         "list_models": "registry", "list_pretrained": "registry", "create_transforms": "transforms",
         "Subnet": "subnet"}
 _SUBMODULES = {"auto_augment", "builder", "cli", "data", "deploy", "errors", "evaluate", "fileio", "flops", "layers",
-               "models", "registry", "runtime", "subnet", "training", "transforms", "visualize", "weights"}
+               "mathtune", "models", "registry", "runtime", "subnet", "training", "transforms", "visualize", "weights"}
 
 
 def _models():

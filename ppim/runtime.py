@@ -49,7 +49,7 @@ from .errors import CapabilityError, InputError
 from .fileio import ppim_home, write_json
 
 __all__ = ["SIMULATE_ENV", "PROFILES", "EXTRAS", "BF16_FLAGS", "Machine", "Capability", "Canary", "CAPABILITIES",
-           "machine", "simulate", "missing", "has", "require", "canary_verdict", "extra_installed", "cpu_count",
+           "cpu", "machine", "simulate", "missing", "has", "require", "canary_verdict", "extra_installed", "cpu_count",
            "cpu_threads", "set_cpu_threads", "current_cpu_threads", "default_device", "dist_info",
            "unwrap_parallel", "paddle_core", "exit_with_parent", "describe"]
 
@@ -180,12 +180,13 @@ def _paddle_facts() -> Dict[str, Any]:
 
 _LOCK = threading.Lock()
 _REAL: Dict[str, Machine] = {}
+_CPU: Dict[str, Tuple[str, str, FrozenSet[str]]] = {}
 
 
 def _real_machine() -> Machine:
     with _LOCK:
         if "real" not in _REAL:
-            vendor, model, flags = _read_cpu()
+            vendor, model, flags = _CPU.setdefault("cpu", _read_cpu())
             _REAL["real"] = Machine(cpu_vendor=vendor, cpu_model=model, cpu_flags=flags, cpu_count=cpu_count(),
                                     extras=_extras(), **_paddle_facts())
         return _REAL["real"]
@@ -231,6 +232,19 @@ def _simulated(spec: str) -> Machine:
                         cuda_build=bool(gpus), tensorrt=bool(gpus), onednn=True, extras=extras, profile=spec)
     _SIMULATED[spec] = simulated
     return simulated
+
+
+def cpu() -> Tuple[str, str, FrozenSet[str]]:
+    """(vendor, model, flags) of this machine's CPU, or of the simulated one, without loading Paddle
+    (ppim.mathtune needs the vendor before Paddle's MKL loads)."""
+    name = os.environ.get(SIMULATE_ENV, "").strip().partition(":")[0].strip()
+    if name in PROFILES:  # (an unknown profile name is reported by machine())
+        _, vendor, model, flags, _ = PROFILES[name]
+        return vendor, model, frozenset(flags)
+    with _LOCK:
+        if "cpu" not in _CPU:
+            _CPU["cpu"] = _read_cpu()
+        return _CPU["cpu"]
 
 
 def machine() -> Machine:

@@ -33,6 +33,23 @@ def test_extra_engine_matches_eager(engine, tmp_path):
         runner(images(1, 32))
 
 
+def test_openvino_hints_split_batches_and_agree(tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("paddle2onnx")
+    model = tiny()
+    model_dir = export(model, tmp_path / "model", engine="openvino")
+    batch = images(4, 64, seed=4)
+    expected = eager(model, batch)
+    for hint in ("AUTO", "LATENCY", "THROUGHPUT"):
+        predictor = engines_module.OpenVINOPredictor(model_dir, hint=hint, threads=2)
+        assert rel_error(predictor(batch), expected) < 1e-4
+        assert rel_error(predictor(batch[:1]), expected[:1]) < 1e-4
+        requests = predictor.compiled(batch.shape)
+        # THROUGHPUT: the batch in equal parts over parallel requests (how many is OpenVINO's choice)
+        assert len(requests) == 1 if hint == "LATENCY" else 4 % len(requests) == 0
+        assert len(predictor.compiled((1, 3, 64, 64))) == 1
+
+
 def test_openvino_super_subnetwork_and_bf16(tmp_path):
     pytest.importorskip("openvino")
     pytest.importorskip("paddle2onnx")

@@ -4,6 +4,7 @@
     ppim-predict --model lvvit_s --checkpoint lvvit_s.pdparams   # the shipped sample
     ppim-predict --model lvvit_s --pretrained --engine inference --precision bf16
     ppim-predict photos/*.jpg --checkpoint runs/flowers/best.pdparams    # a fine-tune: its class names
+    ppim-predict cat.jpg --model super_lvvit_s --pretrained --latency-ms 20   # SuperViT within 20 ms here
 
 (python tools/predict.py takes the same arguments.) An unreadable image is reported (one `error:` line)
 and the others are classified; the exit status is then 1 (0 with --skip-bad, which reports it as skipped).
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import ArgumentParser, add_model_arguments, check_engine, command, create_model, integer
+from .common import ArgumentParser, add_model_arguments, check_engine, command, create_model, integer, number
 
 
 @command
@@ -34,6 +35,10 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-bad", action="store_true",
                         help="report unreadable images as skipped and exit 0 (default: report them as errors, "
                              "classify the others, exit 1)")
+    parser.add_argument("--latency-ms", type=number(above=0), metavar="MS",
+                        help="SuperViT: run the sub-network with the best published accuracy among those "
+                             "measured within MS ms per image on this machine and engine (measured once, "
+                             "then cached in PPIM_HOME; the fastest, with a note, when none fits)")
     args = parser.parse_args(argv)
     check_engine(args.engine, args.precision, args.device)  # before images, weights or exports
     from ..builder import class_names_of
@@ -56,6 +61,8 @@ def main(argv=None) -> int:
     if not readable:
         return 0 if args.skip_bad else 1
     model = create_model(args)
+    if args.latency_ms is not None:
+        _pick_subnet(model, args)
     names = class_names_of(model) or []
     truths = imagenet_class_names()
     top_k = classify(model, [image for _, _, image in readable], topk=min(args.topk, len(names) or args.topk),
@@ -66,6 +73,23 @@ def main(argv=None) -> int:
         for rank, (index, name, prob) in enumerate(top, 1):
             print(f"  {rank}. {prob:7.2%}  {index:4d}  {name}")
     return 1 if failed and not args.skip_bad else 0
+
+
+def _pick_subnet(model, args) -> None:
+    """Set the sub-network --latency-ms picks and say which, with its measured latency."""
+    from ..deploy.registry import resolve_engine
+    from ..deploy.subnet_choice import pick_subnet
+    from ..errors import ParameterError
+    from ..registry import model_name
+    from ..subnet import subnets_of
+
+    if not subnets_of(model):
+        raise ParameterError("{latency_ms:name} picks a SuperViT sub-network; " + model_name(model) +
+                             " has none (use a super_* model)", latency_ms=args.latency_ms)
+    engine = resolve_engine(args.engine, args.device, args.precision)
+    choice = pick_subnet(model, args.latency_ms, batch=1, engine=engine, precision=args.precision)
+    print(f"sub-network {choice.describe(f'batch 1, {engine} {args.precision}')}", flush=True)
+    model.set_subnet(*choice.subnet)
 
 
 if __name__ == "__main__":

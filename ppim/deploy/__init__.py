@@ -11,7 +11,8 @@ interface over the engines, top-k classification and the benchmark.
 Modules: registry (one record per engine: devices, precisions, extras, capability needs; auto;
 "cannot run here" errors), common (file layout, input sizes), exporting (export + cache, integrity),
 predictor (Paddle Inference), engines (OpenVINO, ONNX Runtime), runner, classification (classify),
-throughput (benchmark, the GEMM ceiling); each imports only the ones before it. What this machine
+throughput (benchmark, the GEMM ceiling), subnet_choice (SuperViT sub-network for a latency
+budget); each imports only the ones before it. What this machine
 runs is ppim.runtime's answer.
 """
 from .throughput import CeilingProbe, DenseChain, benchmark, ceiling_engines, dense_shapes, format_rows, measure_ceiling
@@ -23,10 +24,12 @@ from .predictor import Predictor
 from .registry import (ENGINE_CHOICES, ENGINE_SPECS, ENGINES, PRECISIONS, EngineSpec, auto_order, check_supported,
                        engine_available, resolve_engine, runs_here, unsupported)
 from .runner import Runner, create_runner
+from .subnet_choice import SubnetChoice, measure_subnets, pick_subnet
 
 __all__ = ["classify", "export", "load_manifest", "cached_export", "export_key", "cache_dir", "attention_layout",
            "fused_attention_available", "verify_export", "DamagedExportError", "Predictor",
            "OpenVINOPredictor", "OnnxRuntimePredictor", "Runner", "create_runner",
            "benchmark", "format_rows", "CeilingProbe", "DenseChain", "dense_shapes", "measure_ceiling",
            "ceiling_engines", "EngineSpec", "ENGINE_SPECS", "ENGINES", "ENGINE_CHOICES", "PRECISIONS",
-           "engine_available", "unsupported", "check_supported", "runs_here", "resolve_engine", "auto_order"]
+           "engine_available", "unsupported", "check_supported", "runs_here", "resolve_engine", "auto_order",
+           "SubnetChoice", "measure_subnets", "pick_subnet"]

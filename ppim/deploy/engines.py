@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import paddle
@@ -76,39 +76,63 @@ class OpenVINOPredictor(ExportPredictor):
 
     ``precision``: 'fp32' (INFERENCE_PRECISION_HINT f32: on CPUs with bfloat16 OpenVINO would
     otherwise run bf16 silently) or 'bf16' (needs avx512_bf16/amx_bf16). ``hint``: OpenVINO's
-    PERFORMANCE_HINT, 'LATENCY' (one call uses every thread; the default, as calls here are
-    synchronous) or 'THROUGHPUT'. One compiled model per batch size, static shapes, compiled at
-    the first call with that size."""
+    PERFORMANCE_HINT: 'LATENCY' (one request uses every thread), 'THROUGHPUT' (the batch split
+    over OpenVINO's optimal number of parallel infer requests, each on its share of the threads,
+    run asynchronously) or 'AUTO' (the default: LATENCY for batch 1, THROUGHPUT for larger
+    batches, which measured fastest for each: docs/performance.md). One compiled model per batch
+    size, static shapes, compiled at the first call with that size."""
 
     def __init__(self, model_dir: Union[str, os.PathLike], precision: str = "fp32", threads: Optional[int] = None,
-                 device: str = "cpu", hint: str = "LATENCY"):
+                 device: str = "cpu", hint: str = "AUTO"):
         super().__init__(model_dir)
         check_supported("openvino", precision, device)
         self.device, self.precision = device, precision
         self.threads = int(threads or cpu_count())
-        self.hint = check_choice("hint", hint.upper(), ("LATENCY", "THROUGHPUT"))
+        self.hint = check_choice("hint", hint.upper(), ("AUTO", "LATENCY", "THROUGHPUT"))
         ov = _require("openvino", "openvino")
         self._core = ov.Core()
         self._model = self._core.read_model(str(onnx_file(self.model_dir, "openvino")))
         self._config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
-                        "PERFORMANCE_HINT": self.hint, "INFERENCE_NUM_THREADS": self.threads}
+                        "INFERENCE_NUM_THREADS": self.threads}
         self._requests: Dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
-    def compiled(self, shape: tuple) -> Any:
-        """The model compiled for inputs of ``shape`` (cached)."""
+    def _compile(self, shape: Sequence[int], hint: str) -> Any:
+        model = self._model.clone()
+        model.reshape({model.inputs[0].get_any_name(): list(shape)})
+        return self._core.compile_model(model, "CPU", {**self._config, "PERFORMANCE_HINT": hint})
+
+    def compiled(self, shape: tuple) -> List[Any]:
+        """The infer requests for inputs of ``shape`` (cached): one LATENCY request, or THROUGHPUT
+        requests each taking an equal part of the batch."""
         if shape not in self._requests:
-            model = self._model.clone()
-            model.reshape({model.inputs[0].get_any_name(): list(shape)})
-            self._requests[shape] = self._core.compile_model(model, "CPU", self._config).create_infer_request()
+            batch = shape[0]
+            hint = self.hint if self.hint != "AUTO" else ("LATENCY" if batch == 1 else "THROUGHPUT")
+            parts = 1
+            if hint == "THROUGHPUT" and batch > 1:
+                probe = self._compile(shape, hint)
+                parts = max(1, min(batch, int(probe.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))))
+                while batch % parts:
+                    parts -= 1
+                net = probe if parts == 1 else self._compile((batch // parts, *shape[1:]), hint)
+            else:
+                net = self._compile(shape, hint)
+            self._requests[shape] = [net.create_infer_request() for _ in range(parts)]
         return self._requests[shape]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = self._check_batch(batch)
         with self._lock:
-            request = self.compiled(batch.shape)
-            request.infer([batch])
-            return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+            requests = self.compiled(batch.shape)
+            if len(requests) == 1:
+                requests[0].infer([batch])
+            else:
+                for request, part in zip(requests, np.split(batch, len(requests))):
+                    request.start_async([part])
+                for request in requests:
+                    request.wait()
+            return np.concatenate([np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+                                   for request in requests])
 
     def __repr__(self) -> str:
         return f"OpenVINOPredictor({str(self.model_dir)!r}, precision={self.precision!r}, threads={self.threads})"
