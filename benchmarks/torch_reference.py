@@ -1,5 +1,5 @@
-"""Independent PyTorch references written from SPEC with the official parameter names: LV-ViT (§1)
-and SuperViT over DeiT or LV-ViT (§2), structured like the official code. The numerical references
+"""Independent PyTorch references written from the papers with the official parameter names: LV-ViT
+and SuperViT over DeiT or LV-ViT, structured like the official code. The numerical references
 for conversion and for every SuperViT sub-network; not derived from ppim's Paddle code. Shared by
 the tests (tests/conftest.py puts this folder on sys.path) and the benchmarks (the PyTorch peer)."""
 import math

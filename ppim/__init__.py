@@ -22,10 +22,11 @@ import importlib  # noqa: E402
 from .version import __version__  # noqa: E402
 
 #: Public functions and the module that defines them.
-_API = {"available": "registry", "create_model": "registry", "get_model_cfg": "registry", "is_model": "registry",
-        "list_models": "registry", "list_pretrained": "registry", "create_transforms": "transforms"}
+_API = {"available": "registry", "create_model": "builder", "get_model_cfg": "registry", "is_model": "registry",
+        "list_models": "registry", "list_pretrained": "registry", "create_transforms": "transforms",
+        "Subnet": "subnet"}
 _SUBMODULES = {"auto_augment", "builder", "cli", "data", "deploy", "errors", "evaluate", "fileio", "flops", "layers",
-               "mathtune", "models", "registry", "training", "transforms", "visualize", "weights"}
+               "mathtune", "models", "registry", "runtime", "subnet", "training", "transforms", "visualize", "weights"}
 
 
 def _models():

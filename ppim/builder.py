@@ -21,12 +21,13 @@ from .errors import InputError, ParameterError
 from .registry import cfg_for_img_size, get_model_cfg, model_name
 from .transforms import create_transforms
 from .weights import CheckpointError, load_pretrained
+from .weights.containers import MODEL_DESCRIPTION_KEY
 
 __all__ = ["MODEL_KEY", "build_model", "check_model_kwargs", "checkpoint_description", "class_names_of",
            "create_model", "describe_model", "set_class_names"]
 
 #: The checkpoint entry describing the model its weights are for (a dict, see describe_model).
-MODEL_KEY = "ppim_model"
+MODEL_KEY = MODEL_DESCRIPTION_KEY
 #: Version of that description; a newer one is refused by name rather than misread.
 DESCRIPTION_VERSION = 1
 _TRANSFORM_KEYS = ("resize", "crop", "crop_pct", "interpolation", "mean", "std")
@@ -275,8 +276,8 @@ def create_model(name: Optional[str] = None, pretrained: Any = False, *,
                 raise ParameterError("{checkpoint_path}: no such file", checkpoint_path=path)
             description = checkpoint_description(path)
             if description is None:
-                raise ParameterError(f"{{checkpoint_path}} does not say which model it holds (written by an "
-                                     f"older ppim or another tool): pass {{name}} too",
+                raise ParameterError("{checkpoint_path} does not say which model it holds (written by an "
+                                     "older ppim or another tool): pass {name} too",
                                      checkpoint_path=path, name=ParameterError.NAME_ONLY)
             name = description["name"]
     if name is None:

@@ -5,6 +5,8 @@ other exception is a bug and keeps its traceback. Every message names what was w
 out. This module imports nothing of ppim, so any module may use it.
 """
 
+import re
+
 __all__ = ["PpimError", "InputError", "ParameterError", "CapabilityError", "MissingExtraError"]
 
 
@@ -38,11 +40,22 @@ class ParameterError(InputError):
         return list(self.values)
 
     def render(self, spell) -> str:
-        """The message with each parameter written by ``spell(name, value)`` (value NAME_ONLY: none)."""
-        return self.template.format_map({name: _Spelled(name, value, spell) for name, value in self.values.items()})
+        """The message with each parameter written by ``spell(name, value)`` (value NAME_ONLY: none).
+        Only ``{name}`` fields of the given parameters are replaced: other braces (in a path, say)
+        stay as they are."""
+        def replace(match: "re.Match[str]") -> str:
+            name, spec = match.group(1), match.group(2) or ""
+            if name not in self.values:
+                return match.group(0)
+            return format(_Spelled(name, self.values[name], spell), spec)
+
+        return _FIELD.sub(replace, self.template)
 
     def __str__(self) -> str:
         return self.render(lambda name, value: name if value is self.NAME_ONLY else f"{name}={value!r}")
+
+
+_FIELD = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
 
 
 class _Spelled:

@@ -11,6 +11,7 @@ built by ``ppim.deploy.create_runner`` (eager Paddle or Paddle Inference). The d
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import os
 import sys
@@ -25,16 +26,14 @@ from tqdm import tqdm
 from .data import SAMPLE_DIR, EvalLoader, ImageDataset, open_dataset, shard_indices
 from .errors import InputError
 from .fileio import check_writable, write_json
-from .models.supervit import is_supernet, parse_subnet_spec, subnet_key
-from .registry import model_name
 from .runtime import dist_info
+from .subnet import Subnet, SubnetLike, current_subnet, parse_subnets, subnets_of
 from .weights import weights_info
 
-__all__ = ["Counts", "evaluate", "topk_correct", "parse_subnets", "subnet_table", "weights_info",
+__all__ = ["Counts", "EvalSpec", "evaluate", "topk_correct", "parse_subnets", "subnet_table", "weights_info",
            "write_results", "format_summary"]
 
 Runner = Callable[[np.ndarray], np.ndarray]
-Subnet = Tuple[int, float]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,32 +90,13 @@ class Counts:
 
 
 # ----------------------------------------------------------------------------------------------
-# Sub-networks
+# Sub-networks (parsed and checked by ppim.subnet.parse_subnets)
 # ----------------------------------------------------------------------------------------------
-
-
-def parse_subnets(spec: Union[str, Sequence[Subnet], None], model: Any) -> Optional[List[Subnet]]:
-    """"all" -> the model's published sub-networks; "224x1.0,128x0.5" -> [(224, 1.0), (128, 0.5)];
-    None -> None (the current sub-network). Each is checked by the model's check_subnet."""
-    if spec is None:
-        return None
-    if not is_supernet(model):
-        name = model_name(model)
-        raise InputError(f"--subnets needs a super model (super_deit_s, super_lvvit_s); {name} has no sub-networks")
-    try:
-        if isinstance(spec, str):
-            spec = parse_subnet_spec(spec) or model.subnets
-        subnets = [model.check_subnet(*subnet) for subnet in spec]  # a helpful message for one it cannot run
-    except ValueError as error:
-        raise InputError(str(error)) from None
-    if not subnets:
-        raise InputError(f"no sub-networks in {spec!r}")
-    return list(dict.fromkeys(subnets))  # duplicates once, order kept
 
 
 def subnet_table(entries: Sequence[Dict[str, Any]], value: str = "top1", patch_size: int = 16,
                  title: str = "top-1 (%)") -> str:
-    """The seed's layout: rows token grid (8x8 10x10 12x12 14x14), columns keep ratio (0.5 0.7 1).
+    """The SuperViT paper's table layout: rows token grid (8x8 10x10 12x12 14x14), columns keep ratio (0.5 0.7 1).
     ``entries`` have img_size, keep_ratio and ``value``; cells not evaluated show "-"."""
     sizes = sorted({int(e["img_size"]) for e in entries})
     ratios = sorted({float(e["keep_ratio"]) for e in entries})
@@ -184,7 +164,7 @@ def _build_runners(model: Any, subnets: Optional[List[Subnet]], engine: str, pre
         return [(None, _create_runner(model, engine, precision, device, threads, workdir))]
     runners = []
     for subnet in subnets:
-        sub_workdir = os.path.join(workdir, subnet_key(subnet)) if workdir else None
+        sub_workdir = os.path.join(workdir, subnet.key) if workdir else None
         with model.using_subnet(*subnet):
             runners.append((subnet, _create_runner(model, engine, precision, device, threads, sub_workdir)))
     return runners
@@ -247,13 +227,56 @@ def _run(runners: List[Tuple[Optional[Subnet], Runner]], loader: EvalLoader, hea
     return counts, skipped, seconds
 
 
-def evaluate(model: Any, data: Any = None, *, val_list: Optional[str] = None, batch_size: int = 64,
-             num_workers: Optional[int] = None, engine: str = "eager", precision: str = "fp32", device: str = "cpu",
-             threads: Optional[int] = None, workdir: Optional[str] = None,
-             subnets: Union[str, Sequence[Subnet], None] = None, skip_bad: bool = False,
-             transforms: Optional[Callable] = None, distributed: Optional[bool] = None,
-             progress: bool = True, verbose: bool = True, pretrained: Any = None,
-             name: Optional[str] = None, results_file: Optional[str] = None) -> Dict[str, Any]:
+@dataclass(frozen=True)
+class EvalSpec:
+    """How to evaluate (every keyword of :func:`evaluate` but the model and the data).
+
+    batch_size, num_workers, skip_bad: the loader (skip_bad: unreadable images are skipped, reported
+        and excluded from the counts instead of raising ppim.data.BadImageError).
+    engine, precision, device, threads, workdir: the runners (``ppim.deploy.create_runner``).
+    subnets: super models: "all", "224x1.0,128x0.5" or [Subnet(224, 1.0), ...] (ppim.subnet): every
+        sub-network in one pass (each image decoded once, each batch run through each). Default: the
+        current one.
+    val_list, transforms: how a folder is read (see ppim.data.open_dataset); transforms default to the
+        model's cfg.
+    distributed: None = automatic under paddle.distributed.launch: rank r takes images r, r+W, ...,
+        counts are summed across ranks, and every rank returns the same (whole-set) results; only
+        rank 0 prints and writes ``results_file``.
+    pretrained: what the model's weights came from (False / True / path / URL), for the results'
+        ``weights`` (path and sha256). name: the model's name in the results (default: its cfg's).
+    progress, verbose: the progress bar and the printed summary.
+    """
+    val_list: Optional[str] = None
+    batch_size: int = 64
+    num_workers: Optional[int] = None
+    engine: str = "eager"
+    precision: str = "fp32"
+    device: str = "cpu"
+    threads: Optional[int] = None
+    workdir: Optional[str] = None
+    subnets: Union[str, Sequence[SubnetLike], None] = None
+    skip_bad: bool = False
+    transforms: Optional[Callable] = None
+    distributed: Optional[bool] = None
+    progress: bool = True
+    verbose: bool = True
+    pretrained: Any = None
+    name: Optional[str] = None
+    results_file: Optional[str] = None
+
+
+@dataclass
+class _Pass:
+    """What one pass over the data gave: per-runner counts, the skipped images, the wall time, and
+    the runners (with their sub-networks) with the index of the one the top-level numbers report."""
+    counts: List[Counts]
+    skipped: List[Tuple[int, str, str]]
+    seconds: float
+    runners: List[Tuple[Optional[Subnet], Runner]]
+    headline: int
+
+
+def evaluate(model: Any, data: Any = None, spec: Optional[EvalSpec] = None, **settings: Any) -> Dict[str, Any]:
     """Top-1/top-5 accuracy and model throughput of ``model`` on a labelled image set.
 
     model: a ppim model (runners are built with ``ppim.deploy.create_runner(model, engine,
@@ -262,34 +285,62 @@ def evaluate(model: Any, data: Any = None, *, val_list: Optional[str] = None, ba
     data: None (the sample shipped with ppim), an ImageNet-style folder or a root for ``val_list``
         (see ppim.data.open_dataset), a dataset (``dataset[i]`` -> (array, label)), or an EvalLoader
         (its dataset and settings are used).
-    subnets: super models: "all", "224x1.0,128x0.5" or [(224, 1.0), ...]: every sub-network in
-        one pass (each image decoded once, each batch run through each). Default: the current one.
-    skip_bad: unreadable images are skipped, reported and excluded from the counts instead of
-        raising ppim.data.BadImageError.
-    distributed: None = automatic under paddle.distributed.launch: rank r takes images r, r+W, ...,
-        counts are summed across ranks, and every rank returns the same (whole-set) results; only
-        rank 0 prints and writes ``results_file``.
-    pretrained: what the model's weights came from (False / True / path / URL), for the results'
-        ``weights`` (path and sha256).
+    spec: an EvalSpec; ``settings``: its fields as keywords (``batch_size=32, subnets="all"``), which
+        override the spec's.
 
-    Returns the results dict (see README / DESIGN): model, weights, num_images, top1, top5 (percent),
+    Returns the results dict (see README): model, weights, num_images, top1, top5 (percent),
     correct1, correct5, images_per_sec (model throughput: forward calls after the first batch),
     engine, precision, and for super models ``subnets`` (one entry per sub-network).
     """
-    rank, world = dist_info(distributed)
-    if results_file and rank == 0:
-        check_writable(results_file)  # now, not after the whole evaluation
+    spec = dataclasses.replace(spec or EvalSpec(), **settings)
+    rank, world = dist_info(spec.distributed)
+    if spec.results_file and rank == 0:
+        check_writable(spec.results_file)  # now, not after the whole evaluation
     is_layer = _is_paddle_layer(model)
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    name = name or cfg.get("name") or type(model).__name__
-    super_model = is_layer and is_supernet(model)
-    subnet_list = parse_subnets(subnets, model) if subnets is not None else None
-    if not is_layer and subnet_list is not None:
-        raise ValueError("subnets need a ppim super model, not a runner")
+    name = spec.name or cfg.get("name") or type(model).__name__
+    super_model = is_layer and bool(subnets_of(model))
+    subnet_list = parse_subnets(spec.subnets, model) if spec.subnets is not None and is_layer else None
+    if not is_layer and spec.subnets is not None:
+        raise ValueError("subnets= needs a ppim super model, not a runner")
 
-    # Data
+    dataset, data_desc, loader = _open_loader(spec, data, cfg, rank, world)
+
+    # Model
+    workdir = spec.workdir
+    if workdir and world > 1:
+        workdir = os.path.join(workdir, f"rank{rank}")  # ranks export side by side, not over each other
+    if is_layer:
+        if super_model and subnet_list is None:
+            subnet_list = [current_subnet(model)]
+        runners = _build_runners(model, subnet_list if super_model else None, spec.engine, spec.precision,
+                                 spec.device, spec.threads, workdir)
+    else:
+        runners = [(None, model)]
+    headline = _headline(subnet_list, model) if super_model else 0
+
+    desc = f"{name}" + (f" rank {rank}/{world}" if world > 1 else "")
+    counts, skipped, seconds = _run(runners, loader, headline, spec.progress and rank == 0, desc)
+    if world > 1:
+        counts, skipped, seconds = _reduce_counts(counts, skipped, seconds)
+
+    results = _results(spec, name, cfg, data_desc, getattr(dataset, "list_file", None),
+                       _Pass(counts, skipped, seconds, runners, headline), loader.num_workers, world,
+                       getattr(dataset, "transforms", spec.transforms), model if super_model else None)
+    if rank == 0:
+        if spec.verbose:
+            print(format_summary(results), flush=True)
+        if spec.results_file:
+            write_results(results, spec.results_file)
+    return results
+
+
+def _open_loader(spec: EvalSpec, data: Any, cfg: Dict[str, Any], rank: int, world: int
+                 ) -> Tuple[Any, str, EvalLoader]:
+    """(dataset, its description, this rank's loader) for ``data`` (see evaluate)."""
+    transforms = spec.transforms
     selection = None  # the dataset indices to evaluate (an EvalLoader's), default all
-    loader_opts = dict(batch_size=batch_size, num_workers=num_workers, skip_bad=skip_bad)
+    loader_opts = dict(batch_size=spec.batch_size, num_workers=spec.num_workers, skip_bad=spec.skip_bad)
     if isinstance(data, EvalLoader):
         loader_opts = dict(batch_size=data.batch_size, num_workers=data.num_workers, skip_bad=data.skip_bad,
                            prefetch=data.prefetch)
@@ -301,9 +352,9 @@ def evaluate(model: Any, data: Any = None, *, val_list: Optional[str] = None, ba
             from .transforms import create_transforms
 
             transforms = create_transforms(cfg)
-        dataset = open_dataset(data, val_list, transforms, num_classes=cfg.get("num_classes"),
+        dataset = open_dataset(data, spec.val_list, transforms, num_classes=cfg.get("num_classes"),
                                class_names=cfg.get("class_names"),
-                               log=(lambda message: print(message, file=sys.stderr)) if verbose and rank == 0 else None)
+                               log=(lambda message: print(message, file=sys.stderr)) if spec.verbose and rank == 0 else None)
         data_desc = _describe(dataset)
     else:
         dataset, data_desc = data, _describe(data)
@@ -320,35 +371,7 @@ def evaluate(model: Any, data: Any = None, *, val_list: Optional[str] = None, ba
         raise InputError(f"{data_desc}: no images")
     positions, counted = shard_indices(len(selection), rank, world)
     indices = [selection[i] for i in positions]
-    loader = EvalLoader(dataset, indices=indices, counted=counted, copy=False, **loader_opts)
-
-    # Model
-    if workdir and world > 1:
-        workdir = os.path.join(workdir, f"rank{rank}")  # ranks export side by side, not over each other
-    if is_layer:
-        if super_model and subnet_list is None:
-            subnet_list = [(model.img_size, model.keep_ratio)]
-        runners = _build_runners(model, subnet_list if super_model else None, engine, precision, device,
-                                 threads, workdir)
-    else:
-        runners = [(None, model)]
-    headline = _headline(subnet_list, model) if super_model else 0
-
-    desc = f"{name}" + (f" rank {rank}/{world}" if world > 1 else "")
-    counts, skipped, seconds = _run(runners, loader, headline, progress and rank == 0, desc)
-    if world > 1:
-        counts, skipped, seconds = _reduce_counts(counts, skipped, seconds)
-
-    results = _results(name, cfg, pretrained, data_desc, getattr(dataset, "list_file", None), counts, skipped,
-                       seconds, runners,
-                       headline, engine, precision, device, batch_size, loader.num_workers, world,
-                       getattr(dataset, "transforms", transforms), model if super_model else None)
-    if rank == 0:
-        if verbose:
-            print(format_summary(results), flush=True)
-        if results_file:
-            write_results(results, results_file)
-    return results
+    return dataset, data_desc, EvalLoader(dataset, indices=indices, counted=counted, copy=False, **loader_opts)
 
 
 def _is_paddle_layer(model: Any) -> bool:
@@ -362,7 +385,7 @@ def _is_paddle_layer(model: Any) -> bool:
 def _headline(subnets: List[Subnet], model: Any) -> int:
     """The sub-network the top-level numbers report: the model's current one if evaluated, else the
     largest (biggest input, then highest keep ratio)."""
-    current = (model.img_size, model.keep_ratio)
+    current = current_subnet(model)
     if current in subnets:
         return subnets.index(current)
     return max(range(len(subnets)), key=lambda i: subnets[i])
@@ -375,13 +398,14 @@ def _describe(dataset: Any) -> str:
     return str(root) if root is not None else type(dataset).__name__
 
 
-def _results(name, cfg, pretrained, data_desc, list_file, counts, skipped, seconds, runners, headline,
-             engine, precision, device, batch_size, num_workers, world, transforms, super_model):
+def _results(spec: EvalSpec, name: str, cfg: Dict[str, Any], data_desc: str, list_file: Optional[str],
+             run: _Pass, num_workers: int, world: int, transforms: Any, super_model: Any) -> Dict[str, Any]:
     import paddle
 
     from .version import __version__
 
-    head = counts[headline]
+    pretrained, counts, skipped = spec.pretrained, run.counts, run.skipped
+    head = counts[run.headline]
     published = (cfg.get("weights") or {}) if pretrained is True else {}  # the registered weights
     results: Dict[str, Any] = {
         "model": name,
@@ -396,12 +420,12 @@ def _results(name, cfg, pretrained, data_desc, list_file, counts, skipped, secon
         "correct1": head.correct1,
         "correct5": head.correct5,
         "images_per_sec": head.images_per_sec,
-        "end_to_end_images_per_sec": (head.num_images + len(skipped)) / seconds if seconds > 0 else None,
-        "seconds": seconds,
-        "engine": engine,
-        "precision": precision,
-        "device": device,
-        "batch_size": batch_size,
+        "end_to_end_images_per_sec": (head.num_images + len(skipped)) / run.seconds if run.seconds > 0 else None,
+        "seconds": run.seconds,
+        "engine": spec.engine,
+        "precision": spec.precision,
+        "device": spec.device,
+        "batch_size": spec.batch_size,
         "workers": num_workers,
         "world_size": world,
         "transforms": repr(transforms),
@@ -413,12 +437,11 @@ def _results(name, cfg, pretrained, data_desc, list_file, counts, skipped, secon
     }
     if super_model is not None:
         subnet_top1 = published.get("subnet_top1") or {}
-        results["subnet"] = subnet_key(runners[headline][0])
+        results["subnet"] = run.runners[run.headline][0].key
         results["subnets"] = [{
-            "img_size": int(subnet[0]), "keep_ratio": float(subnet[1]),
-            "top1": c.top1, "top5": c.top5, "correct1": c.correct1, "correct5": c.correct5,
-            "images_per_sec": c.images_per_sec, "published_top1": subnet_top1.get(subnet_key(subnet)),
-        } for (subnet, _), c in zip(runners, counts)]
+            **subnet.as_dict(), "top1": c.top1, "top5": c.top5, "correct1": c.correct1, "correct5": c.correct5,
+            "images_per_sec": c.images_per_sec, "published_top1": subnet_top1.get(subnet.key),
+        } for (subnet, _), c in zip(run.runners, counts)]
         results["patch_size"] = int(getattr(super_model, "patch_size", 16))
     return results
 

@@ -86,7 +86,8 @@ def remove_quietly(path: PathLike) -> None:
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """A temp path next to ``path`` for the caller to write; on success it is renamed to ``path``
     with the permissions a plain ``open(path, "w")`` would give (0666 minus the user's umask, where
-    mkstemp alone gives 0600), on failure removed. Readers see the old file or the whole new one."""
+    mkstemp alone gives 0600), on failure removed. Readers see the old file or the whole new one.
+    An OSError of the writing that names no file (a full disk) is raised naming ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner_tag()}.", suffix=PART_SUFFIX)
     os.close(fd)
@@ -94,6 +95,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except OSError as error:
+        if error.filename is None and error.errno is not None:  # a write: disk full, quota, I/O error
+            raise OSError(error.errno, error.strerror or os.strerror(error.errno), str(path)) from error
+        raise
     finally:
         remove_quietly(tmp)  # already gone after os.replace
 

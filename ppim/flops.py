@@ -43,8 +43,9 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from .layers import Attention, Block, ConvPatchEmbed, Mlp, PatchEmbed, kept_token_count
+from .layers import Attention, Block, ConvPatchEmbed, Mlp, PatchEmbed, eval_mode, kept_token_count
 from .registry import create_model
+from .subnet import subnets_of
 
 __all__ = ["count", "count_macs", "count_params", "model_for_counting", "subnet_costs", "token_schedule"]
 
@@ -76,12 +77,11 @@ def token_schedule(model: nn.Layer, img_size: Optional[int] = None,
                    keep_ratio: Optional[float] = None) -> List[int]:
     """Tokens entering each block's attention, then the final token count (length depth + 1).
     e.g. super_deit_s at (224, 0.5): [197, 197, 197, 197, 100, 100, 100, 51, 51, 51, 27, 27, 27]."""
-    plan = _plan(model, None, img_size, keep_ratio)
-    tokens, out = plan["tokens"], []
-    for index in range(len(model.blocks)):
+    height, width, keeps = _plan(model, None, img_size, keep_ratio)
+    tokens, out = (height // model.patch_size) * (width // model.patch_size) + 1, []
+    for keep in keeps:
         out.append(tokens)
-        if index in plan["keep_blocks"]:
-            tokens = kept_token_count(tokens, plan["keep_ratio"])
+        tokens = kept_token_count(tokens, keep)
     return out + [tokens]
 
 
@@ -158,15 +158,11 @@ def stem_macs(stem: nn.Layer, height: int, width: int) -> Tuple[int, int, int]:
     return total, height, width
 
 
-def _model_kind(model: nn.Layer) -> Optional[str]:
-    from .models.lvvit import LVViT
-    from .models.supervit import SuperViT
+def _is_ppim_model(model: nn.Layer) -> bool:
+    """A model whose structure the analytic count knows (ppim's token transformers)."""
+    from .models.base import TokenViT
 
-    if isinstance(model, SuperViT):
-        return "super"
-    if isinstance(model, LVViT):
-        return "lvvit"
-    return None
+    return isinstance(model, TokenViT)
 
 
 def _default_input_shape(model: nn.Layer) -> Tuple[int, int, int, int]:
@@ -177,40 +173,32 @@ def _default_input_shape(model: nn.Layer) -> Tuple[int, int, int, int]:
     return (1, 3, size, size)
 
 
-def _plan(model: nn.Layer, input_shape, img_size, keep_ratio) -> Dict[str, Any]:
-    """What the model computes for this input: stem input size, token count, keep ratio."""
-    kind = _model_kind(model)
-    if kind is None:
+def _plan(model: nn.Layer, input_shape, img_size, keep_ratio) -> Tuple[int, int, List[Optional[float]]]:
+    """What the model computes for this input: the stem's input height and width, and the keep ratio
+    each block applies (the model's token plan, ``token_plan``)."""
+    if not _is_ppim_model(model):
         raise TypeError(f"{type(model).__name__} is not a ppim model: use method='hooks'")
+    if subnets_of(model):  # the input is resized to the sub-network's size
+        side, keeps = model.token_plan(img_size, keep_ratio)
+        return side, side, keeps
     if input_shape is None:
         input_shape = _default_input_shape(model)
     if len(input_shape) != 4:
         raise ValueError(f"input_shape must be (B, C, H, W), got {tuple(input_shape)}")
-    height, width = int(input_shape[2]), int(input_shape[3])
-    if kind == "lvvit":
-        if keep_ratio is not None and keep_ratio < 1:
-            raise ValueError("keep_ratio is for SuperViT models; LV-ViT keeps every token")
-        if img_size is not None:
-            height = width = int(img_size)
-        if (height, width) != (model.img_size, model.img_size):
-            raise ValueError(f"this model takes {model.img_size}x{model.img_size} inputs, got {height}x{width}; "
-                             f"build it for your size: create_model(name, img_size={max(height, width)})")
-        keep, keep_blocks = 1.0, ()
-    else:
-        img_size, keep = model._subnet(img_size, keep_ratio)  # validates; None -> current sub-network
-        height = width = img_size  # the input is resized to (img_size, img_size)
-        keep_blocks = model.keep_blocks if keep < 1 else ()
-    grid_h, grid_w = height // model.patch_size, width // model.patch_size
-    return {"height": height, "width": width, "tokens": grid_h * grid_w + 1, "keep_ratio": keep,
-            "keep_blocks": tuple(keep_blocks)}
+    height, width = (int(input_shape[2]), int(input_shape[3])) if img_size is None else (int(img_size),) * 2
+    side, keeps = model.token_plan(max(height, width), keep_ratio)
+    if (height, width) != (side, side):
+        raise ValueError(f"this model takes {side}x{side} inputs, got {height}x{width}; build it for your "
+                         f"size: create_model(name, img_size={max(height, width)})")
+    return height, width, keeps
 
 
 def _analytic_macs(model: nn.Layer, input_shape, img_size, keep_ratio) -> int:
-    plan = _plan(model, input_shape, img_size, keep_ratio)
-    total, grid_h, grid_w = stem_macs(model.patch_embed, plan["height"], plan["width"])
+    height, width, keeps = _plan(model, input_shape, img_size, keep_ratio)
+    total, grid_h, grid_w = stem_macs(model.patch_embed, height, width)
     tokens = grid_h * grid_w + 1
-    for index, block in enumerate(model.blocks):
-        macs, tokens = block_macs(block, tokens, plan["keep_ratio"] if index in plan["keep_blocks"] else None)
+    for block, keep in zip(model.blocks, keeps):
+        macs, tokens = block_macs(block, tokens, keep)
         total += macs
     if model.num_classes > 0:
         total += linear_macs(model.head, 1)
@@ -261,23 +249,19 @@ def _hook_macs(model: nn.Layer, input_shape, img_size, keep_ratio) -> int:
             handles.append(layer.register_forward_post_hook(on_conv))
         elif isinstance(layer, Attention):
             handles.append(layer.register_forward_post_hook(on_attention))
-    training = model.training
-    model.eval()
     try:
         x = paddle.zeros([int(d) for d in input_shape], dtype="float32")
         kwargs = {}
-        if _model_kind(model) == "super":
+        if subnets_of(model):
             kwargs = {"img_size": img_size, "keep_ratio": keep_ratio}
         elif img_size is not None or keep_ratio is not None:
             if (keep_ratio is not None and keep_ratio < 1) or (img_size is not None and img_size != input_shape[2]):
                 raise ValueError("img_size / keep_ratio are sub-network arguments of SuperViT models")
-        with paddle.no_grad():
+        with eval_mode(model), paddle.no_grad():
             model(x, **kwargs)
     finally:
         for handle in handles:
             handle.remove()
-        if training:
-            model.train()
     return total[0] // batch
 
 
@@ -304,7 +288,7 @@ def count_macs(model: nn.Layer, input_shape: Optional[Sequence[int]] = None, img
                keep_ratio: Optional[float] = None, method: str = "auto") -> int:
     """Multiply-accumulates per image: ``count(...)["flops"]`` without counting parameters."""
     if method == "auto":
-        method = "analytic" if _model_kind(model) is not None else "hooks"
+        method = "analytic" if _is_ppim_model(model) else "hooks"
     if method == "analytic":
         return _analytic_macs(model, input_shape, img_size, keep_ratio)
     if method == "hooks":
@@ -317,13 +301,13 @@ def subnet_costs(model_name: Union[str, nn.Layer]) -> List[Dict[str, Any]]:
     ``[{"img_size", "keep_ratio", "flops", "ratio_to_full"}, ...]`` in ``model.subnets`` order,
     ratio_to_full relative to the largest sub-network (largest img_size, keep 1)."""
     model = model_for_counting(model_name) if isinstance(model_name, str) else model_name
-    if _model_kind(model) != "super":
+    subnets = subnets_of(model)
+    if not subnets:
         name = model_name if isinstance(model_name, str) else type(model).__name__
         raise ValueError(f"{name} has no sub-networks (super_deit_s and super_lvvit_s do)")
-    full = _analytic_macs(model, None, max(model.img_sizes), 1.0)
+    full = _analytic_macs(model, None, *max(subnets))
     costs = []
-    for size, ratio in model.subnets:
-        flops = _analytic_macs(model, None, size, ratio)
-        costs.append({"img_size": int(size), "keep_ratio": float(ratio), "flops": flops,
-                      "ratio_to_full": flops / full})
+    for subnet in subnets:
+        flops = _analytic_macs(model, None, *subnet)
+        costs.append({**subnet.as_dict(), "flops": flops, "ratio_to_full": flops / full})
     return costs

@@ -5,15 +5,41 @@ Parameter names follow the official PyTorch code and ppim 1.x, so checkpoints ma
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional, Tuple
+from typing import Any, Iterator, NamedTuple, Optional
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-Box = Tuple[int, int, int, int]
+
+
+class Box(NamedTuple):
+    """A MixToken / CutMix rectangle on a grid (the token grid, or an image's pixels): rows
+    ``top:bottom`` and columns ``left:right``, ends excluded. It unpacks in the order of the official
+    LV-ViT MixToken box, (top, left, bottom, right), which ``forward_train`` returns and takes as
+    ``bbox``. (The token-label crop boxes handed to roi_align are another thing: see
+    ppim.training.token_labels.targets.) Fields may be numpy arrays when many boxes are drawn."""
+
+    top: Any
+    left: Any
+    bottom: Any
+    right: Any
+
+    @property
+    def area(self) -> int:
+        """Cells inside the box (0 for an empty one)."""
+        return max(0, int(self.bottom) - int(self.top)) * max(0, int(self.right) - int(self.left))
+
+    @property
+    def empty(self) -> bool:
+        return self.bottom <= self.top or self.right <= self.left
+
+
+#: The box that mixes nothing.
+NO_BOX = Box(0, 0, 0, 0)
 
 
 _trunc_normal = nn.initializer.TruncatedNormal(std=0.02)  # truncated at +-2 std, like timm's
@@ -28,6 +54,19 @@ def init_vit_weights(layer: nn.Layer) -> None:
     elif isinstance(layer, nn.LayerNorm):
         nn.initializer.Constant(1.0)(layer.weight)
         nn.initializer.Constant(0.0)(layer.bias)
+
+
+@contextlib.contextmanager
+def eval_mode(layer: nn.Layer) -> Iterator[nn.Layer]:
+    """``with eval_mode(model):`` every sublayer in eval mode inside; after, each has the mode it had
+    (a model being trained, or one with frozen norm layers, comes back as it was)."""
+    modes = [(sub, sub.training) for sub in layer.sublayers(include_self=True)]
+    layer.eval()
+    try:
+        yield layer
+    finally:
+        for sub, training in modes:
+            sub.training = training
 
 
 def token_parameter(layer: nn.Layer, shape) -> paddle.Tensor:
@@ -202,12 +241,12 @@ def dense_logits(cls_logits: paddle.Tensor, aux_logits: paddle.Tensor, aux_weigh
 def random_box(height: int, width: int) -> Box:
     """CutMix box on an (height, width) grid: area ratio 1 - lam with lam ~ Beta(1, 1) and a uniform
     centre, clipped. Draws from numpy's global generator (seed it with np.random.seed), like the
-    official code. Returns (r1, c1, r2, c2): rows r1:r2 and columns c1:c2."""
+    official code."""
     cut = math.sqrt(1.0 - np.random.beta(1.0, 1.0))
     cut_h, cut_w = int(height * cut), int(width * cut)
     cy, cx = np.random.randint(height), np.random.randint(width)
-    return (int(np.clip(cy - cut_h // 2, 0, height)), int(np.clip(cx - cut_w // 2, 0, width)),
-            int(np.clip(cy + cut_h // 2, 0, height)), int(np.clip(cx + cut_w // 2, 0, width)))
+    return Box(top=int(np.clip(cy - cut_h // 2, 0, height)), left=int(np.clip(cx - cut_w // 2, 0, width)),
+               bottom=int(np.clip(cy + cut_h // 2, 0, height)), right=int(np.clip(cx + cut_w // 2, 0, width)))
 
 
 def swap_box(x: paddle.Tensor, box: Box, channels_last: bool = False) -> paddle.Tensor:
@@ -215,11 +254,11 @@ def swap_box(x: paddle.Tensor, box: Box, channels_last: bool = False) -> paddle.
 
     x: (B, C, H, W), or (B, H, W, C) with channels_last. Applying it twice restores x.
     """
-    r1, c1, r2, c2 = box
-    if r2 <= r1 or c2 <= c1:
+    box = Box(*(int(v) for v in box))
+    if box.empty:
         return x
     height, width = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
     mask = np.zeros((height, width), dtype="float32")
-    mask[r1:r2, c1:c2] = 1.0
+    mask[box.top:box.bottom, box.left:box.right] = 1.0
     mask = paddle.to_tensor(mask[..., None] if channels_last else mask[None], dtype=x.dtype)
     return x * (1 - mask) + paddle.flip(x, axis=[0]) * mask

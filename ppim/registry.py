@@ -66,8 +66,9 @@ def crop_pct_of(crop: int, resize: int) -> float:
 def make_cfg(name: str, img_size: int, resize: int, weights: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
     """A model's cfg: eval transforms (resize shorter side, center crop, bicubic, ImageNet stats;
     crop_pct = crop / resize as timm writes it), classes, and its weights' metadata (url, file_name,
-    format, source_url, published metrics). ``extra``: architecture, model_class, paper, and
-    official_crop_pct where the official eval crops differently from these transforms."""
+    format, source_url, published metrics). ``extra``: architecture, model_class, paper,
+    official_crop_pct where the official eval crops differently from these transforms, and for
+    super models subnets (the published sub-networks' keys, "224x1.0", ...: see ppim.subnet)."""
     return {
         "name": name,
         "input_size": (3, img_size, img_size),
@@ -154,7 +155,8 @@ def get_model_cfg(name: str) -> Dict[str, Any]:
 
 
 def create_model(name: str, pretrained: Any = False, **kwargs: Any) -> Any:
-    """Build a registered model by name; same arguments as its constructor."""
+    """Build a registered model by name; same arguments as its constructor. (``ppim.create_model`` is
+    ppim.builder.create_model, which also builds the model a checkpoint describes.)"""
     return _MODELS[_lookup(name)](pretrained=pretrained, **kwargs)
 
 

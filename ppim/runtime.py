@@ -49,9 +49,9 @@ from .errors import CapabilityError, InputError
 from .fileio import ppim_home, write_json
 
 __all__ = ["SIMULATE_ENV", "PROFILES", "EXTRAS", "BF16_FLAGS", "Machine", "Capability", "Canary", "CAPABILITIES",
-           "cpu", "machine", "simulate", "missing", "has", "require", "canary_verdict", "extra_installed",
-           "cpu_count", "cpu_threads", "set_cpu_threads", "default_device", "dist_info", "unwrap_parallel",
-           "paddle_core", "exit_with_parent", "describe"]
+           "cpu", "machine", "simulate", "missing", "has", "require", "canary_verdict", "extra_installed", "cpu_count",
+           "cpu_threads", "set_cpu_threads", "current_cpu_threads", "default_device", "dist_info",
+           "unwrap_parallel", "paddle_core", "exit_with_parent", "describe"]
 
 #: Environment variable naming a simulated machine profile (child processes inherit it).
 SIMULATE_ENV = "PPIM_SIMULATE_MACHINE"
@@ -79,6 +79,7 @@ class Machine:
     gpus: Tuple[Tuple[int, int], ...]
     onednn: bool
     math_library: str
+    tensorrt: bool = False
     extras: Tuple[Tuple[str, str], ...] = ()
     profile: Optional[str] = None
 
@@ -148,7 +149,7 @@ def _paddle_facts() -> Dict[str, Any]:
         import paddle
     except ImportError:
         return {"paddle_version": None, "pir": False, "cuda_build": False, "gpus": (), "onednn": False,
-                "math_library": "none"}
+                "math_library": "none", "tensorrt": False}
     core = paddle_core()
     check = getattr(core, "is_compiled_with_onednn", None) or getattr(core, "is_compiled_with_mkldnn", None)
     try:
@@ -165,11 +166,15 @@ def _paddle_facts() -> Dict[str, Any]:
                 gpus.append((int(major), int(minor)))
         except Exception:  # noqa: BLE001 - a broken driver: no usable GPU
             gpus = []
+    try:
+        tensorrt = tuple(paddle.inference.get_trt_compile_version()) != (0, 0, 0)
+    except Exception:  # noqa: BLE001 - absent on some builds
+        tensorrt = False
     version = paddle.version
     mkl = getattr(version, "with_mkl", "OFF")
     mkl = mkl() if callable(mkl) else mkl
     return {"paddle_version": paddle.__version__, "pir": pir, "cuda_build": cuda, "gpus": tuple(gpus),
-            "onednn": bool(check()) if check else False,
+            "onednn": bool(check()) if check else False, "tensorrt": tensorrt,
             "math_library": "MKL" if str(mkl).upper() == "ON" else "OpenBLAS"}
 
 
@@ -222,9 +227,9 @@ def _simulated(spec: str) -> Machine:
     if has_extras:
         extras = tuple((module.strip(), "simulated") for module in listed.split(",") if module.strip())
     # Paddle's version and PIR are the installed Paddle's; its build is the common PyPI wheel's
-    # (oneDNN on x86), with CUDA exactly when the profile has GPUs.
+    # (oneDNN on x86), with CUDA and TensorRT exactly when the profile has GPUs.
     simulated = replace(real, cpu_vendor=vendor, cpu_model=model, cpu_flags=frozenset(flags), gpus=gpus,
-                        cuda_build=bool(gpus), onednn=True, extras=extras, profile=spec)
+                        cuda_build=bool(gpus), tensorrt=bool(gpus), onednn=True, extras=extras, profile=spec)
     _SIMULATED[spec] = simulated
     return simulated
 
@@ -390,7 +395,7 @@ def _need_flags(flags: Sequence[str]) -> Callable[[Machine], Optional[str]]:
     def check(m: Machine) -> Optional[str]:
         if m.has_flag(*flags):
             return None
-        return f"{_cpu_name(m)} has {'neither' if len(flags) == 2 else 'no ' + ' or '.join(flags)}"
+        return f"{_cpu_name(m)} has {'neither ' + ' nor '.join(flags) if len(flags) == 2 else 'no ' + flags[0]}"
     return check
 
 
@@ -448,6 +453,9 @@ CAPABILITIES: Dict[str, Capability] = {c.name: c for c in (
     Capability("gpu", "a CUDA build of Paddle that sees a GPU", "device='gpu' (every engine)", _gpu),
     Capability("gpu_fp16", "a GPU of compute capability 5.3 or newer (native half arithmetic)",
                "fp16 on the GPU", _gpu_capability((5, 3), "fp16")),
+    Capability("tensorrt", "a CUDA build of Paddle with TensorRT and a GPU", "Predictor(tensorrt=True)",
+               lambda m: _gpu(m) or (None if m.tensorrt else f"this Paddle {m.paddle_version} is built without "
+                                     f"TensorRT (paddle.inference.get_trt_compile_version() is 0.0.0)")),
     Capability("gpu_bf16", "a GPU of compute capability 8.0 or newer (native bfloat16 arithmetic)",
                "bf16 on the GPU", _gpu_capability((8, 0), "bf16")),
 )}
@@ -488,7 +496,8 @@ def set_cpu_threads(threads: Optional[int] = None) -> int:
     return threads
 
 
-def _current_threads() -> int:
+def current_cpu_threads() -> int:
+    """Paddle's eager CPU math threads now (as set here, else Paddle's FLAGS_paddle_num_threads)."""
     if _THREADS[0] is None:
         import paddle
 
@@ -503,7 +512,7 @@ def _current_threads() -> int:
 def cpu_threads(threads: Optional[int] = None) -> Iterator[int]:
     """Paddle's eager CPU math threads set to ``threads`` (default every CPU this process may use)
     inside the block, and set back to what they were after it."""
-    previous = _current_threads()
+    previous = current_cpu_threads()
     try:
         yield set_cpu_threads(threads)
     finally:
@@ -576,7 +585,7 @@ def describe() -> List[str]:
         f"cpu:      {m.cpu_vendor} {m.cpu_model} ({m.cpu_count} CPUs usable)",
         f"flags:    {' '.join(flags) or 'none of ' + ', '.join(REPORTED_FLAGS[:3]) + ', ...'}",
         f"paddle:   {m.paddle_version or 'not installed'} (PIR {'on' if m.pir else 'off'}, "
-        f"{'CUDA' if m.cuda_build else 'CPU-only'} build, oneDNN {'yes' if m.onednn else 'no'}, "
+        f"{'CUDA' if m.cuda_build else 'CPU-only'} build{' with TensorRT' if m.tensorrt else ''}, oneDNN {'yes' if m.onednn else 'no'}, "
         f"math library {m.math_library})",
         f"gpus:     {gpus}",
         "extras:   " + ", ".join(f"{module} {m.extra_version(module) or '-'}" for module in EXTRAS),

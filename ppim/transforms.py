@@ -1,7 +1,7 @@
 """Eval and train transforms built from a model's cfg.
 
 Eval: resize the shorter side, center crop, scale to [0, 1], normalize; PIL does the resampling,
-numpy the rest, so results equal the seed's PIL pipeline. Train: timm 0.4.x's ImageNet recipe as the
+numpy the rest, so results equal ppim 1.x's PIL pipeline. Train: timm 0.4.x's ImageNet recipe as the
 official TokenLabeling / SuperViT scripts run it: RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3,
 random bilinear/bicubic), horizontal flip 0.5, RandAugment 'rand-m9-mstd0.5-inc1', normalize, then
 RandomErasing (p 0.25, per-pixel normal noise) on the normalized image.

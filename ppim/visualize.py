@@ -17,6 +17,7 @@ is the mask, not an approximation of it.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -30,7 +31,9 @@ from .data import imagenet_class_names, load_image
 from .errors import PpimError
 from .flops import count, model_for_counting, subnet_costs
 from .fileio import write_atomic
+from .layers import eval_mode
 from .registry import get_model_cfg, list_models, model_name
+from .subnet import Subnet, SubnetLike, current_subnet, parse_subnets, subnets_of
 from .transforms import center_crop_box, create_transforms, resized_shape
 
 PANEL = 224           # pixels of an image panel (the crop, resampled to it)
@@ -80,8 +83,9 @@ def kept_token_masks(model: paddle.nn.Layer, x: paddle.Tensor, img_size: Optiona
     """Which patch tokens a SuperViT sub-network keeps after each of its keep blocks:
     bool (B, len(model.keep_blocks), grid, grid), grid = img_size / patch size (row-major token
     order). Straight from ``model.kept_tokens`` (the model's own kept positions)."""
-    img_size, keep_ratio = model.check_subnet(model.img_size if img_size is None else img_size,
-                                              model.keep_ratio if keep_ratio is None else keep_ratio)
+    current = current_subnet(model)
+    img_size, keep_ratio = model.check_subnet(current.img_size if img_size is None else img_size,
+                                              current.keep_ratio if keep_ratio is None else keep_ratio)
     grid = img_size // model.patch_size
     with paddle.no_grad():
         kept = model.kept_tokens(x, img_size=img_size, keep_ratio=keep_ratio)
@@ -98,10 +102,8 @@ def token_classes(model: paddle.nn.Layer, x: paddle.Tensor) -> np.ndarray:
         raise ValueError(f"{model_name(model)} has no aux head: per-token classes need an LV-ViT "
                          f"(lvvit_*) or super_lvvit_s with its classifier")
     with paddle.no_grad():
-        if hasattr(model, "using_subnet"):
-            with model.using_subnet(max(model.img_sizes), 1.0):
-                tokens = model.forward_features(x)
-        else:
+        subnets = subnets_of(model)
+        with model.using_subnet(*max(subnets)) if subnets else contextlib.nullcontext():
             tokens = model.forward_features(x)
         classes = model.aux_head(tokens[:, 1:]).argmax(axis=-1).numpy()
     grid = int(round(classes.shape[1] ** 0.5))
@@ -151,7 +153,7 @@ def _resized(crop: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(crop).resize((PANEL, PANEL), Image.BICUBIC))
 
 
-def draw_kept_tokens(crop: np.ndarray, masks: Dict[Tuple[int, float], np.ndarray], keep_blocks: Sequence[int]):
+def draw_kept_tokens(crop: np.ndarray, masks: Dict[Subnet, np.ndarray], keep_blocks: Sequence[int]):
     """One row per sub-network: the crop, then the tokens kept after each keep block (dropped ones
     painted ``DROPPED``). masks: {(img_size, keep_ratio): bool (len(keep_blocks), grid, grid)}."""
     fig, width, height = _panel_figure(len(masks), 1 + len(keep_blocks))
@@ -221,7 +223,7 @@ def accuracy_vs_flops_points() -> Dict[str, List[Dict[str, Any]]]:
     for name in list_models("super_*"):
         table = get_model_cfg(name)["weights"]["subnet_top1"]
         series[name] = [{"label": f"{c['img_size']}x{c['keep_ratio']}", "gflops": c["flops"] / 1e9,
-                         "top1": table[f"{c['img_size']}x{c['keep_ratio']}"]} for c in subnet_costs(name)]
+                         "top1": table[Subnet.of(c).key]} for c in subnet_costs(name)]
     lvvit = []
     for name in list_models("lvvit_*"):
         top1 = get_model_cfg(name)["weights"]["top1"]
@@ -239,14 +241,12 @@ def draw_accuracy_vs_flops(series: Optional[Dict[str, List[Dict[str, Any]]]] = N
     fig = Figure(figsize=(CURVE_SIZE[0] / 100, CURVE_SIZE[1] / 100), dpi=100)
     ax = fig.add_axes([0.08, 0.1, 0.9, 0.83])
     markers = {"0.5": "v", "0.7": "s", "1.0": "o"}
+    labelled = None
     for colour, (name, points) in zip(("tab:blue", "tab:orange", "tab:green"), series.items()):
         if name == "LV-ViT":
             ax.plot([p["gflops"] for p in points], [p["top1"] for p in points], "-D", color=colour,
                     label="LV-ViT family")
-            for i, p in enumerate(points):  # labels alternate below-right and above-left
-                ax.annotate(p["label"], (p["gflops"], p["top1"]), textcoords="offset points",
-                            xytext=(5, -11) if i % 2 == 0 else (-12, 7), fontsize=7, color=colour,
-                            ha="left" if i % 2 == 0 else "right")
+            labelled = (points, colour)
             continue
         for ratio, marker in markers.items():
             sub = [p for p in points if p["label"].endswith("x" + ratio)]
@@ -255,12 +255,69 @@ def draw_accuracy_vs_flops(series: Optional[Dict[str, List[Dict[str, Any]]]] = N
     ax.set_xscale("log")
     gflops = [p["gflops"] for points in series.values() for p in points]
     ax.set_xlim(min(gflops) / 1.3, max(gflops) * 1.8)
+    if labelled is not None:
+        every = [(p["gflops"], p["top1"]) for points in series.values() for p in points]
+        place_labels(fig, ax, *labelled, every)
     ax.set_xlabel("GFLOPs per image (multiply-accumulates, counted by ppim.flops; log scale)")
     ax.set_ylabel("published ImageNet top-1 (%)")
     ax.set_title("Accuracy against cost: SuperViT sub-networks and LV-ViT")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return fig
+
+
+#: Where a label may sit around its point, in points (x, y, horizontal alignment), in order of preference.
+_LABEL_SPOTS = [(6, -3, "left"), (-6, -3, "right"), (4, 5, "left"), (-4, 5, "right"), (4, -12, "left"),
+                (-4, -12, "right"), (0, 8, "center"), (0, -15, "center"), (10, 10, "left"), (-10, 10, "right"),
+                (10, -18, "left"), (-10, -18, "right")]
+
+
+def place_labels(fig, ax, points: List[Dict[str, Any]], colour: str, avoid: Sequence[Tuple[float, float]],
+                 marker_px: float = 5.0) -> List[Any]:
+    """Annotate each point with its label next to it: the first spot (see _LABEL_SPOTS) where the
+    text stays inside the axes, overlaps no label placed before and no marker of ``avoid`` (data
+    coordinates of every plotted point), and has its own point as the nearest one; else the spot
+    with the fewest overlaps. Returns the annotations."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if fig.canvas is None or not hasattr(fig.canvas, "get_renderer"):
+        FigureCanvasAgg(fig)
+    renderer = fig.canvas.get_renderer()
+    ax.set_ylim(ax.get_ylim())  # settle the autoscaled limits: pixel positions must not move afterwards
+    to_px = ax.transData.transform
+    box = ax.get_window_extent(renderer)
+    markers = [tuple(to_px(xy)) for xy in avoid]
+    placed: List[Any] = []
+    annotations = []
+    for p in points:
+        own = tuple(to_px((p["gflops"], p["top1"])))
+        best = None
+        for dx, dy, ha in _LABEL_SPOTS:
+            note = ax.annotate(p["label"], (p["gflops"], p["top1"]), textcoords="offset points", xytext=(dx, dy),
+                               fontsize=7, color=colour, ha=ha)
+            extent = note.get_window_extent(renderer)
+            overlaps = sum(extent.overlaps(other) for other in placed)
+            overlaps += sum(_hits(extent, xy, marker_px) for xy in markers)
+            outside = not (box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1)
+            centre = ((extent.x0 + extent.x1) / 2, (extent.y0 + extent.y1) / 2)
+            nearest = min(markers, key=lambda xy: (xy[0] - centre[0]) ** 2 + (xy[1] - centre[1]) ** 2)
+            score = overlaps + 10 * outside + (nearest != own)
+            if best is None or score < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (score, note, extent)
+            else:
+                note.remove()
+            if score == 0:
+                break
+        placed.append(best[2])
+        annotations.append(best[1])
+    return annotations
+
+
+def _hits(extent, xy: Tuple[float, float], radius: float) -> bool:
+    """Whether a marker of ``radius`` pixels at ``xy`` touches the box ``extent``."""
+    return (extent.x0 - radius < xy[0] < extent.x1 + radius) and (extent.y0 - radius < xy[1] < extent.y1 + radius)
 
 
 def save_png(fig, path: Union[str, os.PathLike]) -> Path:
@@ -274,28 +331,28 @@ def save_png(fig, path: Union[str, os.PathLike]) -> Path:
 
 
 def visualize(image: ImageSource, model: paddle.nn.Layer, output_dir: Union[str, os.PathLike],
-              subnets: Optional[Sequence[Tuple[int, float]]] = None) -> Dict[str, Path]:
-    """Write every picture that applies to ``model`` into ``output_dir``: kept_tokens.png (SuperViT;
-    ``subnets`` default: every published sub-network with keep ratio < 1 at the largest size),
-    token_classes.png (models with an aux head) and accuracy_vs_gflops.png (always).
+              subnets: Union[str, Sequence[SubnetLike], None] = None) -> Dict[str, Path]:
+    """Write every picture that applies to ``model`` into ``output_dir``: kept_tokens.png (super
+    models; ``subnets``: "all", "224x0.5,160x0.7" or a list (ppim.subnet), default every published
+    sub-network with keep ratio < 1 at the largest size), token_classes.png (models with an aux
+    head) and accuracy_vs_gflops.png (always). The model runs in eval mode and keeps its own mode.
     Returns {picture kind: path}."""
     require_matplotlib()
-    model.eval()
     output_dir = Path(output_dir)
     crop, x = load_crop(image, model)
     written: Dict[str, Path] = {}
-    if hasattr(model, "kept_tokens"):
-        if subnets is None:
-            subnets = [(max(model.img_sizes), r) for r in model.keep_ratios if r < 1]
-        masks = {}
-        for img_size, keep_ratio in subnets:
-            subnet = model.check_subnet(img_size, keep_ratio)
-            masks[subnet] = kept_token_masks(model, x, *subnet)[0]
-        written["kept_tokens"] = save_png(draw_kept_tokens(crop, masks, model.keep_blocks),
-                                          output_dir / "kept_tokens.png")
-    if getattr(model, "aux_head", None) is not None and model.num_classes > 0:
-        names = imagenet_class_names() if model.num_classes == 1000 else []
-        written["token_classes"] = save_png(draw_token_classes(crop, token_classes(model, x)[0], names),
-                                            output_dir / "token_classes.png")
+    offered = subnets_of(model)
+    with eval_mode(model):
+        if offered:
+            full = max(offered).img_size
+            chosen = (parse_subnets(subnets, model) if subnets is not None
+                      else [s for s in offered if s.img_size == full and s.keep_ratio < 1])
+            masks = {subnet: kept_token_masks(model, x, *subnet)[0] for subnet in chosen}
+            written["kept_tokens"] = save_png(draw_kept_tokens(crop, masks, model.keep_blocks),
+                                              output_dir / "kept_tokens.png")
+        if getattr(model, "aux_head", None) is not None and model.num_classes > 0:
+            names = imagenet_class_names() if model.num_classes == 1000 else []
+            written["token_classes"] = save_png(draw_token_classes(crop, token_classes(model, x)[0], names),
+                                                output_dir / "token_classes.png")
     written["accuracy_vs_gflops"] = save_png(draw_accuracy_vs_flops(), output_dir / "accuracy_vs_gflops.png")
     return written

@@ -1,14 +1,14 @@
 import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from tiny import FIXTURES, ROOT  # this folder is on sys.path: pytest puts it there
+
 sys.path.insert(0, str(FIXTURES / "ppim110"))
 # The PyTorch reference models are shared with the benchmarks (benchmarks/torch_reference.py).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 #: The real machine, then every simulated profile of ppim.runtime (see the ``machine`` fixture).

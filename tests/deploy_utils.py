@@ -1,26 +1,34 @@
 """Small models, batches and comparisons shared by the deploy tests (export, engines, runners)."""
+import contextlib
+import os
+
 import numpy as np
 import paddle
 
-import ppim
+from ppim import runtime
+import tiny as shared
+
+
+@contextlib.contextmanager
+def real_machine():
+    """The machine running the tests inside the block, also under a simulated profile: the real part
+    of a machine-dependent test (run only what this machine has)."""
+    saved = os.environ.pop(runtime.SIMULATE_ENV, None)
+    try:
+        yield runtime.machine()
+    finally:
+        if saved is not None:
+            os.environ[runtime.SIMULATE_ENV] = saved
 
 
 def tiny(**kwargs):
-    """A 2-block LV-ViT-S on 64x64 inputs, 10 classes, eval mode, seeded."""
-    paddle.seed(0)
-    args = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8, num_classes=10)
-    args.update(kwargs)
-    model = ppim.create_model("lvvit_s", **args)
-    model.eval()
-    return model
+    """The shared tiny LV-ViT-S (2 blocks, 64x64) with 10 classes, eval mode, seeded."""
+    return shared.tiny_lvvit(**{"num_classes": 10, **kwargs})
 
 
 def tiny_super():
-    """A narrow super_lvvit_s (all 12 sub-networks work), eval mode, seeded."""
-    paddle.seed(0)
-    model = ppim.create_model("super_lvvit_s", embed_dim=48, depth=10, num_heads=3, num_classes=10, stem_dim=8)
-    model.eval()
-    return model
+    """The shared tiny super_lvvit_s (all 12 sub-networks work) with 10 classes, eval mode, seeded."""
+    return shared.tiny_super(num_classes=10)
 
 
 def eager(model, batch, **kwargs):

@@ -19,9 +19,10 @@ from http_server import LocalServer
 from ppim.cli import common
 from ppim.data import BadImageError
 from ppim.errors import InputError
+from tiny import tiny_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"img_size": 64, "embed_dim": 32, "depth": 1, "num_heads": 2, "stem_dim": 8, "num_classes": 5}
+TINY = tiny_kwargs(embed_dim=32, depth=1, num_heads=2, num_classes=5)
 TINY_ARGS = ["--model", "lvvit_s", "--model-kwargs", json.dumps(TINY)]
 
 
@@ -143,10 +144,18 @@ def test_refuse_same_file_and_writable_file(tmp_path):
 def test_predict_expected_errors(tmp_path, tiny_checkpoint):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    assert_one_error_line(tool("predict", bad, *TINY_ARGS, "--checkpoint", tiny_checkpoint), "bad.jpg")
-    missing = tmp_path / "missing.jpg"
-    assert_one_error_line(tool("predict", missing, *TINY_ARGS), "missing.jpg", "No such file")
     good = write_jpeg(tmp_path / "good.jpg")
+    missing = tmp_path / "missing.jpg"
+    # unreadable images are reported, one error line each; the others are classified; exit 1
+    proc = tool("predict", bad, good, missing, *TINY_ARGS, "--checkpoint", tiny_checkpoint)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 2 and "bad.jpg" in errors[0] and "missing.jpg" in errors[1] and "No such file" in errors[1]
+    assert "good.jpg" in proc.stdout and "bad.jpg" not in proc.stdout
+    # --skip-bad: reported as skipped, exit 0
+    proc = tool("predict", bad, good, *TINY_ARGS, "--checkpoint", tiny_checkpoint, "--skip-bad")
+    assert proc.returncode == 0 and "good.jpg" in proc.stdout, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "bad.jpg" in line][0].startswith("skipped ")
     proc = tool("predict", good, *TINY_ARGS, "--checkpoint", tiny_checkpoint, "--topk", "2")
     assert proc.returncode == 0 and "good.jpg" in proc.stdout and " 2. " in proc.stdout, proc.stderr
 
@@ -291,7 +300,7 @@ def test_ctrl_c_stops_eval_and_its_workers(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 130, stderr[-3000:]
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr and "FatalError" not in stderr, stderr[-3000:]  # workers end silently
     deadline = time.monotonic() + 10
     while any(map(_alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -338,3 +347,45 @@ def test_ema_flags_pick_the_checkpoint_weights(tmp_path):
         model = common.create_model(args, warn=False)
         np.testing.assert_array_equal(model.head.weight.numpy(), expected["head.weight"], err_msg=str(flags))
         assert model.pretrained_info["ema"] == (expected is ema_state)
+
+
+def test_what_this_machine_cannot_run_is_one_error_line(machine, capsys):
+    """eval, predict and benchmark refuse what the (real or simulated) machine cannot run before any
+    work, with one error: line that says why and what runs here."""
+    from ppim.cli import benchmark, eval as eval_cli, predict
+    from ppim.deploy import runs_here
+
+    def error_line(main, *args):
+        assert main([str(a) for a in args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+        assert "what runs here: " in err and "eager on cpu fp32" in err
+        return err
+
+    here = runs_here()
+    bench = [*TINY_ARGS, "-b", "1", "--iters", "1", "--warmup", "0"]
+    for main, args in [(eval_cli.main, [*TINY_ARGS, "--device", "cpu"]), (predict.main, TINY_ARGS),
+                       (benchmark.main, bench)]:
+        assert "fp16 needs a GPU" in error_line(main, *args, "--engine", "inference", "--precision", "fp16")
+        if ("inference", "bf16", "cpu") not in here:
+            assert "avx512_bf16 or amx_bf16" in error_line(main, *args, "--engine", "inference", "--precision", "bf16")
+        if ("inference", "fp32", "gpu") not in here:
+            assert "CPU-only build" in error_line(main, *args, "--engine", "inference", "--device", "gpu")
+    assert "eager runs fp32 only on cpu" in error_line(predict.main, *TINY_ARGS, "--engine", "eager", "--precision", "bf16")
+    with ppim.runtime.simulate(machine.profile or "avx2", extras=()):  # no extra installed
+        assert "pip install 'ppim[openvino]'" in error_line(predict.main, *TINY_ARGS, "--engine", "openvino")
+        assert "pip install 'ppim[onnxruntime]'" in error_line(eval_cli.main, *TINY_ARGS, "--engine", "onnxruntime",
+                                                               "--device", "cpu")
+
+
+def test_avx2_machine_runs_every_tool_it_reports(tmp_path, monkeypatch):
+    """Under the simulated AVX2-only machine (a child process inherits it) the default engine and
+    exports choose layouts every x86-64 CPU with AVX2 runs: predict (auto engine: Paddle Inference
+    without extras) and export --verify run and exit 0. (eval --engine inference and the benchmark
+    take the same export path: cached_export / attention_layout.)"""
+    monkeypatch.setenv(ppim.runtime.SIMULATE_ENV, "avx2:")  # and no optional extra
+    for name, args in [("predict", TINY_ARGS), ("export", [*TINY_ARGS, "--output", tmp_path / "out", "--verify"])]:
+        proc = tool(name, *args)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, (name, proc.stderr[-2000:])
+    manifest = json.loads((tmp_path / "out" / "ppim.json").read_text())
+    assert manifest["deploy_attention"] == "matmul" and manifest["requires"] == []

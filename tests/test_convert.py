@@ -19,9 +19,10 @@ from ppim import registry, weights  # noqa: E402
 from ppim.weights import CheckpointError, UnsafeCheckpointError, convert_file  # noqa: E402
 from http_server import LocalServer  # noqa: E402
 from torch_reference import TorchLVViT, randomized  # noqa: E402
+from tiny import tiny_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8, num_classes=10)
+TINY = tiny_kwargs(num_classes=10)
 
 
 def tiny(**kwargs):
@@ -188,3 +189,24 @@ def test_hostile_checkpoint_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="system"):
         tiny(pretrained=str(source))
     assert not marker.exists()
+
+
+def test_converted_file_describes_its_model(tmp_path, reference):
+    """tools/convert.py's output records the model (name, kwargs, classes, transforms) beside the
+    weights: create_model(checkpoint_path=) builds it with no other argument, with the reference's logits."""
+    import json
+
+    from ppim.builder import checkpoint_description
+    from ppim.cli.convert import main
+
+    _, state, _, _ = reference
+    source = tmp_path / "tiny.pth"
+    torch.save({"model": state}, source)
+    out = tmp_path / "tiny.pdparams"
+    kwargs = {k: v for k, v in TINY.items() if k != "num_classes"}
+    assert main([str(source), str(out), "--model", "lvvit_s", "--num-classes", "10",
+                 "--model-kwargs", json.dumps(kwargs)]) == 0
+    description = checkpoint_description(out)
+    assert description["name"] == "lvvit_s" and description["num_classes"] == 10
+    assert description["kwargs"]["depth"] == 2 and description["args"]["source"] == str(source.resolve())
+    assert_parity(ppim.create_model(checkpoint_path=str(out)), reference)

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ppim.cli.common import describe_error
+
 from ppim.data import (IMG_EXTENSIONS, SAMPLE_DIR, BadImageError, EvalLoader, ImageDataset,
                        ImageFolderDataset, ImageListDataset, load_image, open_dataset, sample_dataset,
                        shard_indices, to_rgb)
@@ -158,7 +160,8 @@ def test_unreadable_images_name_their_path(tmp_path):
     for path in (bad, cut, str(tmp_path / "c" / "missing.jpg")):
         with pytest.raises(BadImageError) as info:
             load_image(path)
-        assert path in str(info.value) and info.value.path == path and "--skip-bad" in str(info.value)
+        assert path in str(info.value) and info.value.path == path and "skip_bad=True" in str(info.value)
+        assert "--skip-bad" in describe_error(info.value)  # the command lines name their flag
 
 
 def build_mixed(root, n=11, bad=()):

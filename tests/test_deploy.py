@@ -217,3 +217,47 @@ def test_tools_export_and_benchmark(tmp_path, capsys):
     data = json.loads(report.read_text())
     assert data["environment"]["paddle_version"] == paddle.__version__
     assert data["rows"][0]["engine"] == "inference" and data["rows"][0]["images_per_sec"] > 0
+
+
+def test_benchmark_and_its_ceiling_follow_the_machine(machine):
+    bf16 = machine.has_flag("avx512_bf16", "amx_bf16")
+    extras = [e for e in ("openvino", "onnxruntime") if deploy.engine_available(e)]
+    assert deploy.ceiling_engines("fp32") == ["inference", *extras]
+    assert deploy.ceiling_engines("bf16") == (["inference", *[e for e in extras if e == "openvino"]] if bf16 else [])
+    assert deploy.ceiling_engines("fp16", "gpu") == (["inference"] if machine.gpus else [])
+    precisions = ("fp16",) if bf16 else ("bf16", "fp16")  # nothing here runs: no real run under a profile
+    rows = deploy.benchmark(tiny(), engines=("eager", "inference"), precisions=precisions, batch_sizes=(1,),
+                            iters=1, warmup=0, ceiling=False, log=lambda message: None)
+    assert len(rows) == 2 * len(precisions) and all("skipped" in row for row in rows)
+    reasons = {(row["engine"], row["precision"]): row["skipped"] for row in rows}
+    assert reasons[("inference", "fp16")] == "fp16 needs a GPU (CPUs run bf16)"
+    if not bf16:
+        assert "avx512_bf16 or amx_bf16" in reasons[("inference", "bf16")]
+
+
+def test_eager_runner_sets_threads_for_its_calls_only():
+    runtime.set_cpu_threads(1)
+    model = tiny()
+    runner = create_runner(model, engine="eager", threads=2)
+    assert runner.threads == 2 and runtime.current_cpu_threads() == 1
+    batch = images(1, 64)
+    assert rel_error(runner(batch), eager(model, batch)) == 0
+    assert runtime.current_cpu_threads() == 1  # set back after the call
+
+
+def test_eager_runner_leaves_the_model_in_the_mode_it_found():
+    model = tiny()
+    model.train()
+    model.blocks[0].norm1.eval()  # a frozen norm stays frozen too
+    run = create_runner(model, engine="eager")
+    model_eval = tiny()
+    np.testing.assert_allclose(run(images(2, 64)), eager(model_eval, images(2, 64)), rtol=1e-5, atol=1e-5)
+    assert model.training and not model.blocks[0].norm1.training and model.blocks[1].norm1.training
+
+
+def test_ceiling_probe_leaves_paddle_s_generator_alone():
+    paddle.seed(123)
+    expected = paddle.rand([4]).numpy()
+    paddle.seed(123)
+    deploy.CeilingProbe("eager", dim=16, hidden=32, rows=8)
+    np.testing.assert_array_equal(paddle.rand([4]).numpy(), expected)

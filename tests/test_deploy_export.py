@@ -15,7 +15,8 @@ from ppim.deploy import (Predictor, attention_layout, cached_export, create_runn
                          verify_export)
 from ppim.errors import CapabilityError, InputError
 
-from deploy_utils import eager, images, tiny
+from deploy_utils import eager, images, real_machine, tiny
+from tiny import TINY_SUPER
 
 
 @pytest.mark.smoke
@@ -99,17 +100,17 @@ def test_export_cache_reuses_and_keys_by_weights_and_subnet(tmp_path, monkeypatc
     batch = images(2, 64)
     np.testing.assert_allclose(Predictor(path)(batch), eager(changed, batch), rtol=1e-4, atol=1e-4)
 
-    sup = ppim.create_model("super_lvvit_s", embed_dim=48, depth=10, num_heads=3, num_classes=10, stem_dim=8)
+    sup = ppim.create_model("super_lvvit_s", **TINY_SUPER, stem_dim=8, num_classes=10)
     sup.set_subnet(224, 1.0)
     full = export_key(sup)
     sup.set_subnet(160, 0.7)
     assert export_key(sup) != full
 
 
-import ppim.deploy.exporting as export_module  # noqa: E402
+export_module = ppim.deploy.exporting
 
 
-def test_export_layout_and_cache_entry_follow_the_machine(machine, monkeypatch):
+def test_export_layout_and_cache_entry_follow_the_machine(machine):
     model = tiny()
     fused = machine.has_flag("avx512f") and runtime.has("fused_attention")
     layout = attention_layout("fp32", "cpu")
@@ -120,13 +121,13 @@ def test_export_layout_and_cache_entry_follow_the_machine(machine, monkeypatch):
     assert path.name.startswith(f"lvvit_s-{layout}-") and manifest["deploy_attention"] == layout
     assert manifest["requires"] == (["fused_attention"] if fused else [])
     assert verify_export(path) is None
-    monkeypatch.delenv(runtime.SIMULATE_ENV, raising=False)  # the real part: run it where this CPU can
-    if fused and not runtime.has("fused_attention"):
-        with pytest.raises(CapabilityError, match="export the model again on this machine"):
-            Predictor(path)
-        pytest.skip(f"this CPU cannot run the fused export ({runtime.missing('fused_attention')})")
-    batch = images(2, 64)
-    np.testing.assert_allclose(Predictor(path)(batch), eager(model, batch), rtol=1e-4, atol=1e-4)
+    with real_machine():  # the real part: run it where this CPU can
+        if fused and not runtime.has("fused_attention"):
+            with pytest.raises(CapabilityError, match="export the model again on this machine"):
+                Predictor(path)
+            pytest.skip(f"this CPU cannot run the fused export ({runtime.missing('fused_attention')})")
+        batch = images(2, 64)
+        np.testing.assert_allclose(Predictor(path)(batch), eager(model, batch), rtol=1e-4, atol=1e-4)
 
 
 def test_cache_keys_differ_exactly_where_the_export_differs():
@@ -203,6 +204,7 @@ def _damage(kind, path, tmp_path):
     raise AssertionError(kind)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("kind", ["input_shape_edited", "params_missing", "params_truncated", "params_outside",
                                   "params_link_outside", "manifest_not_json"])
 def test_a_damaged_cache_entry_is_rebuilt_never_run(kind, tmp_path, capfd):
@@ -256,3 +258,17 @@ def test_unchanged_files_are_not_hashed_again(monkeypatch):
     params.write_bytes(params.read_bytes())  # same bytes, new mtime: hashed again
     with pytest.raises(AssertionError, match="hashed again"):
         cached_export(model)
+
+
+def test_exports_from_before_digests_are_still_used(tmp_path):
+    model = tiny()
+    out = export(model, tmp_path / "old")
+    manifest = {k: v for k, v in load_manifest(out).items() if k not in ("digests", "manifest_sha256", "requires")}
+    (out / "ppim.json").write_text(json.dumps(manifest))  # as an older ppim wrote it
+    assert verify_export(out) is None
+    export_module.add_file(out, "extra.bin", b"added later")  # e.g. the ONNX conversion
+    assert verify_export(out) is None and "extra.bin" in load_manifest(out)["files"]
+    batch = images(2, 64)
+    with real_machine():
+        if load_manifest(out)["deploy_attention"] != "fused" or runtime.has("fused_attention"):
+            np.testing.assert_allclose(Predictor(out)(batch), eager(model, batch), rtol=1e-4, atol=1e-4)

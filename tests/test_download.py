@@ -319,3 +319,35 @@ def test_concurrent_processes_download_once(server, tmp_path, home):
     assert outputs == [str(cached(server.url("/" + NAME)))] * 4
     assert Path(outputs[0]).read_bytes() == PAYLOAD
     assert leftovers() == [NAME, NAME + ".sha256"]
+
+
+def test_dripping_server_is_abandoned_as_a_stall(server):
+    """A server dripping 1 byte / 0.2 s never trips a read timeout; the minimum rate over a window
+    (curl's --speed-limit / --speed-time) abandons the attempt, retries it, then gives up naming the rule."""
+    server.add("/" + NAME, PAYLOAD, drip=0.2)
+    start = time.monotonic()
+    with pytest.raises(weights.WeightsDownloadError, match=r"after 2 attempts.*below the minimum rate of 100 bytes/s "
+                                                           r"over 1 s"):
+        weights.download_to_cache(server.url("/" + NAME), progress=False, retries=1, min_rate=100, rate_window=1)
+    assert time.monotonic() - start < 30
+    assert server.count("/" + NAME) == 2
+    assert leftovers() == []
+
+
+def test_stall_rule_from_the_environment(server, monkeypatch):
+    server.add("/" + NAME, PAYLOAD, drip=0.2)
+    monkeypatch.setenv("PPIM_DOWNLOAD_MIN_RATE", "50")
+    monkeypatch.setenv("PPIM_DOWNLOAD_RATE_WINDOW", "0.5")
+    with pytest.raises(weights.WeightsDownloadError, match="below the minimum rate of 50 bytes/s over 0.5 s"):
+        weights.download_to_cache(server.url("/" + NAME), progress=False, retries=0)
+    monkeypatch.setenv("PPIM_DOWNLOAD_MIN_RATE", "fast")
+    with pytest.raises(ValueError, match="PPIM_DOWNLOAD_MIN_RATE='fast' is not a number"):
+        weights.download_to_cache(server.url("/" + NAME), progress=False, retries=0)
+
+
+def test_slow_but_honest_link_passes(server):
+    """75 KB every 0.4 s (about 190 KB/s, with pauses) is well above the default minimum rate and
+    passes even with a short window."""
+    server.add("/" + NAME, PAYLOAD, chunk_delay=0.4)
+    path = weights.download_to_cache(server.url("/" + NAME), progress=False, rate_window=0.3)
+    assert path.read_bytes() == PAYLOAD

@@ -13,6 +13,7 @@ from ppim.deploy import engines as engines_module
 from ppim.errors import CapabilityError, MissingExtraError
 
 from deploy_utils import eager, images, rel_error, tiny
+from tiny import TINY_SUPER
 
 
 @pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
@@ -53,7 +54,7 @@ def test_openvino_super_subnetwork_and_bf16(tmp_path):
     pytest.importorskip("openvino")
     pytest.importorskip("paddle2onnx")
     paddle.seed(0)
-    model = ppim.create_model("super_lvvit_s", embed_dim=48, depth=10, num_heads=3, num_classes=10, stem_dim=8)
+    model = ppim.create_model("super_lvvit_s", **TINY_SUPER, stem_dim=8, num_classes=10)
     model.eval()
     model.set_subnet(160, 0.7)
     batch = images(2, 224, seed=1)
@@ -75,6 +76,7 @@ def test_missing_extra_names_it(monkeypatch):
         engines_module.OnnxRuntimePredictor("unused", precision="bf16")
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("profile", list(runtime.PROFILES))
 def test_auto_picks_the_fastest_engine_that_runs_here(profile):
     """engine='auto' under each simulated machine and set of installed extras (no real CPU assumed;

@@ -1,5 +1,5 @@
 """ppim-eval --crop-pct: the official crop (lvvit_m: Resize 224, lvvit_s_384: Resize 426) as an
-option next to the seed's transforms, which stay the default."""
+option next to ppim 1.x's transforms, which stay the default."""
 import json
 
 import numpy as np

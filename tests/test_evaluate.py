@@ -14,23 +14,31 @@ import pytest
 from PIL import Image
 
 import ppim
+from ppim.builder import MODEL_KEY, describe_model, set_class_names
 from ppim.data import BadImageError, EvalLoader, ImageFolderDataset, ImageListDataset
 from ppim.evaluate import evaluate, parse_subnets, subnet_table, topk_correct, write_results
 from ppim.transforms import create_transforms
 from model_utils import randomize
+from tiny import TINY_SUPER, tiny_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8, num_classes=8)
+TINY = tiny_kwargs(num_classes=8)
 MODES = ["RGB", "L", "RGBA", "P", "CMYK", "RGB", "L", "RGBA", "P"]
 
 
+def named(model):
+    """The model knows its classes (class_0, ...), so a folder of some of them is labelled by name."""
+    set_class_names(model, [f"class_{i}" for i in range(model.num_classes)])
+    return model
+
+
 def tiny_model(seed=0):
-    return randomize(ppim.create_model("lvvit_s", **TINY), seed)
+    return named(randomize(ppim.create_model("lvvit_s", **TINY), seed))
 
 
 def tiny_super(seed=0):
-    model = ppim.create_model("super_lvvit_s", embed_dim=48, depth=10, num_heads=3, stem_dim=8, num_classes=6)
-    return randomize(model, seed)
+    model = ppim.create_model("super_lvvit_s", **TINY_SUPER, stem_dim=8, num_classes=6)
+    return named(randomize(model, seed))
 
 
 def write_image(path, mode, seed, size):
@@ -163,8 +171,8 @@ def test_results_file(tmp_path):
     samples = make_folder(tmp_path / "val", n=5, classes=2)
     model = tiny_model(seed=4)
     checkpoint = tmp_path / "tiny.pdparams"
-    paddle.save(model.state_dict(), str(checkpoint))
-    loaded = ppim.create_model("lvvit_s", pretrained=str(checkpoint), **TINY)
+    paddle.save({**model.state_dict(), MODEL_KEY: describe_model(model)}, str(checkpoint))
+    loaded = ppim.create_model(checkpoint_path=str(checkpoint))  # the file says what it holds
     out = tmp_path / "out" / "results.json"
     results = evaluate(loaded, tmp_path / "val", batch_size=2, num_workers=0, pretrained=str(checkpoint),
                        results_file=out, progress=False, verbose=False)
@@ -274,10 +282,11 @@ def test_inference_engine(tmp_path):
 # ---- tools/eval.py ------------------------------------------------------------------------------
 
 def cli(tmp_path, model_seed=7):
-    """A tiny checkpoint and the tools/eval.py arguments that build its architecture."""
+    """A tiny checkpoint (weights and the model's description, as ppim writes them) and the
+    tools/eval.py arguments that build its architecture (agreeing with the description)."""
     model = tiny_model(seed=model_seed)
     checkpoint = tmp_path / "tiny.pdparams"
-    paddle.save(model.state_dict(), str(checkpoint))
+    paddle.save({**model.state_dict(), MODEL_KEY: describe_model(model)}, str(checkpoint))
     kwargs = {k: v for k, v in TINY.items() if k not in ("img_size", "num_classes")}
     args = ["--model", "lvvit_s", "--checkpoint", str(checkpoint), "--img-size", "64", "--num-classes", "8",
             "--model-kwargs", json.dumps(kwargs), "--no-progress"]

@@ -58,6 +58,42 @@ def spawn(args, env=None, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+# ppim-train whose checkpoint writer (its seam, training.checkpoint.write_bytes) stops halfway through
+# each file until the file named by argv[1] exists: a run that holds its folder as long as a test needs.
+WAITING_TRAIN = f"""import os, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+import ppim.training.checkpoint as checkpoint
+
+def write_half_then_wait(file, data):
+    file.write(data[:len(data) // 2])
+    file.flush()
+    deadline = time.monotonic() + 300
+    while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    file.write(data[len(data) // 2:])
+
+checkpoint.write_bytes = write_half_then_wait
+from ppim.cli.train import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def spawn_waiting(go: Path, args):
+    """A training process that stops in its first checkpoint write until ``go`` exists."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("PADDLE_", "FLAGS_selected_"))}
+    return subprocess.Popen([sys.executable, "-c", WAITING_TRAIN, str(go), *map(str, args)],
+                            env=dict(inherited, PYTHONWARNINGS="ignore"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_part(process, out: Path) -> None:
+    """Until ``process`` is halfway through writing out/last.pdparams (so it holds the folder)."""
+    deadline = time.monotonic() + 240
+    while not any(p.stat().st_size > 0 for p in out.glob(".last.pdparams.*.part")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A data folder and a one-epoch run in base/run (last.pdparams, best.pdparams, summary.csv)."""
@@ -75,43 +111,38 @@ def base(tmp_path_factory):
 
 
 def test_concurrent_runs_into_one_folder(tmp_path, base):
-    """Two real ppim-train processes into one --output: the second is refused naming the first's pid,
-    the first finishes with its own records."""
-    out = tmp_path / "out"
-    first = spawn([base / "data", *TRAIN_FLAGS, "--epochs", "1", "--output", out, "--seed", "1"],
-                  env={"PPIM_TEST_CHECKPOINT_PAUSE": "10"})  # per checkpoint written
+    """Two real ppim-train processes into one --output: the second is refused naming the first's pid
+    while the first is writing; the first then finishes with its own records."""
+    out, go = tmp_path / "out", tmp_path / "go"
+    first = spawn_waiting(go, [base / "data", *TRAIN_FLAGS, "--epochs", "1", "--output", out, "--seed", "1"])
     try:
-        deadline = time.monotonic() + 120
-        while f"process {first.pid} " not in ((out / LOCK_NAME).read_text() if (out / LOCK_NAME).exists() else ""):
-            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-            time.sleep(0.2)
-        before = snapshot(tmp_path, skip=out)  # the first run is writing in out
+        wait_for_part(first, out)
+        before = snapshot(tmp_path, skip=out)
         second = spawn([base / "data", *TRAIN_FLAGS, "--epochs", "1", "--output", out, "--seed", "2"])
-        _, err = second.communicate(timeout=120)
+        _, err = second.communicate(timeout=240)
         assert second.returncode == 2
         assert f"process {first.pid} on " in one_error(err) and "being written by another run" in err
         assert snapshot(tmp_path, skip=out) == before
         assert first.poll() is None  # refused while the first was still running
     finally:
-        _, err_first = first.communicate(timeout=180)
+        go.touch()
+        _, err_first = first.communicate(timeout=240)
     assert first.returncode == 0, err_first
     assert load_checkpoint(out / "last.pdparams")["args"]["seed"] == 1
+    assert (out / "summary.csv").read_text().count("\n") == 2
 
 
 def test_dead_runs_lock_is_recovered(tmp_path, base):
-    """A run killed by SIGKILL while it holds the folder leaves its lock file; the next run takes the folder."""
+    """A run killed by SIGKILL while it holds the folder leaves its lock file (naming it); the next
+    run takes the folder."""
     out = tmp_path / "out"
-    victim = spawn([base / "data", *TRAIN_FLAGS, "--epochs", "1", "--output", out],
-                   env={"PPIM_TEST_CHECKPOINT_PAUSE": "60"})
-    deadline = time.monotonic() + 120
-    while not list(out.glob(".last.pdparams.*.part")):
-        assert victim.poll() is None and time.monotonic() < deadline, victim.communicate()
-        time.sleep(0.2)
+    victim = spawn_waiting(tmp_path / "never", [base / "data", *TRAIN_FLAGS, "--epochs", "1", "--output", out])
+    wait_for_part(victim, out)
     victim.kill()
     victim.communicate()
     assert f"process {victim.pid} " in (out / LOCK_NAME).read_text()
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), base / "data", *TRAIN_FLAGS,
-                           "--epochs", "1", "--output", out], capture_output=True, text=True, timeout=180,
+                           "--epochs", "1", "--output", out], capture_output=True, text=True, timeout=240,
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert done.returncode == 0, done.stderr
     assert (out / "last.pdparams").is_file()
@@ -231,6 +262,9 @@ HOSTILE_FIELDS = {
     "rng_python_short": (_set(["rng", "python", 1], [1, 2, 3]), "'rng.python[1]'"),
     "rng_paddle_text": (_set(["rng", "paddle"], "seed"), "'rng.paddle'"),
     "scheduler_last_lr_none": (_set(["scheduler", "last_lr"], None), "'scheduler.last_lr'"),
+    "weights_text": (_set(["model"], "weights"), "'model'"),
+    "weights_entry_list": (_set(["model", "head.weight"], [1.0, 2.0]), "'model.head.weight'"),
+    "num_classes_array": (_set(["num_classes"], np.arange(3)), "'num_classes'"),
     "weights_float64": (_model_dtype("float64"), "dtype"),
     "weights_int8": (_model_dtype("int8"), "'model'"),
     "weights_nan": (lambda c: c["model"].__setitem__("head.weight", c["model"]["head.weight"] * np.nan), "NaN"),
@@ -333,3 +367,49 @@ def test_constructors_refuse_invalid_values(kwargs, named):
 
     with pytest.raises(ValueError, match=named):
         paddle.hub.load(str(ROOT), "lvvit_t", source="local", **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# A full disk
+# ----------------------------------------------------------------------------------------------
+
+
+def _can_mount_tmpfs(tmp_path) -> bool:
+    import shutil as _shutil
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    return bool(_shutil.which("unshare")) and subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {probe}"],
+        capture_output=True).returncode == 0
+
+
+def test_full_output_disk_names_the_file(tmp_path, base):
+    """An output folder on a full file system (a 100 KB tmpfs in a private mount namespace): one
+    error naming the checkpoint that did not fit, no hint about PPIM_HOME (it was not the cache),
+    no half-written file left."""
+    if not _can_mount_tmpfs(tmp_path):
+        pytest.skip("no unprivileged tmpfs mounts here (unshare -rm)")
+    out = tmp_path / "small"
+    out.mkdir()
+    script = (f"mount -t tmpfs -o size=100k tmpfs {out} && {sys.executable} {ROOT / 'tools' / 'train.py'} "
+              + " ".join(f"'{a}'" for a in [base / "data", *TRAIN_FLAGS, "--epochs", "1", "--output", out / "run"])
+              + f"; echo status=$?; ls -A {out / 'run'}")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert "status=2" in done.stdout, (done.stdout, done.stderr)
+    error = one_error(done.stderr)
+    assert f"No space left on device: {out / 'run' / 'last.pdparams'}" in error and "PPIM_HOME" not in error
+    assert done.stdout.split("status=2")[1].split() == [LOCK_NAME]  # no .part file left
+
+
+def test_full_cache_disk_suggests_ppim_home(tmp_path, monkeypatch):
+    """The same error for a file in PPIM_HOME says that PPIM_HOME moves the caches."""
+    import errno
+
+    from ppim.cli.common import describe_error
+
+    monkeypatch.setenv("PPIM_HOME", str(tmp_path / "home"))
+    inside = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "home" / "weights" / "w.pdparams"))
+    outside = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "last.pdparams"))
+    assert "PPIM_HOME moves" in describe_error(inside) and "PPIM_HOME" not in describe_error(outside)

@@ -29,9 +29,10 @@ import ppim
 from ppim import registry, weights
 from http_server import LocalServer
 from test_torch_reader import Storage, assemble, tensor, write_zip
+from tiny import tiny_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8)
+TINY = tiny_kwargs()
 
 
 def tiny(**kwargs):
@@ -105,6 +106,11 @@ def hostile_files(folder: Path) -> "dict[str, str]":
     add("deep_lists.pdparams", b"\x80\x02" + b"]" * 150_000 + b"a" * 149_999 + b".", "nest deeper")
     add("deep_marks.pdparams", b"\x80\x02" + b"(" * 300_000 + b".", "marks")
     add("laughs.pdparams", billion_laughs(), "not a dict of weights")
+    # 107 bytes: a dict whose key is 33 levels of (x, x, x) (DUP DUP TUPLE3), 3**33 values to hash;
+    # and one 3**12-value tuple used as a key 20000 times.
+    add("laughs_key.pdparams", b"\x80\x02}N" + b"22\x87" * 33 + b"K\x00s.", "billion laughs")
+    add("laughs_rekey.pdparams", b"\x80\x02}N" + b"22\x87" * 12 + b"q\x00K\x00s" + b"h\x00K\x00s" * 20000 + b".",
+        "billion laughs")
     # Length fields far beyond the file: bytes, a frame, a string.
     add("huge_bytes.pdparams", b"\x80\x04\x8e" + struct.pack("<Q", 1 << 60) + b"x" * 10, "not a readable")
     add("huge_frame.pdparams", b"\x80\x04\x95" + struct.pack("<Q", 1 << 60) + b"N.", "not a dict of weights")

@@ -11,9 +11,10 @@ import paddle
 import pytest
 
 import ppim
+from tiny import tiny_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8)
+TINY = tiny_kwargs()
 
 
 def place_weights(model, file_name):

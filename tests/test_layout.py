@@ -1,5 +1,5 @@
-"""Package layout: every module imports, imports point down, the registry is a leaf,
-and the module import graph of ppim has no cycle."""
+"""Package layout: every module imports, imports point down through the layers, the registry is a
+leaf, no package attribute hides a submodule, and the module import graph of ppim has no cycle."""
 from __future__ import annotations
 
 import ast
@@ -54,6 +54,51 @@ def test_registry_is_a_leaf():
     # ppim.errors holds only the base exception classes and imports nothing itself.
     assert GRAPH["ppim.registry"] <= {"ppim.errors"} and GRAPH["ppim.errors"] == set()
     assert GRAPH["ppim.fileio"] == set() and GRAPH["ppim.version"] == set()
+
+
+#: The package's layers, bottom first: a module imports only from its own layer or below. A new
+#: module or package goes into the layer its imports put it in.
+LAYERS = [
+    {"ppim._zlib", "ppim.errors", "ppim.fileio", "ppim.version", "ppim.registry", "ppim.auto_augment"},
+    {"ppim.runtime", "ppim.subnet", "ppim.transforms", "ppim.weights", "ppim.layers"},
+    {"ppim.data"},
+    {"ppim.builder"},
+    {"ppim.models"},
+    {"ppim.flops"},
+    {"ppim.deploy"},
+    {"ppim.evaluate", "ppim.visualize"},
+    {"ppim.training"},
+    {"ppim.cli", "ppim.__main__"},
+]
+LAYER = {area: level for level, areas in enumerate(LAYERS) for area in areas}
+
+
+def area(module: str) -> str:
+    """ppim.deploy.runner -> ppim.deploy: the module or package directly under ppim."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_every_area_has_a_layer():
+    unplaced = sorted({area(m) for m in MODULES} - set(LAYER) - {"ppim"})
+    assert not unplaced, f"put {unplaced} into LAYERS"
+
+
+def test_imports_point_down():
+    # ppim itself (the lazy package) may be named anywhere: it imports nothing on its own.
+    upward = sorted(f"{m} -> {d}" for m, deps in GRAPH.items() for d in deps
+                    if d != "ppim" and area(m) in LAYER and LAYER[area(d)] > LAYER[area(m)])
+    assert not upward, "imports pointing up: " + "; ".join(upward)
+
+
+def test_low_layers_stay_low():
+    # The registry is a leaf; the sub-network value and the capability layer sit right above the
+    # leaves; models know nothing of training, deploy or the command lines; nothing imports the CLI.
+    assert LAYER["ppim.registry"] == 0 and LAYER["ppim.subnet"] == LAYER["ppim.runtime"] == 1
+    for module, deps in GRAPH.items():
+        if area(module) == "ppim.models":
+            assert not {area(d) for d in deps} & {"ppim.training", "ppim.deploy", "ppim.cli", "ppim.evaluate"}, module
+        if area(module) != "ppim.cli":
+            assert not any(area(d) == "ppim.cli" for d in deps), module
 
 
 def test_key_mapping_and_file_io_import_no_weights_io():

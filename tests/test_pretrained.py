@@ -11,8 +11,9 @@ import pytest
 import ppim
 from ppim import registry, weights
 from http_server import LocalServer
+from tiny import tiny_kwargs
 
-TINY = dict(img_size=64, embed_dim=48, depth=2, num_heads=3, stem_dim=8)
+TINY = tiny_kwargs()
 
 
 def tiny(**kwargs):

@@ -69,7 +69,7 @@ def test_lvvit_m_keeps_the_published_flops_with_a_note():
     assert (weights["flops_g"], weights["published_flops_g"]) == (12.7, 16.0) and "12.7" in weights["flops_note"]
 
 
-# The eval resize of each model (SPEC §1/§2) and the official one where it differs; timm's rule
+# The eval resize of each model (ppim 1.x's transforms) and the official one where it differs; timm's rule
 # resize = floor(crop / crop_pct) is written out here.
 CROPS = {"lvvit_s": (224, 248, None), "lvvit_m": (224, 248, 224), "lvvit_s_384": (384, 384, 426),
          "lvvit_m_448": (448, 448, None), "super_deit_s": (224, 256, None), "super_lvvit_s": (224, 248, None)}

@@ -12,17 +12,18 @@ from ppim.layers import random_box
 from ppim.models.supervit import scale_box
 from model_utils import randomize, torch_state
 from torch_reference import TorchSuperViT
+from tiny import TINY_SUPER
 
 SIZES = (128, 160, 192, 224)
 RATIOS = (0.5, 0.7, 1.0)
 SUBNETS = [(s, r) for s in SIZES for r in RATIOS]
 
-# SPEC §2 and the official code.
+# The SuperViT paper and the official code.
 ARCH = {
     "super_deit_s": dict(deit=True, mlp_ratio=4.0, qkv_bias=True, eps=1e-6, skip_lam=1.0, aux_weight=None),
     "super_lvvit_s": dict(deit=False, mlp_ratio=3.0, qkv_bias=False, eps=1e-5, skip_lam=2.0, aux_weight=0.25),
 }
-SMALL = dict(embed_dim=48, depth=10, num_heads=3, num_classes=10)
+SMALL = dict(TINY_SUPER, num_classes=10)
 
 
 def small(name, **kwargs):
@@ -36,7 +37,7 @@ def trainable(model):
 
 
 def expected_token_counts(img_size, keep_ratio, depth=12):
-    """Tokens after each block by SPEC §2: n = ceil(r * T) patch tokens kept after cls at 3, 6, 9."""
+    """Tokens after each block as the official code keeps them: n = ceil(r * T) patch tokens kept after cls at 3, 6, 9."""
     tokens, counts = (img_size // 16) ** 2 + 1, []
     for index in range(depth):
         if index in (3, 6, 9) and keep_ratio < 1:
@@ -103,7 +104,7 @@ def test_token_counts_after_each_block(img_size, keep_ratio):
         hook.remove()
     assert counts == expected_token_counts(img_size, keep_ratio)
     if (img_size, keep_ratio) == (224, 0.5):
-        assert [counts[3], counts[6], counts[9]] == [100, 51, 27]  # SPEC's example: 197 -> 100 -> 51 -> 27
+        assert [counts[3], counts[6], counts[9]] == [100, 51, 27]  # the paper's example: 197 -> 100 -> 51 -> 27
 
 
 def test_subnets_and_default_subnet():

@@ -1,5 +1,5 @@
 """timm's model conventions on ppim models, checked against an independent PyTorch reference
-(tests/torch_reference.py) and plain numpy: forward_head, pooling, forward_intermediates, SuperViT's
+(benchmarks/torch_reference.py) and plain numpy: forward_head, pooling, forward_intermediates, SuperViT's
 kept tokens, group_matcher, gradient checkpointing, get_classifier, default_cfg, and the errors
 for the usual input mistakes."""
 import re
@@ -12,9 +12,10 @@ import torch
 import ppim
 from model_utils import randomize, torch_state
 from torch_reference import TorchLVViT, TorchSuperViT
+from tiny import TINY_SUPER
 
 TINY = dict(img_size=64, embed_dim=48, depth=3, num_heads=3, stem_dim=8, num_classes=10)
-SUPER = dict(embed_dim=48, depth=10, num_heads=3, stem_dim=8, num_classes=10)
+SUPER = dict(TINY_SUPER, stem_dim=8, num_classes=10)
 SUPER_ARCH = dict(deit=False, mlp_ratio=3.0, qkv_bias=False, eps=1e-5, skip_lam=2.0, aux_weight=0.25)
 
 
@@ -85,7 +86,7 @@ def test_forward_head_and_pooling_match_the_reference():
 
 def test_dense_pool_needs_an_aux_head():
     with pytest.raises(ValueError, match="no aux head"):
-        ppim.super_deit_s(embed_dim=48, depth=10, num_heads=3, num_classes=0, global_pool="dense")
+        ppim.super_deit_s(**TINY_SUPER, num_classes=0, global_pool="dense")
     with pytest.raises(ValueError, match="global_pool must be one of"):
         ppim.lvvit_s(**TINY, global_pool="avg")
 
@@ -95,7 +96,7 @@ def test_get_classifier_covers_head_and_aux_head_and_default_cfg_is_the_cfg():
     names = {id(p) for p in model.get_classifier().parameters()}
     expected = {id(p) for p in [*model.head.parameters(), *model.aux_head.parameters()]}
     assert names == expected and len(expected) == 4
-    deit = ppim.super_deit_s(embed_dim=48, depth=10, num_heads=3, num_classes=10)
+    deit = ppim.super_deit_s(**TINY_SUPER, num_classes=10)
     assert deit.get_classifier() is deit.head
     assert model.default_cfg is model.pretrained_cfg and model.default_cfg["name"] == "lvvit_s"
 

@@ -12,8 +12,9 @@ from ppim.cli import eval as eval_cli
 from ppim.cli import make_token_labels as labels_cli
 from ppim.cli import train as train_cli
 from ppim.training.token_labels.formats import open_token_labels, write_official_label
+from tiny import tiny_kwargs
 
-TINY = {"img_size": 64, "embed_dim": 48, "depth": 2, "num_heads": 3, "stem_dim": 8}
+TINY = tiny_kwargs()
 SUPER = {"img_size": 64, "img_sizes": [32, 48, 64], "embed_dim": 48, "depth": 5, "num_heads": 3}
 QUIET = ["-j", "0", "--no-progress", "--warmup-epochs", "0", "--aa", "none", "--reprob", "0", "--seed", "1"]
 

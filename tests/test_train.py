@@ -94,7 +94,7 @@ from ppim.training.run import TrainConfig, train
 data, output, batch_size, kwargs = sys.argv[1], sys.argv[2], int(sys.argv[3]), eval(sys.argv[4])
 config = TrainConfig(data=data, model="super_deit_s", output=output, model_kwargs=kwargs, img_size=32,
                      batch_size=batch_size, workers=1, epochs=1, opt="sgd", lr=0.05, warmup_epochs=0,
-                     cooldown_epochs=0, smoothing=0.1, drop_path=0.0, seed=3, progress=False)
+                     cooldown_epochs=0, smoothing=0.1, drop_path=0.0, seed=3, progress=False, recipe="none")
 # The plain classification step (one forward of the current sub-network, one backward).
 train(config, step=ClassificationStep(LabelSmoothingCrossEntropy(0.1)))
 """

@@ -1,4 +1,4 @@
-"""Eval transforms against two independent references: paddle.vision.transforms (the seed's
+"""Eval transforms against two independent references: paddle.vision.transforms (ppim 1.x's
 pipeline) and plain PIL arithmetic written here."""
 import numpy as np
 import paddle
@@ -10,7 +10,7 @@ from ppim.transforms import create_transforms
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-# SPEC: (resize, crop) per model
+# (resize, crop) per model, as ppim 1.x's transforms
 EXPECTED = {
     "lvvit_t": (248, 224), "lvvit_s": (248, 224), "lvvit_m": (248, 224), "lvvit_s_384": (384, 384),
     "lvvit_m_384": (384, 384), "lvvit_m_448": (448, 448), "lvvit_l_448": (448, 448), "lvvit_l_512": (512, 512),

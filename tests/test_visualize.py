@@ -94,7 +94,7 @@ def test_accuracy_curve_series_are_the_published_figures(tmp_path):
     series = visualize.accuracy_vs_flops_points()
     assert set(series) == {"super_deit_s", "super_lvvit_s", "LV-ViT"}
     lvvit_s = {p["label"]: p for p in series["super_lvvit_s"]}
-    # SPEC §2's published table (not the registry): 8x8 keep 0.5 and 14x14 keep 1.
+    # The SuperViT paper's published table (not the registry): 8x8 keep 0.5 and 14x14 keep 1.
     assert lvvit_s["128x0.5"]["top1"] == 76.64 and lvvit_s["224x1.0"]["top1"] == 83.47
     assert {p["label"]: p["top1"] for p in series["super_deit_s"]}["192x0.7"] == 79.62
     assert len(series["super_deit_s"]) == len(lvvit_s) == 12
@@ -135,3 +135,26 @@ def test_command_line_errors_are_one_line(photo, tmp_path):
         assert result.returncode == 2, result.stderr
         lines = result.stderr.splitlines()  # a random-weights warning may come first
         assert lines[-1].startswith("error: ") and all(line.startswith("warning: ") for line in lines[:-1])
+
+
+def test_curve_labels_sit_beside_their_own_points_without_overlaps():
+    """The LV-ViT labels of the accuracy-vs-GFLOPs picture: no two overlap, none covers a marker of
+    another point, and each one's nearest point is its own (the old picture put "lvvit_m_448" over
+    the m_384 point and "lvvit_s" over super_lvvit_s)."""
+    pytest.importorskip("matplotlib")
+    fig = visualize.draw_accuracy_vs_flops()
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    notes = [child for child in ax.texts if child.get_text().startswith("lvvit")]
+    assert len(notes) >= 7  # the LV-ViT family with published figures
+    points = [tuple(ax.transData.transform(line.get_xydata()[i])) for line in ax.get_lines()
+              for i in range(len(line.get_xydata()))]
+    boxes = [note.get_window_extent(renderer) for note in notes]
+    for i, (note, box) in enumerate(zip(notes, boxes)):
+        assert not any(box.overlaps(other) for j, other in enumerate(boxes) if j != i), note.get_text()
+        own = tuple(ax.transData.transform(note.xy))
+        centre = ((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)
+        nearest = min(points, key=lambda p: (p[0] - centre[0]) ** 2 + (p[1] - centre[1]) ** 2)
+        assert nearest == pytest.approx(own), note.get_text()
+        others = [p for p in points if p != pytest.approx(own)]
+        assert not any(box.x0 - 2 < x < box.x1 + 2 and box.y0 - 2 < y < box.y1 + 2 for x, y in others), note.get_text()

@@ -127,7 +127,7 @@ def table_models(lang: str) -> List[str]:
 
 
 def table_family(family: str, lang: str) -> List[str]:
-    """The seed's model table: | Model | Params | FLOPs | Top-1 | Top-5 | Pretrained Model |."""
+    """ppim 1.x's model table: | Model | Params | FLOPs | Top-1 | Top-5 | Pretrained Model |."""
     rows = []
     for name in family_models(family):
         cfg, stats = ppim.get_model_cfg(name), model_stats(name)

@@ -20,8 +20,8 @@ import os
 import platform
 import sys
 
-from .common import (BATCH, THREADS, ArgumentParser, add_model_arguments, command, create_model, integer, number,
-                     writable_file)
+from .common import (BATCH, THREADS, ArgumentParser, add_model_arguments, add_subnets_argument, check_offers_subnets,
+                     command, create_model, integer, number, writable_file)
 
 
 def _list(text, kind=str, choices=None):
@@ -34,15 +34,6 @@ def _list(text, kind=str, choices=None):
         if bad:
             raise argparse.ArgumentTypeError(f"{', '.join(map(str, bad))}: choose from {', '.join(choices)}")
     return values
-
-
-def _subnets(text):
-    from ..models.supervit import parse_subnet_spec
-
-    try:
-        return parse_subnet_spec(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def environment(threads=None) -> dict:
@@ -71,8 +62,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=integer(0), default=2, help="untimed calls first (default 2)")
     parser.add_argument("--threads", type=THREADS, help="CPU threads (default: all this process may use)")
     parser.add_argument("--device", default="cpu", choices=DEVICES)
-    parser.add_argument("--subnets", default="all", type=_subnets,
-                        help="SuperViT: all (default) or a list like 224x1.0,160x0.7")
+    add_subnets_argument(parser, "SuperViT: all (default) or a list like 224x1.0,160x0.7", default="all")
     parser.add_argument("--gmacs", type=number(above=0.0), help="override the model's GMACs per image (non-super models)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
     parser.add_argument("--json", help="write the rows and the environment to this JSON file")
@@ -86,19 +76,23 @@ def main(argv=None) -> int:
     from ..deploy import benchmark, format_rows
     from ..deploy.registry import check_supported, unsupported
     from ..fileio import write_json
+    from ..subnet import parse_subnets
 
     runnable = [(e, p) for e in args.engine for p in args.precision if unsupported(e, p, args.device) is None]
     if not runnable:  # nothing asked for runs here: say why (the first) and what does
         check_supported(args.engine[0], args.precision[0], args.device)
     if args.json:
         writable_file(args.json, "--json")
+    if args.subnets != "all":  # the default means every sub-network the model has, if any
+        check_offers_subnets(args)
     model = create_model(args, warn=False)  # weights do not change the speed
+    subnets = args.subnets if args.subnets == "all" else parse_subnets(args.subnets, model, "--subnets")
     env = environment(args.threads)
     print(f"{args.model} on {env['cpu'] or 'this CPU'} ({env['cpu_count']} CPUs), Paddle {env['paddle_version']}",
           flush=True)
     rows = benchmark(model, engines=args.engine, precisions=args.precision, batch_sizes=args.batch_size,
                      iters=args.iters, warmup=args.warmup, threads=args.threads, device=args.device,
-                     gmacs=args.gmacs, subnets=args.subnets, ceiling=not args.no_ceiling,
+                     gmacs=args.gmacs, subnets=subnets, ceiling=not args.no_ceiling,
                      log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_rows(rows))
     if args.json:

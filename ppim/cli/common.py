@@ -52,8 +52,7 @@ _OS_HINTS = {
     errno.EACCES: "check its permissions or choose another location",
     errno.EPERM: "check its permissions or choose another location",
     errno.EROFS: "the file system is read-only: choose another location",
-    errno.ENOSPC: "the disk is full: free some space or choose another location (PPIM_HOME moves the "
-                  "weights cache)",
+    errno.ENOSPC: "the disk is full: free some space or choose another location",
     errno.EDQUOT: "the disk quota is exhausted: free some space or choose another location",
     errno.EISDIR: "it is a folder: give a file name",
     errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
@@ -63,7 +62,8 @@ _OS_HINTS = {
 
 #: Library parameters whose command-line spelling is not ``--`` + the name with dashes.
 FLAGS = {"name": "--model", "checkpoint_path": "--checkpoint", "data": "DATA", "batch_size": "-b",
-         "num_workers": "-j", "workers": "-j", "model_kwargs": "--model-kwargs"}
+         "num_workers": "-j", "workers": "-j", "model_kwargs": "--model-kwargs", "val": "--no-val",
+         "progress": "--no-progress"}
 
 
 def flag_of(param: str) -> str:
@@ -73,13 +73,23 @@ def flag_of(param: str) -> str:
 
 def _spell_flag(param: str, value: Any) -> str:
     flag = flag_of(param)
-    if value is ParameterError.NAME_ONLY or value is True:
+    if value is ParameterError.NAME_ONLY or value is True or (flag.startswith("--no-") and str(value) == "False"):
         return flag
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value)
     elif isinstance(value, dict):
         value = "'" + json.dumps(value) + "'"
     return f"{flag} {value}" if flag != "DATA" else str(value)
+
+
+def _in_ppim_home(filename: Any) -> bool:
+    """Whether a file named by an error lies in ppim's own data folder (PPIM_HOME)."""
+    if filename is None:
+        return False
+    from ..weights.cache import ppim_home
+
+    home = os.path.abspath(ppim_home())
+    return os.path.commonpath([home, os.path.abspath(os.fsdecode(filename))]) == home
 
 
 def describe_error(error: BaseException) -> str:
@@ -96,6 +106,8 @@ def describe_error(error: BaseException) -> str:
         if error.filename2 is not None:
             what += f" -> {error.filename2}"
         hint = _OS_HINTS.get(error.errno or 0)
+        if hint and error.errno in (errno.ENOSPC, errno.EDQUOT) and _in_ppim_home(error.filename):
+            hint += " (PPIM_HOME moves the weights and export caches)"
         message = f"{what} ({hint})" if hint else what
     else:
         message = str(error) or type(error).__name__
@@ -266,6 +278,32 @@ def add_ema_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-ema", dest="ema", action="store_false",
                        help="take a checkpoint's model weights (default: a ppim training checkpoint's "
                             "evaluated weights; the EMA's where the model's published accuracy is)")
+
+
+def add_subnets_argument(parser: argparse.ArgumentParser, help: str, default: Optional[str] = None) -> None:
+    """--subnets LIST ("all" or "224x1.0,128x0.5"): its syntax is checked while parsing, its values
+    against the model once built (:func:`ppim.subnet.parse_subnets` with the model)."""
+    parser.add_argument("--subnets", metavar="LIST", default=default, type=_subnets_syntax, help=help)
+
+
+def _subnets_syntax(text: str) -> str:
+    from ..subnet import parse_subnets
+
+    try:
+        parse_subnets(text, None, "--subnets")
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def check_offers_subnets(args: argparse.Namespace) -> None:
+    """InputError, before the model is built (and its weights fetched), when --subnets is given for
+    a model without sub-networks (its registered cfg lists none)."""
+    from ..registry import get_model_cfg
+
+    name = getattr(args, "model", None)  # None: a --checkpoint names it, checked once the model is built
+    if getattr(args, "subnets", None) is not None and name and not get_model_cfg(name).get("subnets"):
+        raise InputError(f"--subnets needs a super model (super_deit_s, super_lvvit_s); {name} has no sub-networks")
 
 
 def model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:

@@ -5,12 +5,15 @@
 
 (python tools/convert.py takes the same arguments.) torch is not needed (except for checkpoints in
 the pre-1.6 format), and nothing in the file runs. The output is written atomically and never over
-the source.
+the source, and describes its model (name, kwargs, classes, transforms), so --checkpoint OUTPUT needs
+no other flag in the other tools.
 """
 from __future__ import annotations
 
-from .common import (CLASSES, ArgumentParser, add_ema_arguments, add_model_arguments, command, create_model,
-                     refuse_same_file, writable_file)
+import os
+
+from .common import (ArgumentParser, add_ema_arguments, add_model_arguments, command, create_model, refuse_same_file,
+                     writable_file)
 
 
 @command
@@ -18,10 +21,8 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="ppim-convert", description=__doc__)
     parser.add_argument("source", help="PyTorch checkpoint (.pth, .pth.tar, .bin)")
     parser.add_argument("output", help="the .pdparams file to write")
-    add_model_arguments(parser, weights=False, num_classes=False)
+    add_model_arguments(parser, weights=False)  # --num-classes: convert for another head size (heads dropped)
     add_ema_arguments(parser)
-    parser.add_argument("--num-classes", type=CLASSES, default=None,
-                        help="convert for another head size: the classifier weights are dropped")
     parser.add_argument("--no-strict", dest="strict", action="store_false",
                         help="write the keys that fit even if some are missing, unexpected or mis-shaped")
     args = parser.parse_args(argv)
@@ -29,9 +30,11 @@ def main(argv=None) -> int:
 
     refuse_same_file(args.source, args.output)
     writable_file(args.output, "output")
-    extra = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    model = create_model(args, warn=False, **extra)
-    print(convert_file(args.source, args.output, model, ema=args.ema, strict=args.strict))
+    from ..builder import describe_model
+
+    model = create_model(args, warn=False)
+    description = describe_model(model, {"source": os.path.abspath(args.source), "ema": args.ema})
+    print(convert_file(args.source, args.output, model, ema=args.ema, strict=args.strict, description=description))
     return 0
 
 

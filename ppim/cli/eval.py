@@ -22,8 +22,8 @@ from __future__ import annotations
 import sys
 
 from ..errors import InputError
-from .common import (BATCH, IMG_SIZE, THREADS, WORKERS, ArgumentParser, add_model_arguments, check_engine, command,
-                     create_model, weights_of, writable_file)
+from .common import (BATCH, IMG_SIZE, THREADS, WORKERS, ArgumentParser, add_model_arguments, add_subnets_argument,
+                     check_engine, check_offers_subnets, command, create_model, weights_of, writable_file)
 
 
 def build_parser() -> ArgumentParser:
@@ -38,6 +38,8 @@ def build_parser() -> ArgumentParser:
                         help="data-loading processes (default: one per CPU, at most 4; 0 decodes in the "
                              "main process)")
     parser.add_argument("--val-list", metavar="FILE", help='list file of "relative/path label" lines')
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="let the list name images outside DATA (absolute or ../ paths)")
     parser.add_argument("--engine", choices=ENGINE_CHOICES,
                         default="eager", help="eager Paddle (default); inference, openvino, onnxruntime: the "
                         "exported model (the last two: optional extras); auto: the fastest that runs here "
@@ -47,8 +49,7 @@ def build_parser() -> ArgumentParser:
                         help="default: gpu when Paddle has CUDA and sees a GPU, else cpu")
     parser.add_argument("--threads", type=THREADS, default=None, help="CPU math threads (default: the engine's)")
     parser.add_argument("--workdir", metavar="DIR", help="where an exported engine keeps the model (default: the export cache)")
-    parser.add_argument("--subnets", metavar="LIST",
-                        help="super models: 'all' or e.g. 224x1.0,128x0.5; all in one pass over the data")
+    add_subnets_argument(parser, "super models: 'all' or e.g. 224x1.0,128x0.5; all in one pass over the data")
     parser.add_argument("--img-size", type=IMG_SIZE, default=None,
                         help="build the model for this input size (crop; resize keeps the cfg's ratio)")
     parser.add_argument("--crop-pct", default=None, metavar="PCT|official",
@@ -83,6 +84,7 @@ def main(argv=None) -> int:
     from ..data import eval_root, open_dataset
     from ..evaluate import evaluate
     from ..registry import get_model_cfg
+    from ..subnet import parse_subnets
     from ..transforms import create_transforms
 
     device = args.device or default_device()
@@ -97,15 +99,20 @@ def main(argv=None) -> int:
     extra = {"img_size": args.img_size} if args.img_size else {}
     # The data first: a wrong folder is reported before weights are fetched.
     data = eval_root(args.data, log) if args.data is not None and args.val_list is None else args.data
+    check_offers_subnets(args)
     if args.model and args.crop_pct is not None:
         crop_pct(args.crop_pct, get_model_cfg(args.model))
-    model = create_model(args, warn=rank == 0, **extra)
+    model = create_model(args, warn=False, **extra)
     cfg = model.pretrained_cfg
-    dataset = open_dataset(data, args.val_list, num_classes=cfg["num_classes"], class_names=cfg.get("class_names"))
+    dataset = open_dataset(data, args.val_list, num_classes=cfg["num_classes"], class_names=cfg.get("class_names"),
+                           allow_outside_root=args.allow_outside_root)
+    if not weights_of(args):
+        log("warning: random weights (pass --pretrained or --checkpoint)")
     transforms = None if args.crop_pct is None else create_transforms(model, crop_pct=crop_pct(args.crop_pct, cfg))
     evaluate(model, dataset, transforms=transforms, batch_size=args.batch_size, num_workers=args.workers,
              engine=engine, precision=args.precision, device=device,
-             threads=args.threads, workdir=args.workdir, subnets=args.subnets, skip_bad=args.skip_bad,
+             threads=args.threads, workdir=args.workdir, subnets=parse_subnets(args.subnets, model, "--subnets"),
+             skip_bad=args.skip_bad,
              distributed=world > 1, progress=not args.no_progress, pretrained=weights_of(args),
              results_file=args.results_file)
     return 0

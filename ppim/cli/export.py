@@ -22,11 +22,16 @@ from .common import (BATCH, IMG_SIZE, ArgumentParser, add_model_arguments, comma
 def build(args) -> Any:
     """The model to export: super models get the sub-network (--img-size, --keep-ratio); other models
     are built for --img-size (pretrained positional embeddings resized)."""
-    from ..models.supervit import is_supernet
+    from ..subnet import subnets_of
 
     model = create_model(args)
-    if is_supernet(model):
-        model.set_subnet(args.img_size or max(model.img_sizes), 1.0 if args.keep_ratio is None else args.keep_ratio)
+    subnets = subnets_of(model)
+    if subnets:
+        full = max(subnets)
+        try:
+            model.set_subnet(args.img_size or full.img_size, full.keep_ratio if args.keep_ratio is None else args.keep_ratio)
+        except ValueError as error:
+            raise InputError(f"--img-size/--keep-ratio: {error}") from None
         return model
     if args.keep_ratio not in (None, 1.0):
         raise InputError(f"--keep-ratio applies to SuperViT models only, not {args.model}: drop it")

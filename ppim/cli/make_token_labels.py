@@ -38,9 +38,12 @@ def build_parser() -> ArgumentParser:
                    help="packed memory-mapped arrays + index (default) or official per-image .pt files")
     p.add_argument("--convert", metavar="SRC", help="instead of generating: copy the labels in SRC (either "
                                                     "format) to --output in --format")
-    p.add_argument("--topk", type=integer(1, 1000), default=5, help="classes kept per token (default 5, as official)")
+    p.add_argument("--topk", type=integer(1, 64), default=5, help="classes kept per token (default 5, as official)")
     p.add_argument("-b", "--batch-size", type=BATCH, default=64, help="images per teacher batch (default 64)")
     p.add_argument("-j", "--workers", type=WORKERS, help="data-loading processes (default: one per CPU, at most 4)")
+    p.add_argument("--relabel", action="store_true",
+                   help="label every image again when --output holds labels of another teacher (recorded in "
+                        "OUTPUT/teacher.json: name, weights sha256, kwargs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -57,8 +60,6 @@ def main(argv=None) -> int:
         return 0
     if not args.data or not (args.model or args.checkpoint):
         parser.error("DATA and --teacher (or --checkpoint of a ppim run) are required (or --convert SRC)")
-    if not 1 <= args.topk <= 64:
-        parser.error("--topk must be in 1..64")
     from ..data import ImageFolderDataset
     from ..runtime import dist_info
     from ..training.token_labels.generate import make_token_labels
@@ -70,8 +71,9 @@ def main(argv=None) -> int:
     done = make_token_labels(teacher, dataset, args.output, fmt=args.format, topk=args.topk,
                              batch_size=args.batch_size, num_workers=args.workers, rank=rank, world_size=world,
                              progress=not args.no_progress, skip_bad=args.skip_bad,
-                             log=lambda message: print(message, file=sys.stderr, flush=True))
-    print(f"rank {rank}: {done['written']} images labelled, {done['kept']} already done; labels in {args.output}"
-          if world > 1 else f"{done['written']} images labelled, {done['kept']} already done; labels in "
-                            f"{args.output} ({args.format})")
+                             log=lambda message: print(message, file=sys.stderr, flush=True), relabel=args.relabel)
+    skipped = f", {done['skipped']} unreadable skipped" if done["skipped"] else ""
+    print(f"rank {rank}: {done['written']} images labelled{skipped}, {done['kept']} already done; labels in "
+          f"{args.output}" if world > 1 else f"{done['written']} images labelled{skipped}, {done['kept']} already "
+                                             f"done; labels in {args.output} ({args.format})")
     return 0

@@ -35,6 +35,8 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="ppim-train", description=__doc__)
     p.add_argument("data", metavar="DATA", nargs="?",
                    help="folder with train/ and val/ (or train_list.txt and val_list.txt); with --resume: the run's")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="let list files name images outside DATA (absolute or ../ paths)")
     add_model_arguments(p)
     model = p.add_argument_group("model")
     model.add_argument("--img-size", type=IMG_SIZE, help="input size (default: the model's)")

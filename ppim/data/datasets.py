@@ -11,7 +11,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ..errors import InputError, ParameterError, PpimError
+from ..errors import InputError, ParameterError
+from .labels import parse_class_index
 from ..transforms import as_numpy
 
 ASSETS = Path(__file__).parent.parent / "assets"
@@ -38,25 +39,42 @@ def imagenet_wnids() -> List[str]:
     return [wnid for wnid, _ in _class_table()]
 
 
-def read_val_list(list_file: Path, root: Path) -> List[Tuple[Path, int]]:
-    """Lines "relative/path label" -> [(root / path, label)] (PaddleClas list format)."""
+def read_list(list_file: Path, root: Path, num_classes: Optional[int] = None, allow_outside_root: bool = False
+              ) -> Tuple[List[Tuple[Path, int]], List[int]]:
+    """Lines "relative/path label" -> ([(root / path, label)], their line numbers) (PaddleClas list
+    format; UTF-8 with or without a BOM, LF or CRLF). Labels follow ppim.data.labels' rule (integers
+    in 0 .. num_classes - 1); paths must stay inside ``root`` (no absolute or ``..`` paths) unless
+    ``allow_outside_root``. Errors name the file and line."""
     data = Path(list_file).read_bytes()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a BOM is not part of the first path
     except UnicodeDecodeError as error:
         number = data.count(b"\n", 0, error.start) + 1
         raise InputError(f"{list_file}:{number}: not UTF-8 text (byte {data[error.start]:#04x}); save the list "
                          f"as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
-    samples = []
+    samples, lines = [], []
+    root_text = os.path.normpath(os.path.abspath(root))
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            path, label = line.rsplit(maxsplit=1)
-            samples.append((Path(root) / path, int(label)))
-        except ValueError:
-            raise InputError(f"{list_file}:{number}: expected 'relative/path label', got {line[:200]!r}") from None
-    return samples
+        fields = line.rsplit(maxsplit=1)
+        if len(fields) != 2:
+            raise InputError(f"{list_file}:{number}: expected 'relative/path label', got {line[:200]!r}")
+        path, label = fields
+        where = f"{list_file}:{number}"
+        target = os.path.normpath(os.path.join(root_text, path))
+        if not allow_outside_root and (os.path.isabs(path) or os.path.commonpath([root_text, target]) != root_text):
+            raise InputError(f"{where}: {path[:200]!r} is outside {root}; list paths are relative to it (pass "
+                             f"--allow-outside-root to read files elsewhere)")
+        samples.append((Path(root) / path, parse_class_index(label, where, num_classes)))
+        lines.append(number)
+    return samples, lines
+
+
+def read_val_list(list_file: Path, root: Path, num_classes: Optional[int] = None,
+                  allow_outside_root: bool = False) -> List[Tuple[Path, int]]:
+    """The (path, label) samples of :func:`read_list`."""
+    return read_list(list_file, root, num_classes, allow_outside_root)[0]
 
 
 def sample_images() -> List[Tuple[Path, int]]:
@@ -81,18 +99,12 @@ class BadImageError(ParameterError, RuntimeError):
     def __init__(self, path: str, reason: str, hint: Optional[str] = None):
         self.path = str(path)
         self.reason = reason
-        self.hint = self.SKIP_HINT if hint is None else _escape(hint)
-        super().__init__(f"cannot read image {_escape(self.path)}: {_escape(reason)} ({self.hint})",
+        self.hint = self.SKIP_HINT if hint is None else hint
+        super().__init__(f"cannot read image {self.path}: {reason} ({self.hint})",
                          **({"skip_bad": True} if hint is None else {}))
 
     def __reduce__(self):  # raised in loader worker processes and pickled back
-        hint = None if self.hint == self.SKIP_HINT else self.hint.replace("{{", "{").replace("}}", "}")
-        return (type(self), (self.path, self.reason, hint))
-
-
-def _escape(text: str) -> str:
-    """``text`` as literal text of a ParameterError template."""
-    return str(text).replace("{", "{{").replace("}", "}}")
+        return (type(self), (self.path, self.reason, None if self.hint == self.SKIP_HINT else self.hint))
 
 
 def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
@@ -299,13 +311,16 @@ def imagenet_class_to_idx() -> Dict[str, int]:
 
 class ImageListDataset(ImageDataset):
     """A PaddleClas-style list: lines "relative/path label" (paths relative to ``root``; a path may
-    contain spaces, the label is the last field)."""
+    contain spaces, the label is the last field). ``num_classes``: labels must be below it (else the
+    list's classes are checked by whoever infers the count, see ppim.data.labels). ``lines``: the
+    line number of each sample."""
 
     def __init__(self, root: "str | os.PathLike[str]", list_file: "str | os.PathLike[str]",
-                 transforms: Optional[Callable] = None):
+                 transforms: Optional[Callable] = None, num_classes: Optional[int] = None,
+                 allow_outside_root: bool = False):
         self.root = Path(root)
         self.list_file = Path(list_file)
-        samples = read_val_list(self.list_file, self.root)
+        samples, self.lines = read_list(self.list_file, self.root, num_classes, allow_outside_root)
         if not samples:
             raise InputError(f"{self.list_file} lists no images")
         super().__init__(samples, transforms)
@@ -377,7 +392,7 @@ def open_dataset(data: "str | os.PathLike[str] | None" = None,
                  val_list: "str | os.PathLike[str] | None" = None,
                  transforms: Optional[Callable] = None, num_classes: Optional[int] = None,
                  class_names: Optional[Sequence[str]] = None,
-                 log: Optional[Callable[[str], None]] = None) -> ImageDataset:
+                 log: Optional[Callable[[str], None]] = None, allow_outside_root: bool = False) -> ImageDataset:
     """The dataset tools/eval.py evaluates:
 
     * no ``data`` and no ``val_list``: the sample shipped with ppim;
@@ -400,11 +415,12 @@ def open_dataset(data: "str | os.PathLike[str] | None" = None,
             list_path = Path(data) / list_path
         if not list_path.is_file():
             raise FileNotFoundError(f"--val-list {val_list}: no such file")
-        dataset = ImageListDataset(data if data is not None else list_path.parent, list_path, transforms)
+        dataset = ImageListDataset(data if data is not None else list_path.parent, list_path, transforms, num_classes,
+                                   allow_outside_root)
     else:
         root = eval_root(data, log)
         if (root / "val_list.txt").is_file():
-            dataset = ImageListDataset(root, root / "val_list.txt", transforms)
+            dataset = ImageListDataset(root, root / "val_list.txt", transforms, num_classes, allow_outside_root)
         else:
             dataset = _open_class_folders(root, transforms, num_classes, class_names)
     if num_classes is not None:

@@ -106,6 +106,10 @@ _WORKER: Dict[str, Any] = {}
 
 def _init_worker(dataset, buffers, shape, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and shuts us down
+    # Forked from a process that imported Paddle, a worker inherits Paddle's fatal-signal handler,
+    # which prints a C++ "FatalError: Termination signal" report when the parent stops it on Ctrl-C
+    # or an error: a stopped worker ends silently instead.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     exit_with_parent(parent_pid)  # a parent killed (SIGKILL, OOM, crash) leaves no orphans behind
     _WORKER["dataset"] = dataset
     _WORKER["slots"] = [np.frombuffer(buffer, dtype=np.float32).reshape(shape) for buffer in buffers]

@@ -9,16 +9,17 @@ interface over the engines, top-k classification and the benchmark.
     rows = benchmark("lvvit_s", batch_sizes=(16,))
 
 Modules: registry (one record per engine: devices, precisions, extras, capability needs; auto;
-"cannot run here" errors), common (file layout, input sizes), export (+ cache, integrity),
-predictor (Paddle Inference), engines (OpenVINO, ONNX Runtime), runner, classify, benchmark,
-subnet_choice (SuperViT sub-network for a latency budget); each
-imports only the ones before it. What this machine runs is ppim.runtime's answer.
+"cannot run here" errors), common (file layout, input sizes), exporting (export + cache, integrity),
+predictor (Paddle Inference), engines (OpenVINO, ONNX Runtime), runner, classification (classify),
+throughput (benchmark, the GEMM ceiling), subnet_choice (SuperViT sub-network for a latency
+budget); each imports only the ones before it. What this machine
+runs is ppim.runtime's answer.
 """
 from .throughput import CeilingProbe, DenseChain, benchmark, ceiling_engines, dense_shapes, format_rows, measure_ceiling
 from .classification import classify
 from .engines import OnnxRuntimePredictor, OpenVINOPredictor
 from .exporting import (DamagedExportError, attention_layout, cache_dir, cached_export, export, export_key,
-                     fused_attention_available, load_manifest, verify_export)
+                        fused_attention_available, load_manifest, verify_export)
 from .predictor import Predictor
 from .registry import (ENGINE_CHOICES, ENGINE_SPECS, ENGINES, PRECISIONS, EngineSpec, auto_order, check_supported,
                        engine_available, resolve_engine, runs_here, unsupported)

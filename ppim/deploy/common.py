@@ -7,12 +7,12 @@ import contextlib
 import ctypes
 import os
 import sys
-from typing import Optional, Tuple
+from typing import Optional
 
 import paddle.nn as nn
 
-from ..models.supervit import is_supernet
 from ..registry import model_name
+from ..subnet import subnets_of
 
 MANIFEST = "ppim.json"
 INPUT_NAME = "x"
@@ -20,17 +20,11 @@ PROGRAM_FILES = ("model.json", "model.pdmodel")  # Paddle 3.x PIR program, legac
 PARAMS_FILE = "model.pdiparams"
 
 
-def current_subnet(model: nn.Layer) -> Optional[Tuple[int, float]]:
-    if not is_supernet(model):
-        return None
-    return int(model.img_size), float(model.keep_ratio)
-
-
 def input_size(model: nn.Layer, img_size: Optional[int]) -> int:
     """The side S of the exported input (B, 3, S, S)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     native = int(cfg["input_size"][-1]) if "input_size" in cfg else None
-    if is_supernet(model):
+    if subnets_of(model):
         # Super models take the 224 crop of their transforms and resize it to the sub-network's size
         # inside the graph; another S feeds images of that size (resized likewise).
         return int(img_size or native or max(model.img_sizes))

@@ -30,7 +30,8 @@ from ..errors import CapabilityError, InputError
 from ..fileio import current_umask, ppim_home, write_atomic, write_json
 from ..layers import Attention
 from ..registry import cfg_for_img_size, model_name
-from .common import INPUT_NAME, MANIFEST, PARAMS_FILE, PROGRAM_FILES, current_subnet, input_size
+from ..subnet import current_subnet
+from .common import INPUT_NAME, MANIFEST, PARAMS_FILE, PROGRAM_FILES, input_size
 from .registry import engine_spec
 
 __all__ = ["export", "load_manifest", "cached_export", "export_key", "cache_dir", "attention_layout",
@@ -337,7 +338,8 @@ def check_output_dir(output_dir: Path, sources: Sequence[Union[str, os.PathLike]
                                          f"choose another output directory")
             break
     if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"{output_dir} is a file, not a folder; choose another output directory")
+        raise FileExistsError(f"{output_dir} is a file, not a ppim export folder; choose another output "
+                              f"directory")
     if output_dir.exists() and not ((output_dir / MANIFEST).is_file() or not any(output_dir.iterdir())):
         raise FileExistsError(f"{output_dir} is a folder of other files, not a ppim export; choose another "
                               f"output directory")
@@ -378,8 +380,8 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
             spec = paddle.static.InputSpec([batch_size, 3, size, size], "float32", name=INPUT_NAME)
             subnet = current_subnet(model)
             target = model
-            if optimize and subnet is not None and subnet[0] != size:
-                target = _DeployResize(model, size, subnet[0])
+            if optimize and subnet is not None and subnet.img_size != size:
+                target = _DeployResize(model, size, subnet.img_size)
                 target.eval()
             layout = attention_layout(precision, device, engine) if optimize else None
             with _preserve_forwards(model), _deploy_layout(model, layout) as deploy_attention:
@@ -401,7 +403,7 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
                 "input_dtype": "float32",
                 "num_classes": int(getattr(model, "num_classes", cfg.get("num_classes", 0)) or 0),
                 MODEL_KEY: describe_model(model),  # what ppim.create_model(checkpoint_path=) reads from a checkpoint
-                "subnet": None if subnet is None else {"img_size": subnet[0], "keep_ratio": subnet[1]},
+                "subnet": None if subnet is None else subnet.as_dict(),
                 "cfg": cfg,
                 "program_file": program.name,
                 "params_file": PARAMS_FILE,
@@ -511,13 +513,13 @@ def verify_export(model_dir: Union[str, os.PathLike], remember: bool = False) ->
         manifest = load_manifest(model_dir)
         if not manifest:
             return f"{model_dir} has no {MANIFEST}"
-        if _MANIFEST_DIGEST not in manifest:
-            return None
-        if manifest[_MANIFEST_DIGEST] != _manifest_digest(manifest):
+        if _MANIFEST_DIGEST in manifest and manifest[_MANIFEST_DIGEST] != _manifest_digest(manifest):
             return f"{model_dir / MANIFEST} was changed after the export"
-        digests = manifest.get("digests")
-        if not isinstance(digests, dict):
-            return f"{model_dir / MANIFEST} lists no file digests"
+        if "digests" not in manifest:
+            return None  # an export made before digests were recorded
+        digests = manifest["digests"]
+        if not isinstance(digests, dict) or _MANIFEST_DIGEST not in manifest:
+            return f"{model_dir / MANIFEST} has damaged digests"
         for key in ("program_file", "params_file"):
             if manifest.get(key) not in digests:
                 return f"{model_dir / MANIFEST}: its {key} {manifest.get(key)!r} has no digest"
@@ -584,7 +586,7 @@ def _entry_problem(path: Path, key: str) -> Optional[str]:
     if problem:
         return problem
     manifest = load_manifest(path)
-    if _MANIFEST_DIGEST not in manifest:
+    if "digests" not in manifest:
         return "it records no digests"
     if manifest.get("cache_key") != key:
         return f"its manifest is for another export ({manifest.get('cache_key')!r})"

@@ -9,25 +9,18 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 import paddle
 
-from ..runtime import cpu_count, machine
+from ..runtime import cpu_count, machine, require
 from ..transforms import create_transforms
 from .common import INPUT_NAME, native_stdout_silenced
 from .exporting import DamagedExportError, check_requirements, load_manifest, params_file, program_file, verify_export
 from .registry import DEVICES, PRECISIONS, check_choice, check_supported
 
 __all__ = ["ExportPredictor", "Predictor"]
-
-
-def _tensorrt_version() -> Tuple[int, ...]:
-    try:
-        return tuple(paddle.inference.get_trt_compile_version())
-    except Exception:  # noqa: BLE001 - absent on some builds
-        return (0, 0, 0)
 
 
 def _call_first(obj: Any, names: Sequence[str], *args: Any) -> None:
@@ -157,9 +150,7 @@ class Predictor(ExportPredictor):
             config = infer.Config(str(program), str(params))
             config.enable_use_gpu(256, device_id, mode)
             return config
-        if _tensorrt_version() == (0, 0, 0):
-            raise RuntimeError(f"tensorrt=True: this Paddle {paddle.__version__} is built without TensorRT "
-                               f"(paddle.inference.get_trt_compile_version() is 0.0.0)")
+        require("tensorrt", "tensorrt=True")
         if self.precision == "bf16":
             raise ValueError("TensorRT here runs fp32 or fp16; use precision='fp16' or tensorrt=False for bf16")
         if size is None:

@@ -10,14 +10,16 @@ import functools
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 
+from ..layers import eval_mode
 from ..runtime import cpu_count, cpu_threads
-from .common import current_subnet, input_size
+from ..subnet import Subnet, current_subnet
+from .common import input_size
 from .exporting import cached_export, export
 from .predictor import ExportPredictor
 from .registry import DEVICES, PRECISIONS, check_choice, check_supported, create_predictor, resolve_engine
@@ -31,7 +33,7 @@ class Runner:
     describe it, and ``predictor``/``model_dir`` the inference engine's predictor and export."""
 
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], engine: str, precision: str, device: str,
-                 img_size: int, subnet: Optional[Tuple[int, float]] = None, threads: Optional[int] = None,
+                 img_size: int, subnet: Optional[Subnet] = None, threads: Optional[int] = None,
                  predictor: Optional[ExportPredictor] = None, model_dir: Optional[Path] = None, keep: Any = None):
         self._fn = fn
         self.engine, self.precision, self.device = engine, precision, device
@@ -56,12 +58,11 @@ def _eager_fn(model: nn.Layer, precision: str, device: str, threads: Optional[in
         place = paddle.CPUPlace()
         threads_here = functools.partial(cpu_threads, threads)  # this call's, then set back
     subnet = current_subnet(model)
-    kwargs = {} if subnet is None else {"img_size": subnet[0], "keep_ratio": subnet[1]}
+    kwargs = {} if subnet is None else subnet.as_dict()
     amp = None if precision == "fp32" else ("float16" if precision == "fp16" else "bfloat16")
 
     def run(batch: np.ndarray) -> np.ndarray:
-        model.eval()
-        with paddle.no_grad(), threads_here():
+        with eval_mode(model), paddle.no_grad(), threads_here():  # a model trained between calls stays in train mode
             x = paddle.to_tensor(np.ascontiguousarray(batch, dtype=np.float32), place=place)
             if amp:
                 with paddle.amp.auto_cast(level="O1", dtype=amp):
@@ -75,17 +76,19 @@ def _eager_fn(model: nn.Layer, precision: str, device: str, threads: Optional[in
 
 def create_runner(model: nn.Layer, engine: str = "eager", precision: str = "fp32", device: str = "cpu",
                   threads: Optional[int] = None, workdir: Optional[Union[str, os.PathLike]] = None,
-                  cache: bool = True) -> Runner:
+                  cache: Union[bool, str, os.PathLike] = True) -> Runner:
     """A callable mapping a float32 batch (B, 3, S, S) to logits (B, classes), numpy in and out.
 
-    ``engine='eager'``: the model itself, eval mode, under paddle.no_grad: fp32 on CPU, with Paddle's
-    CPU math threads set to ``threads`` (default all CPUs) during each call and set back after it;
-    fp16/bf16 by autocast on GPU. The other engines run the model's export: 'inference' (Paddle
-    Inference, Predictor), 'openvino' and 'onnxruntime' (optional extras, see ppim.deploy.engines),
-    'auto' the fastest that runs here (ppim.deploy.registry.resolve_engine). What this machine cannot
-    run raises CapabilityError naming what does (before anything is exported). The export is written to ``workdir`` when given, else taken from
-    the export cache (cached_export, ``$PPIM_HOME/exports``) with ``cache`` (default), else made in
-    a temporary directory removed with the runner. Super models run the sub-network current when
+    ``engine='eager'``: the model itself, in eval mode during each call (the mode it had is restored
+    after), under paddle.no_grad: fp32 on CPU, with Paddle's CPU math threads set to ``threads``
+    (default all CPUs) during each call and set back after it; fp16/bf16 by autocast on GPU. The other
+    engines run the model's export: 'inference' (Paddle Inference, Predictor), 'openvino' and
+    'onnxruntime' (optional extras, see ppim.deploy.engines), 'auto' the fastest that runs here
+    (ppim.deploy.registry.resolve_engine). What this machine cannot run raises CapabilityError naming
+    what does (before anything is exported). The export is written to ``workdir`` when given, else
+    taken from the export cache (cached_export, ``$PPIM_HOME/exports``) with ``cache`` True (default)
+    or the cache folder ``cache`` names (e.g. a benchmark's own temporary one), else made in a
+    temporary directory removed with the runner. Super models run the sub-network current when
     the runner is made, in every engine."""
     check_choice("precision", precision, PRECISIONS)
     check_choice("device", device, DEVICES)
@@ -103,7 +106,7 @@ def create_runner(model: nn.Layer, engine: str = "eager", precision: str = "fp32
         if workdir is not None:
             model_dir = export(model, workdir, **target)
         elif cache:
-            model_dir = cached_export(model, **target)
+            model_dir = cached_export(model, root=None if cache is True else cache, **target)
         else:
             keep = tempfile.TemporaryDirectory(prefix="ppim-export-")
             model_dir = export(model, Path(keep.name) / "model", **target)

@@ -19,24 +19,17 @@ import paddle.nn as nn
 
 from ..flops import count_macs
 from ..fileio import write_json
-from ..models.supervit import is_supernet
 from ..registry import create_model, model_name
 from ..runtime import cpu_count, cpu_threads
 from ..errors import CapabilityError
-from .common import INPUT_NAME, MANIFEST, current_subnet, input_size
-from .exporting import attention_layout, export, staged_dir
+from ..subnet import Subnet, SubnetLike, current_subnet, parse_subnets, subnets_of
+from .common import INPUT_NAME, MANIFEST, input_size
+from .exporting import staged_dir
 from .registry import create_predictor, exported_engines, unsupported
-from .runner import Runner, create_runner
+from .runner import create_runner
 
 __all__ = ["benchmark", "format_rows", "CeilingProbe", "DenseChain", "dense_shapes", "measure_ceiling",
            "ceiling_engines"]
-
-
-def _model_gmacs(model: nn.Layer, img_size: Optional[int] = None, keep_ratio: Optional[float] = None) -> float:
-    """GMACs per image (ppim.flops); super models: of the sub-network (img_size, keep_ratio)."""
-    if is_supernet(model):
-        return count_macs(model, img_size=img_size, keep_ratio=keep_ratio) / 1e9
-    return count_macs(model) / 1e9
 
 
 def dense_shapes(model: nn.Layer) -> Tuple[int, int, int]:
@@ -44,7 +37,8 @@ def dense_shapes(model: nn.Layer) -> Tuple[int, int, int]:
     tokens per image at its current sub-network (the GEMMs are (batch * tokens, in) x (in, out))."""
     block = model.blocks[0]
     dim, hidden = int(block.mlp.fc1.weight.shape[0]), int(block.mlp.fc1.weight.shape[1])
-    side = current_subnet(model)[0] if is_supernet(model) else input_size(model, None)
+    subnet = current_subnet(model)
+    side = input_size(model, None) if subnet is None else subnet.img_size
     patch = int(getattr(model, "patch_size", 16))
     return dim, hidden, (side // patch) ** 2 + 1
 
@@ -54,13 +48,19 @@ class DenseChain(nn.Layer):
     proj dim->dim), then qkv dim->3*dim, each Linear followed by a ReLU (fused by every engine as a
     post-op; it keeps consecutive layers from being folded into one). Input (rows, dim)."""
 
-    def __init__(self, dim: int, hidden: int, repeats: int = 4):
+    def __init__(self, dim: int, hidden: int, repeats: int = 4, seed: int = 0):
         super().__init__()
+        rng = np.random.default_rng(seed)  # its own generator: Paddle's global one is the caller's
+
+        def linear(fan_in: int, fan_out: int) -> nn.Linear:
+            weight = (0.02 * rng.standard_normal((fan_in, fan_out))).astype(np.float32)
+            return nn.Linear(fan_in, fan_out, weight_attr=paddle.ParamAttr(initializer=nn.initializer.Assign(weight)),
+                             bias_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0)))
+
         layers: List[nn.Layer] = []
         for _ in range(repeats):
-            layers += [nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim), nn.ReLU(), nn.Linear(dim, dim),
-                       nn.ReLU()]
-        layers.append(nn.Linear(dim, 3 * dim))
+            layers += [linear(dim, hidden), nn.ReLU(), linear(hidden, dim), nn.ReLU(), linear(dim, dim), nn.ReLU()]
+        layers.append(linear(dim, 3 * dim))
         self.layers = nn.Sequential(*layers)
         self.macs_per_row = repeats * (2 * dim * hidden + dim * dim) + 3 * dim * dim
 
@@ -93,7 +93,6 @@ class CeilingProbe:
         if reason:
             raise CapabilityError(f"{engine} {precision} on {device}: {reason}")
         self.engine, self.precision, self.device = engine, precision, device
-        paddle.seed(0)
         chain = DenseChain(dim, hidden)
         chain.eval()
         self.flops = 2.0 * chain.macs_per_row * rows
@@ -149,20 +148,20 @@ def _export_probe(probe: nn.Layer, output_dir: Path, shape: List[int]) -> Path:
     return output_dir
 
 
-def _subnet_list(model: nn.Layer, subnets: Optional[Iterable[Tuple[int, float]]]) -> List[Optional[Tuple[int, float]]]:
-    if not is_supernet(model):
+def _subnet_list(model: nn.Layer, subnets: Union[str, Iterable[SubnetLike], None]) -> List[Optional[Subnet]]:
+    """The sub-networks to measure (None: a model without any), the full network first when not
+    asked for: speed-ups are relative to it."""
+    if not subnets_of(model):
         return [None]
-    chosen = list(subnets) if subnets else list(model.subnets)
-    reference = (max(model.img_sizes), 1.0)
-    if reference not in [(int(s), float(r)) for s, r in chosen]:
-        chosen = [reference] + chosen  # speed-ups are relative to the full network
-    return [(int(s), float(r)) for s, r in chosen]
+    chosen = parse_subnets(subnets or "all", model)
+    full = max(subnets_of(model))
+    return chosen if full in chosen else [full] + chosen
 
 
 def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "inference"), precisions: Sequence[str] = ("fp32",),
               batch_sizes: Sequence[int] = (1, 16), iters: int = 10, warmup: int = 2, threads: Optional[int] = None,
               device: str = "cpu", gmacs: Optional[float] = None,
-              subnets: Optional[Iterable[Tuple[int, float]]] = None, ceiling: bool = True,
+              subnets: Union[str, Iterable[SubnetLike], None] = None, ceiling: bool = True,
               model_kwargs: Optional[Dict[str, Any]] = None, log: Optional[Callable[[str], None]] = None
               ) -> List[Dict[str, Any]]:
     """Throughput of ``model`` (a name, built with random weights, or a model) per engine, precision,
@@ -185,7 +184,6 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "i
     if isinstance(model, str):
         model = create_model(model, **(model_kwargs or {}))
     name = model_name(model)
-    model.eval()
     size = input_size(model, None)
     threads_used = threads or (cpu_count() if device == "cpu" else None)
     probes: Dict[tuple, Any] = {}
@@ -197,37 +195,23 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "i
     workdir = tempfile.TemporaryDirectory(prefix="ppim-benchmark-")
     try:
         for subnet in _subnet_list(model, subnets):
-            exported: Dict[str, Path] = {}
             if subnet is not None:
                 model.set_subnet(*subnet)
-            if subnet is None and gmacs is not None:
-                macs = float(gmacs)
-            else:
-                macs = _model_gmacs(model, *(subnet or (None, None)))
+            macs = float(gmacs) if subnet is None and gmacs is not None else count_macs(model) / 1e9
             shapes = dense_shapes(model)
             for engine in engines:
                 for precision in precisions:
                     base = {"model": name, "engine": engine, "precision": precision, "device": device,
                             "threads": threads_used, "img_size": size,
-                            "subnet": None if subnet is None else {"img_size": subnet[0], "keep_ratio": subnet[1]},
+                            "subnet": None if subnet is None else subnet.as_dict(),
                             "gmacs": macs, "paddle_version": paddle.__version__}
                     reason = unsupported(engine, precision, device)
                     if reason:
                         rows.extend({**base, "batch_size": b, "skipped": reason} for b in batch_sizes)
                         log(f"{name} {engine}/{precision}: skipped: {reason}")
                         continue
-                    try:
-                        if engine == "eager":
-                            runner = create_runner(model, engine, precision, device, threads)
-                        else:  # one export per sub-network and attention layout
-                            layout = attention_layout(precision, device, engine)
-                            if layout not in exported:
-                                exported[layout] = export(model, Path(workdir.name) / f"model-{layout}",
-                                                          precision=precision, device=device, engine=engine)
-                            predictor = create_predictor(engine, exported[layout], device=device,
-                                                         precision=precision, threads=threads)
-                            runner = Runner(predictor, engine, precision, device, size, subnet, predictor.threads,
-                                            predictor, exported[layout])
+                    try:  # exports (one per attention layout) are shared in this run's own cache folder
+                        runner = create_runner(model, engine, precision, device, threads, cache=workdir.name)
                     except Exception as exc:  # noqa: BLE001 - reported in the rows
                         for batch_size in batch_sizes:
                             rows.append({**base, "batch_size": batch_size, "error": f"{type(exc).__name__}: {exc}"})

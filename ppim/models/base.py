@@ -15,6 +15,7 @@ import paddle.nn as nn
 
 from ..layers import dense_logits, init_vit_weights
 from ..registry import model_name
+from ..subnet import Subnet
 
 GLOBAL_POOLS = ("token", "dense")
 
@@ -111,6 +112,39 @@ class TokenViT(nn.Layer):
     def _keep_ratios(self, keep_ratio: Optional[float]) -> List[Optional[float]]:
         """The keep ratio each block applies (None: keeps every token)."""
         return [None] * len(self.blocks)
+
+    # -- sub-networks (the protocol of ppim.subnet): none here, SuperViT has them -----------------
+    @property
+    def subnets(self) -> List[Subnet]:
+        """The published sub-networks; [] for a model without any."""
+        return []
+
+    @property
+    def subnet(self) -> Optional[Subnet]:
+        """The sub-network ``forward`` runs when given none; None for a model without any."""
+        return None
+
+    def check_subnet(self, img_size: Any, keep_ratio: Any) -> Subnet:
+        """(img_size, keep_ratio) as a checked Subnet (the rule: ppim.subnet), or a ValueError."""
+        raise ValueError(f"{model_name(self)} has no sub-networks (super_deit_s and super_lvvit_s do)")
+
+    def set_subnet(self, img_size: int = 224, keep_ratio: float = 1.0) -> None:
+        """Make (img_size, keep_ratio) the current sub-network (checked by ``check_subnet``)."""
+        self.check_subnet(img_size, keep_ratio)
+
+    def token_plan(self, img_size: Optional[int] = None,
+                   keep_ratio: Optional[float] = None) -> Tuple[int, List[Optional[float]]]:
+        """What a forward pass computes, for counting without running it (ppim.flops): the side of the
+        square input the stem sees and, per block, the keep ratio applied after its attention (None:
+        every token goes on). None: the current sub-network; a model without sub-networks has its one
+        input size and keeps every token."""
+        if keep_ratio is not None and keep_ratio < 1:
+            raise ValueError(f"keep_ratio is for super models; {model_name(self)} keeps every token")
+        side = self.img_size if img_size is None else int(img_size)
+        if side != self.img_size:
+            raise ValueError(f"this model takes {self.img_size}x{self.img_size} inputs, got {side}x{side}; "
+                             f"build it for your size: create_model(name, img_size={side})")
+        return side, self._keep_ratios(None)
 
     # -- cfg and heads --------------------------------------------------------------------------
     @property

@@ -10,7 +10,7 @@ import paddle
 import paddle.nn as nn
 
 from ..builder import build_model
-from ..layers import Block, Box, ConvPatchEmbed, init_vit_weights, random_box, swap_box, token_parameter
+from ..layers import NO_BOX, Block, Box, ConvPatchEmbed, init_vit_weights, random_box, swap_box, token_parameter
 from ..registry import make_cfg, model_name, register_model
 from .base import TokenViT, check_images
 
@@ -90,11 +90,11 @@ class LVViT(TokenViT):
                       ) -> Tuple[paddle.Tensor, paddle.Tensor, Box]:
         """Token-labeling training output (the official model's training-mode forward).
 
-        x: images (B, 3, S, S). The stem features inside ``bbox`` (r1, c1, r2, c2: token rows r1:r2,
-        columns c1:c2) are swapped with the batch-flipped sample's (MixToken); ``bbox=None`` draws a
+        x: images (B, 3, S, S). The stem features inside ``bbox`` (a Box, or (top, left, bottom, right):
+        token rows top:bottom, columns left:right) are swapped with the batch-flipped sample's (MixToken); ``bbox=None`` draws a
         random box (``layers.random_box``, numpy's global RNG) when ``mix_token`` is on, else mixes
         nothing. Returns cls logits (B, C), aux logits (B, N, C) with the box swapped back so every
-        token lines up with its own image's token labels, and the box used ((0, 0, 0, 0): none).
+        token lines up with its own image's token labels, and the box used (NO_BOX, (0, 0, 0, 0): none).
         Dropout and drop-path follow the layer's train/eval mode.
         """
         check_images(self, x, (self.img_size,))
@@ -102,8 +102,8 @@ class LVViT(TokenViT):
             raise ValueError("forward_train needs the classifier heads; this model was built with num_classes=0")
         feat = self.patch_embed(x)  # (B, D, H, W)
         if bbox is None:
-            bbox = random_box(feat.shape[2], feat.shape[3]) if self.mix_token else (0, 0, 0, 0)
-        box: Box = tuple(int(v) for v in bbox)  # type: ignore[assignment]
+            bbox = random_box(feat.shape[2], feat.shape[3]) if self.mix_token else NO_BOX
+        box = Box(*(int(v) for v in bbox))
         x = self.forward_tokens(swap_box(feat, box).flatten(2).transpose([0, 2, 1]))
         cls_logits, aux_logits = self.head(x[:, 0]), self.aux_head(x[:, 1:])
         grid = aux_logits.reshape([x.shape[0], self.grid_size, self.grid_size, -1])

@@ -9,8 +9,7 @@ aux head and MixToken). Sub-networks: img_size in {128, 160, 192, 224} x keep_ra
 from __future__ import annotations
 
 import contextlib
-import numbers
-from typing import Any, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import paddle
@@ -18,47 +17,16 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..builder import build_model
-from ..layers import Block, Box, ConvPatchEmbed, PatchEmbed, init_vit_weights, random_box, swap_box, token_parameter
+from ..layers import NO_BOX, Block, Box, ConvPatchEmbed, PatchEmbed, init_vit_weights, random_box, swap_box, token_parameter
 from ..registry import make_cfg, register_model
+from ..subnet import Subnet
 from .base import TokenViT, check_images
 
-__all__ = ["SuperViT", "is_supernet", "parse_subnet_spec", "scale_box", "subnet_key", "super_deit_s",
-           "super_lvvit_s"]
+__all__ = ["SuperViT", "scale_box", "super_deit_s", "super_lvvit_s"]
 
 IMG_SIZES = (128, 160, 192, 224)   # token grids 8, 10, 12, 14: one positional embedding each
 KEEP_RATIOS = (0.5, 0.7, 1.0)      # the published keep ratios (any ratio in (0, 1] runs)
 KEEP_BLOCKS = (3, 6, 9)            # 0-based blocks that keep tokens between attention and MLP
-
-
-Subnet = Tuple[int, float]
-
-
-def is_supernet(model: Any) -> bool:
-    """A model with SuperViT's sub-network interface (set_subnet, subnets, img_size, keep_ratio)."""
-    return hasattr(model, "set_subnet") and hasattr(model, "subnets")
-
-
-def subnet_key(subnet: Subnet) -> str:
-    """(224, 1.0) -> "224x1.0", the key of the published tables (cfg weights subnet_top1)."""
-    return f"{int(subnet[0])}x{float(subnet[1])}"
-
-
-def parse_subnet_spec(spec: str) -> Optional[List[Subnet]]:
-    """"224x1.0,128x0.5" -> [(224, 1.0), (128, 0.5)]; "all" -> None (every published one).
-    Values are not checked against a model here: see SuperViT.check_subnet."""
-    if spec.strip().lower() == "all":
-        return None
-    subnets = []
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        try:
-            size, ratio = item.lower().split("x")
-            subnets.append((int(size), float(ratio)))
-        except ValueError:
-            raise ValueError(f"sub-network {item!r}: expected IMG_SIZExKEEP_RATIO, e.g. 224x1.0 or "
-                             f"128x0.5, or 'all'") from None
-    if not subnets:
-        raise ValueError(f"no sub-networks in {spec!r}")
-    return subnets
 
 
 def scale_box(box: Box, grid: int, full_grid: int = 14) -> Box:
@@ -66,7 +34,7 @@ def scale_box(box: Box, grid: int, full_grid: int = 14) -> Box:
     way the official SuperViT training loop does it (each coordinate floor-divided by full_grid/grid),
     so the sub-networks trained on one batch mix the same region."""
     scale = full_grid / grid
-    return tuple(int(v // scale) for v in box)  # type: ignore[return-value]
+    return Box(*(int(v // scale) for v in box))
 
 
 class SuperViT(TokenViT):
@@ -126,23 +94,20 @@ class SuperViT(TokenViT):
         self.apply(init_vit_weights)
         self.set_subnet(img_size, 1.0)
 
-    # -- sub-networks -------------------------------------------------------------------------
+    # -- sub-networks (the protocol and the rule: ppim.subnet) --------------------------------
     @property
-    def subnets(self) -> List[Tuple[int, float]]:
-        """The published sub-networks (img_size, keep_ratio), grid by grid."""
-        return [(s, r) for s in self.img_sizes for r in self.keep_ratios]
+    def subnets(self) -> List[Subnet]:
+        """The published sub-networks, grid by grid."""
+        return [Subnet(s, r) for s in self.img_sizes for r in self.keep_ratios]
+
+    @property
+    def subnet(self) -> Subnet:
+        """The sub-network ``forward`` runs when given none (``set_subnet``)."""
+        return Subnet(self.img_size, self.keep_ratio)
 
     def check_subnet(self, img_size, keep_ratio) -> Subnet:
-        """(img_size, keep_ratio) as (int, float), or a ValueError naming what this model takes."""
-        if img_size not in self.img_sizes or isinstance(img_size, bool):
-            sizes = ", ".join(str(s) for s in self.img_sizes)
-            raise ValueError(f"img_size {img_size!r} has no positional embedding; SuperViT sub-networks "
-                             f"take img_size in {sizes}")
-        if (isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real)
-                or not 0 < keep_ratio <= 1):
-            raise ValueError(f"keep_ratio must be a number in (0, 1] (published: "
-                             f"{', '.join(str(r) for r in self.keep_ratios)}), got {keep_ratio!r}")
-        return int(img_size), float(keep_ratio)
+        """(img_size, keep_ratio) as a checked Subnet, or a ValueError naming what this model takes."""
+        return Subnet(img_size, keep_ratio).check(self.img_sizes, self.keep_ratios)
 
     def set_subnet(self, img_size: int = 224, keep_ratio: float = 1.0) -> None:
         """Make (img_size, keep_ratio) the sub-network ``forward`` runs when given None (and the one
@@ -159,9 +124,15 @@ class SuperViT(TokenViT):
         finally:
             self.set_subnet(*previous)
 
-    def _subnet(self, img_size, keep_ratio) -> Tuple[int, float]:
+    def _subnet(self, img_size, keep_ratio) -> Subnet:
+        """The sub-network of a call: its arguments, None meaning the current one's, checked."""
         return self.check_subnet(self.img_size if img_size is None else img_size,
                                   self.keep_ratio if keep_ratio is None else keep_ratio)
+
+    def token_plan(self, img_size: Optional[int] = None,
+                   keep_ratio: Optional[float] = None) -> Tuple[int, List[Optional[float]]]:
+        img_size, keep_ratio = self._subnet(img_size, keep_ratio)
+        return img_size, self._keep_ratios(keep_ratio)
 
     # -- forward ------------------------------------------------------------------------------
     def forward_stem(self, x: paddle.Tensor, img_size: int) -> paddle.Tensor:
@@ -222,8 +193,8 @@ class SuperViT(TokenViT):
                       ) -> Union[paddle.Tensor, Tuple[paddle.Tensor, paddle.Tensor, Box]]:
         """The output the official SuperViT training loops use, for one sub-network.
 
-        With an aux head and ``mix_token`` on (LV-ViT), the stem features inside ``bbox`` (r1, c1, r2,
-        c2 on this sub-network's token grid) are swapped with the batch-flipped sample's (MixToken);
+        With an aux head and ``mix_token`` on (LV-ViT), the stem features inside ``bbox`` (a Box, or
+        (top, left, bottom, right), on this sub-network's token grid) are swapped with the batch-flipped sample's (MixToken);
         ``bbox=None`` draws a box on the full grid and maps it with ``scale_box``. The full sub-network
         (largest img_size, keep 1) then returns (cls logits (B, C), aux logits (B, N, C) with the box
         swapped back, the box); every other sub-network returns cls logits (B, C) only (its aux tokens
@@ -234,12 +205,12 @@ class SuperViT(TokenViT):
             raise ValueError("forward_train needs the classifier heads; this model was built with num_classes=0")
         feat = self.forward_stem(x, img_size)
         grid = img_size // self.patch_size
-        box: Box = (0, 0, 0, 0)
+        box = NO_BOX
         if self.mix_token:
             if bbox is None:
                 full_grid = max(self.img_sizes) // self.patch_size
                 bbox = scale_box(random_box(full_grid, full_grid), grid, full_grid)
-            box = tuple(int(v) for v in bbox)  # type: ignore[assignment]
+            box = Box(*(int(v) for v in bbox))
             feat = swap_box(feat, box)
         x = self.forward_tokens(feat.flatten(2).transpose([0, 2, 1]), img_size, keep_ratio)
         cls_logits = self.head(x[:, 0])
@@ -252,12 +223,15 @@ class SuperViT(TokenViT):
 
 
 _PAPER = "https://arxiv.org/abs/2205.11397"
+#: The cfg's "subnets": the published sub-networks' keys, so a tool knows a name offers sub-networks
+#: before it builds the model.
+_PUBLISHED = [Subnet(s, r).key for s in IMG_SIZES for r in KEEP_RATIOS]
 _DRIVE = "https://drive.google.com/uc?export=download&id="
 
 
 def _subnet_top1(table: Sequence[Sequence[float]]) -> dict:
     """The published 4x3 top-1 table (rows img_size, columns keep ratio) as "<size>x<ratio>" keys."""
-    return {subnet_key((s, r)): top1 for s, row in zip(IMG_SIZES, table) for r, top1 in zip(KEEP_RATIOS, row)}
+    return {Subnet(s, r).key: top1 for s, row in zip(IMG_SIZES, table) for r, top1 in zip(KEEP_RATIOS, row)}
 
 
 def _weights(file_id: str, file_name: str, params_m: float, flops_g: float, table: Sequence[Sequence[float]],
@@ -284,7 +258,7 @@ def _supervit(name: str, pretrained, return_transforms: bool, **kwargs):
 @register_model(make_cfg("super_deit_s", 224, 256, _weights(
     "1y2-zU5UvHqGCmWEB41VLbnf7B27BatBL", "super_deit_s.pth", 22.17, 4.6,
     [[73.75, 75.28, 75.79], [77.32, 78.31, 78.53], [78.91, 79.62, 79.87], [79.95, 80.50, 80.62]]),
-    architecture="supervit", model_class="SuperViT", paper=_PAPER))
+    architecture="supervit", model_class="SuperViT", paper=_PAPER, subnets=_PUBLISHED))
 def super_deit_s(pretrained=False, return_transforms=False, **kwargs):
     """SuperViT over DeiT-S: D 384, depth 12, 6 heads, sub-networks 128-224 x keep 0.5-1."""
     return _supervit("super_deit_s", pretrained, return_transforms, **kwargs)
@@ -294,7 +268,7 @@ def super_deit_s(pretrained=False, return_transforms=False, **kwargs):
     "1xjKrelbFQchaaulMm0bLUftD0h10hRJa", "super_lvvit_s.pth", 26.27, 6.6,
     [[76.64, 79.82, 80.71], [79.81, 81.73, 82.24], [81.12, 82.59, 82.94], [82.11, 83.15, 83.47]],
     prefer_ema=True),  # the published table validates model_ema (main_lvvit.py, use_ema=True)
-    architecture="supervit", model_class="SuperViT", paper=_PAPER))
+    architecture="supervit", model_class="SuperViT", paper=_PAPER, subnets=_PUBLISHED))
 def super_lvvit_s(pretrained=False, return_transforms=False, **kwargs):
     """SuperViT over LV-ViT-S: D 384, depth 16, 6 heads, dense aux head (weight 0.25)."""
     return _supervit("super_lvvit_s", pretrained, return_transforms, **kwargs)

@@ -1,6 +1,7 @@
 """Training: building blocks with timm 0.4.x semantics (losses, Mixup/CutMix, optimizer and weight-decay
 groups, the cosine schedule with warm-up and cooldown, the EMA of the weights), checkpoints, the train
-loop (engine) and train(TrainConfig) (run)."""
+loop (engine), the presets the command line and notebooks share (recipes: official, finetune) and
+train(TrainConfig) (run)."""
 from .ema import ModelEma
 from .losses import (LabelSmoothingCrossEntropy, SoftTargetCrossEntropy, TokenLabelCrossEntropy,
                      TokenLabelSoftTargetCrossEntropy)

@@ -18,14 +18,15 @@ from typing import Any, Dict
 import numpy as np
 import paddle
 
-from ..errors import InputError
+from ..errors import ParameterError
 from ..fileio import atomic_path
 from ..weights.containers import TRAIN_CHECKPOINT_FORMAT
 from ..weights.errors import InvalidWeightsError
 from ..weights.pdparams import read_pickle
 
-class ResumeError(InputError):
-    """A checkpoint that cannot be resumed here (unreadable, or another model / class count)."""
+class ResumeError(ParameterError):
+    """A checkpoint that cannot be resumed here (unreadable, or another model / class count); its
+    message names ``resume=`` (``--resume`` on the command line)."""
 
 
 def to_plain(value: Any) -> Any:
@@ -66,14 +67,14 @@ def save_checkpoint(path: "str | os.PathLike[str]", checkpoint: Dict[str, Any]) 
 def load_checkpoint(path: "str | os.PathLike[str]") -> Dict[str, Any]:
     """Read a training checkpoint written by save_checkpoint (no pickled code runs)."""
     if not os.path.isfile(path):
-        raise ResumeError(f"--resume {path}: no such file")
+        raise ResumeError("{resume}: no such file", resume=os.fspath(path))
     try:
         checkpoint = read_pickle(path)
     except InvalidWeightsError as error:
-        raise ResumeError(f"--resume {path}: {error}") from None
+        raise ResumeError(f"{{resume}}: {error}", resume=os.fspath(path)) from None
     if not (isinstance(checkpoint, dict) and checkpoint.get("format") == TRAIN_CHECKPOINT_FORMAT):
-        raise ResumeError(f"--resume {path} is not a ppim training checkpoint (a weights file? "
-                              f"start from weights with --checkpoint {path} instead)")
+        raise ResumeError("{resume} is not a ppim training checkpoint (a weights file? start from weights with "
+                          "{checkpoint} instead)", resume=os.fspath(path), checkpoint=os.fspath(path))
     return checkpoint
 
 

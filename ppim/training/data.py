@@ -14,11 +14,12 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
-from ..errors import InputError
+from ..errors import ParameterError
 from ..data import ImageDataset, ImageFolderDataset, ImageListDataset, class_folders
+from ..data.labels import infer_num_classes
 
 
-class DataLayoutError(InputError):
+class DataLayoutError(ParameterError):
     """A DATA folder that cannot be trained on as it is; the message names the cause and the fix."""
 
 
@@ -26,10 +27,11 @@ _LAYOUT = ("expected DATA/train/<class>/<image> and DATA/val/<class>/<image>, or
            "DATA/train_list.txt and DATA/val_list.txt of 'relative/path label' lines (PaddleClas)")
 
 
-def _open_split(root: Path, split: str, transforms: Optional[Callable], class_to_idx=None) -> Optional[ImageDataset]:
+def _open_split(root: Path, split: str, transforms: Optional[Callable], class_to_idx=None,
+                num_classes: Optional[int] = None, allow_outside_root: bool = False) -> Optional[ImageDataset]:
     list_file = root / f"{split}_list.txt"
     if list_file.is_file():
-        return ImageListDataset(root, list_file, transforms)
+        return ImageListDataset(root, list_file, transforms, num_classes, allow_outside_root)
     folder = root / split
     if folder.is_dir():
         try:
@@ -39,25 +41,22 @@ def _open_split(root: Path, split: str, transforms: Optional[Callable], class_to
     return None
 
 
-def _label_range(dataset: ImageDataset, name: str, num_classes: int) -> None:
-    labels = dataset.labels
-    low, high = min(labels), max(labels)
-    if low < 0 or high >= num_classes:
-        raise DataLayoutError(f"{name} has labels {low}..{high}, outside 0..{num_classes - 1} of "
-                              f"{num_classes} classes: pass --num-classes {max(high + 1, num_classes)} or fix the list")
-
-
 def open_train_val(data: "str | os.PathLike[str]", train_transforms: Optional[Callable] = None,
                    val_transforms: Optional[Callable] = None, *, num_classes: Optional[int] = None,
-                   val: bool = True) -> Tuple[ImageDataset, Optional[ImageDataset], int]:
+                   val: bool = True, allow_outside_root: bool = False
+                   ) -> Tuple[ImageDataset, Optional[ImageDataset], int]:
     """(train dataset, val dataset or None when ``val=False``, number of classes). ``num_classes``:
-    the model's, checked against the data (default: the data's). Raises DataLayoutError naming the
-    problem and the fix: no such folder, no train split, no val split, a val class train does not
-    have, or a class count that disagrees with ``num_classes``."""
+    the model's, checked against the data (default: the data's: the class folders, or a list's labels
+    0 .. max when none is missing, see ppim.data.labels.infer_num_classes). Raises DataLayoutError
+    naming the problem and the fix: no such folder, no train split, no val split, a val class train
+    does not have, or a class count that disagrees with ``num_classes``; list files: LabelError /
+    InputError naming the file and line (labels outside the classes, paths outside DATA unless
+    ``allow_outside_root``)."""
     root = Path(data)
     if not root.is_dir():
         raise DataLayoutError(f"{root}: no such folder ({_LAYOUT})")
-    train = _open_split(root, "train", train_transforms)
+    train = _open_split(root, "train", train_transforms, num_classes=num_classes,
+                        allow_outside_root=allow_outside_root)
     if train is None:
         found = class_folders(root)
         hint = (f"; it holds the folders {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}: if these are "
@@ -68,11 +67,9 @@ def open_train_val(data: "str | os.PathLike[str]", train_transforms: Optional[Ca
         data_classes = len(train.classes)
         if num_classes is not None and num_classes != data_classes:
             raise DataLayoutError(f"{root / 'train'} has {data_classes} class folders but the model has "
-                                  f"{num_classes} classes: pass --num-classes {data_classes}")
-    else:
-        data_classes = max(train.labels) + 1
-        if num_classes is not None:
-            _label_range(train, str(train.list_file), num_classes)
+                                  f"{num_classes} classes: pass {{num_classes:={data_classes}}}", num_classes=None)
+    else:  # a list file: its labels were checked against num_classes as it was read
+        data_classes = num_classes or infer_num_classes(train.labels, str(train.list_file), train.lines)
     classes = num_classes if num_classes is not None else data_classes
     if not val:
         return train, None, classes
@@ -83,10 +80,9 @@ def open_train_val(data: "str | os.PathLike[str]", train_transforms: Optional[Ca
         if extra:
             raise DataLayoutError(f"{root / 'val'} has class folders that {root / 'train'} lacks: "
                                   f"{', '.join(extra[:10])}; the splits must share their class folder names")
-    val_set = _open_split(root, "val", val_transforms, class_to_idx)
+    val_set = _open_split(root, "val", val_transforms, class_to_idx, classes, allow_outside_root)
     if val_set is None:
         raise DataLayoutError(f"{root} has no val split: add {root / 'val'} (the same class folders as "
                               f"{root / 'train'}, held-out images) or {root / 'val_list.txt'}, or pass "
-                              f"--no-val to train without evaluation")
-    _label_range(val_set, str(getattr(val_set, "list_file", None) or root / "val"), classes)
+                              f"{{val:=False}} to train without evaluation", val=None)
     return train, val_set, classes

@@ -14,12 +14,12 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, TypeVar
 
 import numpy as np
 import paddle
 
-from ..errors import InputError, PpimError
+from ..errors import InputError, ParameterError
 from ..runtime import unwrap_parallel
 from .checkpoint import (ResumeError, optimizer_state, rng_state, save_checkpoint, set_optimizer_state,
                          set_rng_state)
@@ -27,8 +27,27 @@ from .checkpoint import (ResumeError, optimizer_state, rng_state, save_checkpoin
 Backward = Callable[[paddle.Tensor], None]
 
 
-class DivergedError(PpimError, FloatingPointError):
-    """The loss became inf or NaN."""
+class DivergedError(ParameterError, FloatingPointError):
+    """The loss became inf or NaN (the message names ``lr=`` and ``clip_grad=``, the flags on the command line)."""
+
+
+T = TypeVar("T")
+
+
+def unwrapped_step(model: paddle.nn.Layer, work: Callable[[paddle.nn.Layer], T]) -> T:
+    """Run ``work(layer)`` (forwards through methods other than ``forward``, and their backwards) on
+    the layer inside paddle.DataParallel without per-backward gradient syncs, then average the
+    gradients over the processes once, as DataParallel would have."""
+    if not isinstance(model, paddle.DataParallel):
+        return work(model)
+    from paddle.distributed.fleet.utils.hybrid_parallel_util import fused_allreduce_gradients
+
+    layer = unwrap_parallel(model)
+    with model.no_sync():
+        result = work(layer)
+    params = [p for p in layer.parameters() if not p.stop_gradient and p.grad is not None]
+    fused_allreduce_gradients(params, None)
+    return result
 
 
 class ClassificationStep:
@@ -84,6 +103,7 @@ class Trainer:
         self.records, self.progress, self.rank = records, progress, rank
         self.identity, self.args, self.log = dict(identity or {}), dict(args or {}), log
         self.run_folder = run_folder
+        self.created_folder: Optional[Path] = None  # made for this run (train removes it if nothing was saved)
         self.on_skipped = on_skipped  # called with [(path, reason)] of the images a batch skipped
         self.epoch = 0  # the next epoch to train
         self.best: Optional[Dict[str, Any]] = None  # {"epoch", "metric", "weights"}
@@ -101,8 +121,8 @@ class Trainer:
 
     def _backward(self, loss: paddle.Tensor) -> None:
         if not math.isfinite(float(loss)):
-            raise DivergedError(f"the loss is {float(loss)} at epoch {self.epoch}, step {self.global_step}: "
-                                f"lower --lr, add --clip-grad, or check the data")
+            raise DivergedError(f"the loss is {float(loss)} at epoch {self.epoch}, step {self.global_step}: lower "
+                                f"{{lr:name}}, add {{clip_grad:name}}, or check the data", lr=None, clip_grad=None)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def train_one_epoch(self, epoch: int) -> Dict[str, float]:
@@ -260,19 +280,19 @@ class Trainer:
             keys = sorted(set(mine) ^ set(theirs)) + sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])
             differ = [f"its weights differ in {len(keys)} entries ("
                       + ", ".join(f"{k} {theirs.get(k, 'absent')} vs {mine.get(k, 'absent')}" for k in keys[:4])
-                      + (" ..." if len(keys) > 4 else "") + "; another --model-kwargs / --img-size?)"]
+                      + (" ..." if len(keys) > 4 else "") + "; another {model_kwargs:name} / {img_size:name}?)"]
         if differ:
-            raise ResumeError(f"--resume {source} is a checkpoint of another model: {'; '.join(differ)}. "
-                                  f"Resume with the arguments it was trained with, or start from its weights "
-                                  f"with --checkpoint {source}")
+            raise ResumeError(f"{{resume}} is a checkpoint of another model: {'; '.join(differ)}. Resume with the "
+                              f"arguments it was trained with, or start from its weights with {{checkpoint}}",
+                              resume=source, checkpoint=source, model_kwargs=None, img_size=None)
 
     def load_state(self, checkpoint: Dict[str, Any], source: str = "checkpoint") -> None:
         """Continue exactly where ``checkpoint`` (from state()/load_checkpoint) stopped."""
         self.check_identity(checkpoint, source)
         if (checkpoint.get("model_ema") is None) != (self.ema is None):
             have = "has" if checkpoint.get("model_ema") is not None else "has no"
-            raise ResumeError(f"--resume {source} {have} EMA weights; pass --model-ema the same way as "
-                                  f"in the run that wrote it")
+            raise ResumeError(f"{{resume}} {have} EMA weights; pass {{model_ema:name}} the same way as in the run "
+                              f"that wrote it", resume=source, model_ema=None)
         from .resume_check import validate_checkpoint
 
         validate_checkpoint(checkpoint, source, self)  # every field, before anything is set

@@ -7,6 +7,8 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from ..layers import Box
+
 
 class SoftTargetCrossEntropy(nn.Layer):
     """Cross-entropy against soft targets (Mixup/CutMix): mean over the batch of
@@ -72,11 +74,16 @@ class TokenLabelSoftTargetCrossEntropy(nn.Layer):
         return soft_target_cross_entropy(x, target)
 
 
+def mixtoken_lam(box: Sequence[int], num_tokens: int) -> float:
+    """MixToken's cls mixing weight: 1 - box area / number of tokens (box: a ppim.layers.Box)."""
+    return 1.0 - Box(*box).area / num_tokens
+
+
 class TokenLabelCrossEntropy(nn.Layer):
     """Token labeling loss (LV-ViT): cls_weight * CE(cls, cls target mixed by MixToken's lam) +
     dense_weight * CE(every token, its token target).
 
-    Input x = (cls (B, C), aux (B, N, C), box (r1, c1, r2, c2) on the token grid); target (B, C)
+    Input x = (cls (B, C), aux (B, N, C), box (a ppim.layers.Box on the token grid)); target (B, C)
     (a soft or one-hot target used for the cls and every token) or (B, C, 2 + N) (ground truth,
     cls target, N token targets; see token_labels.targets). ground_truth=True leans the cls
     target towards the ground truth: weight 0.5 where the two agree on the top class, else 0.1.
@@ -108,8 +115,7 @@ class TokenLabelCrossEntropy(nn.Layer):
                 ratio = (0.9 - 0.4 * agree).unsqueeze(-1)
                 cls_target = cls_target * ratio + truth * (1 - ratio)
             aux_target = target[:, :, 2:].transpose([0, 2, 1]).reshape([-1, classes])
-        r1, c1, r2, c2 = (int(v) for v in box)
-        lam = 1.0 - (r2 - r1) * (c2 - c1) / num_tokens
+        lam = mixtoken_lam(box, num_tokens)
         if lam < 1:
             cls_target = lam * cls_target + (1 - lam) * paddle.flip(cls_target, axis=[0])
         return cls_target, aux_target

@@ -13,7 +13,8 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-Box = Tuple[int, int, int, int]  # (y_low, y_high, x_low, x_high), rows / columns of the image
+from ..layers import Box
+
 
 
 def one_hot(target: paddle.Tensor, num_classes: int, on_value: float = 1.0, off_value: float = 0.0) -> paddle.Tensor:
@@ -37,18 +38,16 @@ def mixup_target(target: paddle.Tensor, num_classes: int, lam: Union[float, np.n
 
 def rand_bbox(img_shape: Sequence[int], lam: float, margin: float = 0.0, count: Optional[int] = None):
     """A CutMix box of area about (1 - lam) of an image (..., H, W): sides H*sqrt(1-lam), W*sqrt(1-lam)
-    (truncated) around a uniform random centre, clipped to the image. Returns (yl, yh, xl, xh)."""
+    (truncated) around a uniform random centre, clipped to the image (a Box; its fields are arrays of
+    ``count`` boxes when given)."""
     ratio = np.sqrt(1 - lam)
     img_h, img_w = img_shape[-2:]
     cut_h, cut_w = int(img_h * ratio), int(img_w * ratio)
     margin_y, margin_x = int(margin * cut_h), int(margin * cut_w)
     cy = np.random.randint(0 + margin_y, img_h - margin_y, size=count)
     cx = np.random.randint(0 + margin_x, img_w - margin_x, size=count)
-    yl = np.clip(cy - cut_h // 2, 0, img_h)
-    yh = np.clip(cy + cut_h // 2, 0, img_h)
-    xl = np.clip(cx - cut_w // 2, 0, img_w)
-    xh = np.clip(cx + cut_w // 2, 0, img_w)
-    return yl, yh, xl, xh
+    return Box(top=np.clip(cy - cut_h // 2, 0, img_h), left=np.clip(cx - cut_w // 2, 0, img_w),
+               bottom=np.clip(cy + cut_h // 2, 0, img_h), right=np.clip(cx + cut_w // 2, 0, img_w))
 
 
 def rand_bbox_minmax(img_shape: Sequence[int], minmax: Tuple[float, float], count: Optional[int] = None):
@@ -56,9 +55,9 @@ def rand_bbox_minmax(img_shape: Sequence[int], minmax: Tuple[float, float], coun
     img_h, img_w = img_shape[-2:]
     cut_h = np.random.randint(int(img_h * minmax[0]), int(img_h * minmax[1]), size=count)
     cut_w = np.random.randint(int(img_w * minmax[0]), int(img_w * minmax[1]), size=count)
-    yl = np.random.randint(0, img_h - cut_h, size=count)
-    xl = np.random.randint(0, img_w - cut_w, size=count)
-    return yl, yl + cut_h, xl, xl + cut_w
+    top = np.random.randint(0, img_h - cut_h, size=count)
+    left = np.random.randint(0, img_w - cut_w, size=count)
+    return Box(top=top, left=left, bottom=top + cut_h, right=left + cut_w)
 
 
 def cutmix_bbox_and_lam(img_shape: Sequence[int], lam: float, ratio_minmax: Optional[Tuple[float, float]] = None,
@@ -70,8 +69,7 @@ def cutmix_bbox_and_lam(img_shape: Sequence[int], lam: float, ratio_minmax: Opti
     else:
         box = rand_bbox(img_shape, lam, count=count)
     if correct_lam or ratio_minmax is not None:
-        yl, yh, xl, xh = box
-        lam = 1.0 - (yh - yl) * (xh - xl) / float(img_shape[-2] * img_shape[-1])
+        lam = 1.0 - (box.bottom - box.top) * (box.right - box.left) / float(img_shape[-2] * img_shape[-1])
     return box, lam
 
 
@@ -143,13 +141,13 @@ class Mixup:
                 lam = float(np.random.beta(self.cutmix_alpha, self.cutmix_alpha))
         return lam, use_cutmix
 
-    def _cutmix_box(self, shape, lam):
-        (yl, yh, xl, xh), lam = cutmix_bbox_and_lam(shape, lam, self.cutmix_minmax, self.correct_lam)
-        return (int(yl), int(yh), int(xl), int(xh)), float(lam)
+    def _cutmix_box(self, shape, lam) -> Tuple[Box, float]:
+        box, lam = cutmix_bbox_and_lam(shape, lam, self.cutmix_minmax, self.correct_lam)
+        return Box(*(int(v) for v in box)), float(lam)
 
     def mix(self, x: paddle.Tensor) -> Tuple[paddle.Tensor, Union[float, np.ndarray], Optional[Box]]:
         """Mix images (B, C, H, W) (a new tensor; ``x`` is left alone). Returns (mixed, lam, box):
-        lam a float ('batch') or float32 (B,) per image, box (yl, yh, xl, xh) of a batch-mode CutMix
+        lam a float ('batch') or float32 (B,) per image, the Box of a batch-mode CutMix (image pixels)
         else None (token labeling mixes its label maps with it)."""
         if x.shape[0] % 2:
             raise ValueError(f"Mixup pairs image i with image B-1-i: the batch size must be even, got {x.shape[0]}")
@@ -165,10 +163,10 @@ class Mixup:
         if not use_cutmix:
             return x * lam + flipped * (1.0 - lam), lam, None
         box, lam = self._cutmix_box(x.shape, lam)
-        yl, yh, xl, xh = box
         mixed = x.clone()
-        if yh > yl and xh > xl:
-            mixed[:, :, yl:yh, xl:xh] = flipped[:, :, yl:yh, xl:xh]
+        if not box.empty:
+            rows, cols = slice(box.top, box.bottom), slice(box.left, box.right)
+            mixed[:, :, rows, cols] = flipped[:, :, rows, cols]
         return mixed, lam, box
 
     def _mix_each(self, x, pairs: bool):
@@ -182,12 +180,12 @@ class Mixup:
             if lam == 1.0:
                 continue
             if use_cutmix[i]:
-                (yl, yh, xl, xh), lam = self._cutmix_box(x[i].shape, lam)
+                box, lam = self._cutmix_box(x[i].shape, lam)
                 lam_batch[i] = lam
                 for a, b in ((i, j), (j, i)) if pairs else ((i, j),):
                     row = x[a].clone()
-                    if yh > yl and xh > xl:
-                        row[:, yl:yh, xl:xh] = x[b][:, yl:yh, xl:xh]
+                    if not box.empty:
+                        row[:, box.top:box.bottom, box.left:box.right] = x[b][:, box.top:box.bottom, box.left:box.right]
                     rows[a] = row
             else:
                 for a, b in ((i, j), (j, i)) if pairs else ((i, j),):

@@ -18,7 +18,7 @@ from ..weights.state import check_state, non_finite
 from ..weights.unpickler import short_repr
 from .checkpoint import ResumeError
 
-__all__ = ["validate_checkpoint"]
+__all__ = ["check_fields", "validate_checkpoint"]
 
 #: Largest epoch / step count a checkpoint may claim (far beyond any real run, small enough to stay exact).
 MAX_EPOCH = 1_000_000
@@ -35,9 +35,11 @@ class _Field:
         self.source = source
 
     def fail(self, field: str, problem: str, fix: Optional[str] = None) -> ResumeError:
-        fix = fix or (f"the checkpoint is damaged or was edited: resume from another checkpoint of the run "
-                      f"(last.pdparams / best.pdparams), or start from its weights with --checkpoint {self.source}")
-        return ResumeError(f"--resume {self.source}: field '{field}' {problem}; {fix}")
+        fix = fix or ("the checkpoint is damaged or was edited: resume from another checkpoint of the run "
+                      "(last.pdparams / best.pdparams), or start from its weights with {checkpoint}")
+        # resume= / checkpoint= in a notebook, --resume / --checkpoint on the command line
+        return ResumeError(f"{{resume}}: field '{field}' {problem}; {fix}", resume=self.source,
+                           checkpoint=self.source)
 
     def integer(self, field: str, value: Any, low: int, high: int) -> int:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -156,7 +158,7 @@ def _optimizer(check: _Field, state: Any, model, scheduler_expected: bool) -> No
         if path is None:
             raise check.fail(f"optimizer.{key[:80]}", "belongs to a parameter this model does not have",
                              "the optimizer state is another model's: resume with the arguments it was trained "
-                             f"with, or start from its weights with --checkpoint {check.source}")
+                             "with, or start from its weights with {checkpoint}")
         if not isinstance(value, np.ndarray):
             raise check.fail(f"optimizer.{key[:80]}", f"is {short_repr(value)}, not an array")
         if tuple(value.shape) not in (params[path], (1,), ()):
@@ -209,14 +211,44 @@ def _best(check: _Field, best: Any, epoch: int) -> None:
         raise check.fail("best.weights", f"is {short_repr(best.get('weights'))}, not model or model_ema")
 
 
-def validate_checkpoint(checkpoint: Dict[str, Any], source: str, trainer) -> None:
-    """ResumeError naming the first field of ``checkpoint`` that does not fit ``trainer`` (a
-    ppim.training.engine.Trainer as this run built it). Nothing of the trainer is changed."""
+def check_fields(checkpoint: Dict[str, Any], source: str) -> None:
+    """ResumeError naming the first field that is wrong whatever the run builds (epoch, step, best
+    metric, RNG states, the model's identity, weights as dicts of arrays): checked as soon as the
+    checkpoint is read, before anything uses it."""
     import paddle
 
     check = _Field(source)
     epoch = check.integer("epoch", checkpoint.get("epoch"), 1, MAX_EPOCH)
     check.integer("global_step", checkpoint.get("global_step"), 0, MAX_STEP)
+    rng = check.mapping("rng", checkpoint.get("rng"))
+    for key in ("python", "numpy", "paddle"):
+        if key not in rng:
+            raise check.fail(f"rng.{key}", "is missing")
+    _python_rng(check, "rng.python", rng["python"])
+    _numpy_rng(check, "rng.numpy", rng["numpy"])
+    _paddle_rng(check, "rng.paddle", rng["paddle"], len(paddle.get_rng_state()))
+    _best(check, checkpoint.get("best"), epoch)
+    if "model_name" in checkpoint and not isinstance(checkpoint["model_name"], str):
+        raise check.fail("model_name", f"is {short_repr(checkpoint['model_name'])}, not a model name")
+    if "num_classes" in checkpoint:
+        check.integer("num_classes", checkpoint["num_classes"], 0, 1_000_000)
+    if checkpoint.get("img_size") is not None:
+        check.integer("img_size", checkpoint["img_size"], 1, 8192)
+    for field in ("model", "model_ema"):
+        value = checkpoint.get(field)
+        if field == "model" or value is not None:
+            weights = check.mapping(field, value)
+            bad = next((key for key, array in weights.items() if not isinstance(array, np.ndarray)), None)
+            if bad is not None:
+                raise check.fail(f"{field}.{str(bad)[:80]}", f"is {short_repr(weights[bad])}, not an array")
+
+
+def validate_checkpoint(checkpoint: Dict[str, Any], source: str, trainer) -> None:
+    """ResumeError naming the first field of ``checkpoint`` that does not fit ``trainer`` (a
+    ppim.training.engine.Trainer as this run built it): check_fields, then the weights, EMA,
+    optimizer, schedule, loss scaler and step state. Nothing of the trainer is changed."""
+    check_fields(checkpoint, source)
+    check = _Field(source)
     _weights(check, "model", checkpoint.get("model"), trainer.module)
     if trainer.ema is not None and checkpoint.get("model_ema") is not None:
         _weights(check, "model_ema", checkpoint["model_ema"], trainer.ema.module)
@@ -225,13 +257,6 @@ def validate_checkpoint(checkpoint: Dict[str, Any], source: str, trainer) -> Non
         _scheduler(check, "scheduler", checkpoint.get("scheduler"))
     if trainer.scaler is not None and checkpoint.get("scaler"):
         _scaler(check, checkpoint["scaler"], trainer.scaler.state_dict())
-    rng = check.mapping("rng", checkpoint.get("rng"))
-    for key in ("python", "numpy", "paddle"):
-        if key not in rng:
-            raise check.fail(f"rng.{key}", "is missing")
-    _python_rng(check, "rng.python", rng["python"])
-    _numpy_rng(check, "rng.numpy", rng["numpy"])
-    _paddle_rng(check, "rng.paddle", rng["paddle"], len(paddle.get_rng_state()))
     step = checkpoint.get("step")
     if step is not None and hasattr(trainer.step, "set_state_dict"):
         expected: List[str] = sorted(trainer.step.state_dict())
@@ -240,4 +265,3 @@ def validate_checkpoint(checkpoint: Dict[str, Any], source: str, trainer) -> Non
             raise check.fail("step", f"holds {sorted(step)[:5]}, this run's step keeps {expected}")
         if "rng" in step:  # SuperStep: a Python random.Random state
             _python_rng(check, "step.rng", step["rng"])
-    _best(check, checkpoint.get("best"), epoch)

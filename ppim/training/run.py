@@ -17,18 +17,28 @@ import paddle
 from ..builder import MODEL_KEY, checkpoint_description, create_model, set_class_names
 from ..runtime import CAPABILITIES, default_device, dist_info, missing, set_cpu_threads
 from ..data import TrainLoader
-from ..errors import InputError, ParameterError
+from ..errors import ParameterError
 from ..evaluate import evaluate
 from ..registry import model_name
+from ..transforms import create_transforms
+from . import losses
 from .checkpoint import ResumeError, load_checkpoint
+from .resume_check import check_fields
 from .data import open_train_val
+from .ema import ModelEma
 from .engine import ClassificationStep, Trainer
+from .mixup import Mixup
+from .optim import create_optimizer
+from .recipes import apply_recipe
 from .records import Records
 from .run_folder import RunFolder, check_outside_data
+from .scheduler import CosineLRScheduler, fit_schedule
+from .token_labels.plugin import plan_training
 
 
-class ConfigError(InputError):
-    """A setting that cannot work (named with its fix), raised before anything trains."""
+class ConfigError(ParameterError):
+    """A setting that cannot work (named with its fix: ``amp=`` in a notebook, ``--amp`` on the command
+    line), raised before anything trains."""
 
 
 @dataclasses.dataclass
@@ -48,6 +58,7 @@ class TrainConfig:
     recipe: Optional[str] = None  # official (default) | finetune | none: see training.recipes
     skip_bad: bool = False  # skip unreadable images (each reported once) instead of stopping
     num_classes: Optional[int] = None  # default: the data's
+    allow_outside_root: bool = False  # list files may name images outside DATA
     img_size: Optional[int] = None
     model_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
     drop: float = 0.0
@@ -104,7 +115,7 @@ def _device(name: Optional[str]) -> str:
     if name is None:
         return default_device()
     if name == "gpu" and missing("gpu"):
-        raise ConfigError(f"--device gpu: {missing('gpu')}; or use --device cpu")
+        raise ConfigError(f"{{device}}: {missing('gpu')}; or use {{device:=cpu}}", device="gpu")
     return name
 
 
@@ -131,14 +142,14 @@ def _amp_dtype(config: TrainConfig, device: str) -> Optional[str]:
         return None
     dtype = config.amp_dtype or ("float16" if device == "gpu" else "bfloat16")
     if dtype not in ("float16", "bfloat16"):
-        raise ConfigError(f"--amp-dtype {dtype}: choose float16 or bfloat16")
+        raise ConfigError("{amp_dtype}: choose float16 or bfloat16", amp_dtype=dtype)
     if device == "cpu":
         if dtype == "float16":
-            raise ConfigError("--amp-dtype float16 needs a GPU; on the CPU use bfloat16")
+            raise ConfigError("{amp_dtype} needs a GPU; on the CPU use bfloat16", amp_dtype=dtype)
         reason = missing("eager_cpu_bf16")
         if reason:
-            raise ConfigError(f"--amp on the CPU needs {CAPABILITIES['eager_cpu_bf16'].needs}: {reason} "
-                              f"(autocast would silently run fp32); drop --amp (or train on a GPU)")
+            raise ConfigError(f"{{amp}} on the CPU needs {CAPABILITIES['eager_cpu_bf16'].needs}: {reason} "
+                              f"(autocast would silently run fp32); drop {{amp:name}} (or train on a GPU)", amp=True)
     return dtype
 
 
@@ -151,11 +162,7 @@ def _seed_everything(seed: int) -> None:
 def _build_criterion(config: TrainConfig, num_classes: int):
     """(criterion, mixup or None): soft-target CE after Mixup/CutMix (which smooths the targets),
     else label smoothing, else plain cross-entropy."""
-    from . import losses
-
     if config.mixup > 0 or config.cutmix > 0 or config.cutmix_minmax is not None:
-        from .mixup import Mixup
-
         mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, cutmix_minmax=config.cutmix_minmax,
                       prob=config.mixup_prob, switch_prob=config.mixup_switch_prob, mode=config.mixup_mode,
                       label_smoothing=config.smoothing, num_classes=num_classes)
@@ -166,8 +173,6 @@ def _build_criterion(config: TrainConfig, num_classes: int):
 
 
 def _transforms(model, config: TrainConfig):
-    from ..transforms import create_transforms
-
     overrides = {"auto_augment": config.aa, "re_prob": config.reprob, "interpolation": config.train_interpolation,
                  "scale": config.scale, "ratio": config.ratio, "hflip": config.hflip}
     return create_transforms(model, is_training=True, **overrides), create_transforms(model)
@@ -204,8 +209,9 @@ def continue_run(config: TrainConfig, checkpoint: Dict[str, Any], given: Set[str
     source = config.resume
     recorded = checkpoint.get("args")
     if not isinstance(recorded, dict) or not recorded.get("model"):
-        raise ResumeError(f"--resume {source} does not record its run's settings (an older ppim?): pass them "
-                          f"again (DATA, --model, --output, ...) as that run had them")
+        raise ResumeError("{resume} does not record its run's settings (an older ppim?): pass them again "
+                          "({data:name}, {model:name}, {output:name}, ...) as that run had them", resume=source,
+                          data=None, model=None, output=None)
     values = _from_args(recorded)
     values.update(resume=source, checkpoint=None, pretrained=False, recipe="none",  # weights: the checkpoint's
                   output=str(Path(source).resolve().parent))
@@ -218,9 +224,11 @@ def continue_run(config: TrainConfig, checkpoint: Dict[str, Any], given: Set[str
             changes.append(f"{name} {old!r} -> {new!r}")
             values[name] = new
     if not values.get("data") or not Path(values["data"]).is_dir():
-        raise ParameterError(f"--resume {source}: its data folder {values.get('data')} is not there; pass {{data:name}}",
-                             data=None)
-    log(f"resuming {source} at epoch {int(checkpoint.get('epoch', 0))} of {values.get('epochs')} in {values['output']}"
+        raise ParameterError(f"{{resume}}: its data folder {values.get('data')} is not there; pass {{data:name}}",
+                             resume=source, data=None)
+    epoch = checkpoint.get("epoch")  # checked with every other field when the state is loaded
+    at = f" at epoch {epoch}" if isinstance(epoch, int) and not isinstance(epoch, bool) else ""
+    log(f"resuming {source}{at} of {values.get('epochs')} in {values['output']}"
         + (f"; changed: {', '.join(changes)}" if changes else ""))
     return TrainConfig(**values)
 
@@ -228,11 +236,10 @@ def continue_run(config: TrainConfig, checkpoint: Dict[str, Any], given: Set[str
 def _start(config: TrainConfig, given: Optional[Set[str]], log: Callable[[str], None], world: int
            ) -> Tuple[TrainConfig, Optional[Dict[str, Any]]]:
     """The config this run trains (resumed or completed by its recipe) and the checkpoint it resumes."""
-    from .recipes import apply_recipe
-
     given = given_fields(config) if given is None else set(given)
     if config.resume:
         checkpoint = load_checkpoint(config.resume)
+        check_fields(checkpoint, config.resume)  # before anything reads them
         return continue_run(config, checkpoint, given, log), checkpoint
     if not config.data:
         raise ParameterError("pass {data:name}, the folder with train/ and val/ (or {resume:name} to continue a run)",
@@ -282,7 +289,9 @@ def build_trainer(config: TrainConfig, *, step: Optional[Callable] = None,
     try:
         if rank == 0:
             folder = RunFolder(output).acquire()  # held until the trainer's fit ends
-        return _build(config, checkpoint, output, rank, world, folder, step, order, log)
+        trainer = _build(config, checkpoint, output, rank, world, folder, step, order, log)
+        trainer.created_folder = created
+        return trainer
     except BaseException:
         if folder is not None:
             folder.release()
@@ -299,13 +308,14 @@ def _build(config: TrainConfig, checkpoint: Optional[Dict[str, Any]], output: Pa
     device = _device(config.device)
     amp = _amp_dtype(config, device)
     if config.sync_bn and device != "gpu":
-        raise ConfigError("--sync-bn needs GPUs (paddle.nn.SyncBatchNorm); drop it on the CPU")
+        raise ConfigError("{sync_bn} needs GPUs (paddle.nn.SyncBatchNorm); drop it on the CPU", sync_bn=True)
     # Under paddle.distributed.launch each process uses its own GPU (launch's FLAGS_selected_gpus).
     paddle.set_device(f"gpu:{paddle.distributed.ParallelEnv().device_id}" if device == "gpu" and world > 1 else device)
 
     if device == "cpu":
         set_cpu_threads(config.threads)  # for the run (Paddle's eager CPU math starts with one thread)
-    train_set, val_set, num_classes = open_train_val(config.data, num_classes=config.num_classes, val=config.val)
+    train_set, val_set, num_classes = open_train_val(config.data, num_classes=config.num_classes, val=config.val,
+                                                    allow_outside_root=config.allow_outside_root)
 
     described = (checkpoint or {}).get(MODEL_KEY) or {}
     kwargs = {**(described.get("kwargs") or {}), **config.model_kwargs}
@@ -327,18 +337,12 @@ def _build(config: TrainConfig, checkpoint: Optional[Dict[str, Any]], output: Pa
         val_set.transforms = eval_transforms
     _seed_everything(config.seed + rank)  # different augmentation and drop-path draws per rank
 
-    from .ema import ModelEma
-    from .optim import create_optimizer
-    from .scheduler import CosineLRScheduler, fit_schedule
-
     if config.sched != "cosine":
         raise ParameterError("{sched}: only cosine is available", sched=config.sched)
     criterion, mixup = _build_criterion(config, num_classes)
-    from .token_labels.plugin import plan_training
-
     plan = plan_training(config, model, train_set, num_classes, criterion, mixup, world)
     train_set, mixup = plan.train_set, plan.mixup
-    step, order = step or plan.step, order or plan.order
+    step, order = step or plan.step or ClassificationStep(criterion), order or plan.order
     loader = TrainLoader(train_set, config.batch_size, config.workers, seed=config.seed, rank=rank,
                          world_size=world, order=order, skip_bad=config.skip_bad)
     if len(loader) == 0:
@@ -347,9 +351,13 @@ def _build(config: TrainConfig, checkpoint: Optional[Dict[str, Any]], output: Pa
     warmup, cooldown, note = fit_schedule(config.epochs, config.warmup_epochs, config.cooldown_epochs)
     if note and checkpoint is None:
         log(note)
-    scheduler = CosineLRScheduler(base_lr=config.lr, epochs=max(1, config.epochs - cooldown), warmup_epochs=warmup,
+    # Timm's schedule (the cosine timed from epoch 0) where the warm-up fits; a scaled one runs per
+    # update with the cosine after the warm-up, so the lr reaches its peak. The cooldown ends the run.
+    scaled = note is not None
+    cosine = config.epochs - cooldown - (warmup if scaled else 0)
+    scheduler = CosineLRScheduler(base_lr=config.lr, epochs=max(cosine, 1 / len(loader)), warmup_epochs=warmup,
                                   warmup_lr=config.warmup_lr, min_lr=config.min_lr, cooldown_epochs=cooldown,
-                                  t_in_epochs=note is None, steps_per_epoch=len(loader))
+                                  t_in_epochs=not scaled, warmup_prefix=scaled, steps_per_epoch=len(loader))
     optimizer = create_optimizer(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay,
                                  momentum=config.momentum, clip_grad=config.clip_grad, lr_scheduler=scheduler)
     ema = ModelEma(model, decay=config.model_ema_decay) if config.model_ema else None
@@ -377,7 +385,7 @@ def _build(config: TrainConfig, checkpoint: Optional[Dict[str, Any]], output: Pa
 
     args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
     args.update(data=str(Path(config.data).resolve()), output=str(output.resolve()))
-    trainer = Trainer(wrapped, optimizer, loader, step=step or ClassificationStep(criterion), mixup=mixup,
+    trainer = Trainer(wrapped, optimizer, loader, step=step, mixup=mixup,
                       scheduler=scheduler, ema=ema, amp=amp, scaler=scaler,
                       evaluate=run_eval if val_set is not None else None, eval_interval=config.eval_interval,
                       output=output, records=None, progress=config.progress, rank=rank,
@@ -436,14 +444,18 @@ def train(config: TrainConfig, **hooks: Any) -> Dict[str, Any]:
     epochs = int(trainer.args.get("epochs", config.epochs))
     try:
         result = trainer.fit(epochs)
-    except KeyboardInterrupt:
-        if trainer.rank == 0:
-            last = trainer.output / "last.pdparams" if trainer.output is not None else None
+    except BaseException as error:
+        last = trainer.output / "last.pdparams" if trainer.output is not None else None
+        if trainer.rank == 0 and isinstance(error, KeyboardInterrupt):
             if last is not None and last.is_file():
                 log(f"interrupted in epoch {trainer.epoch}; the last checkpoint is {last} (epochs 0-{trainer.epoch - 1} "
                     f"done); continue with: ppim-train --resume {last}")
             else:
                 log(f"interrupted in epoch {trainer.epoch}, before the first checkpoint: nothing to resume")
+        if trainer.created_folder is not None and not (last is not None and last.is_file()):
+            if trainer.run_folder is not None:
+                trainer.run_folder.release()
+            shutil.rmtree(trainer.created_folder, ignore_errors=True)  # this run's, and it holds nothing
         raise
     finally:
         if trainer.records is not None:

@@ -27,7 +27,7 @@ class CosineLRScheduler(LRScheduler):
     ``t_in_epochs=False`` updates every optimizer step (needs ``steps_per_epoch``); ``cycle_limit``
     > 1 restarts the cosine (timm's), 0 restarts forever."""
 
-    def __init__(self, base_lr: float, epochs: int, steps_per_epoch: Optional[int] = None, warmup_epochs: float = 5,
+    def __init__(self, base_lr: float, epochs: float, steps_per_epoch: Optional[int] = None, warmup_epochs: float = 5,
                  warmup_lr: float = 1e-6, min_lr: float = 1e-5, cooldown_epochs: int = 10, t_in_epochs: bool = True,
                  warmup_prefix: bool = False, cycle_limit: int = 1, last_epoch: int = -1):
         if epochs <= 0:
@@ -35,10 +35,10 @@ class CosineLRScheduler(LRScheduler):
         if not t_in_epochs and not steps_per_epoch:
             raise ValueError("per-update schedules (t_in_epochs=False) need steps_per_epoch")
         unit = 1 if t_in_epochs else int(steps_per_epoch)
-        self.epochs = int(epochs)
+        self.epochs = epochs
         self.cooldown_epochs = int(cooldown_epochs)
         self.t_in_epochs = t_in_epochs
-        self.t_initial = self.epochs * unit
+        self.t_initial = max(1, int(round(epochs * unit)))  # fractional epochs: per-update schedules
         self.warmup_t = int(warmup_epochs * unit)
         self.warmup_lr = float(warmup_lr)
         self.min_lr = float(min_lr)
@@ -85,6 +85,7 @@ def fit_schedule(epochs: int, warmup_epochs: float, cooldown_epochs: int) -> Tup
     budget = epochs / 2
     if warmup_epochs + cooldown_epochs <= budget:
         return warmup_epochs, cooldown_epochs, None
+    # (the caller then runs the cosine after the warm-up, warmup_prefix, so the lr reaches its peak)
     scale = budget / (warmup_epochs + cooldown_epochs)
     warmup, cooldown = warmup_epochs * scale, int(cooldown_epochs * scale)
     note = (f"note: {warmup_epochs:g} warm-up + {cooldown_epochs} cooldown epochs do not fit {epochs} epochs: scaled to "

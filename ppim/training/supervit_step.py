@@ -19,15 +19,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import paddle
 import paddle.nn.functional as F
 
-from ..layers import random_box
+from ..layers import Box, random_box
 from ..models.supervit import scale_box
+from ..subnet import Subnet
+from .engine import unwrapped_step
 from .losses import TokenLabelCrossEntropy, kl_div_batchmean, soft_target_cross_entropy
-from .token_labels.step import unwrapped_step
 
 __all__ = ["training_subnets", "mixtoken_boxes", "SuperStep"]
 
-Subnet = Tuple[int, float]
-Box = Tuple[int, int, int, int]
 
 
 def training_subnets(img_sizes: Sequence[int], keep_ratios: Sequence[float],
@@ -38,20 +37,20 @@ def training_subnets(img_sizes: Sequence[int], keep_ratios: Sequence[float],
     full = max(img_sizes)
     ratios = [float(r) for r in keep_ratios if r < 1]
     sizes = [int(s) for s in img_sizes if s != full]
-    subnets = [(full, 1.0)]
+    subnets = [Subnet(full, 1.0)]
     if ratios:
-        subnets.append((full, rng.choice(ratios)))
+        subnets.append(Subnet(full, rng.choice(ratios)))
     if sizes:
         size = rng.choice(sizes)
-        subnets.append((size, 1.0))
+        subnets.append(Subnet(size, 1.0))
         if ratios:
-            subnets.append((size, rng.choice(ratios)))
+            subnets.append(Subnet(size, rng.choice(ratios)))
     return subnets
 
 
 def mixtoken_boxes(img_sizes: Sequence[int], patch_size: int = 16) -> Dict[int, Box]:
     """One MixToken box drawn on the full grid (numpy's global generator, as the official loop)
-    and scaled to every sub-network size: {img_size: (r1, c1, r2, c2)}."""
+    and scaled to every sub-network size: {img_size: Box}."""
     full = max(img_sizes) // patch_size
     box = random_box(full, full)
     return {int(s): scale_box(box, s // patch_size, full) for s in img_sizes}

@@ -20,7 +20,7 @@ import numpy as np
 from .errors import CheckpointError
 from .unpickler import short_repr
 
-__all__ = ["STATE_KEYS", "EMA_STATE_KEYS", "TRAIN_CHECKPOINT_FORMAT", "Selected", "select_state_dict"]
+__all__ = ["MODEL_DESCRIPTION_KEY", "STATE_KEYS", "EMA_STATE_KEYS", "TRAIN_CHECKPOINT_FORMAT", "Selected", "select_state_dict"]
 
 STATE_KEYS = ("state_dict", "model")
 EMA_STATE_KEYS = ("state_dict_ema", "model_ema", "ema")
@@ -41,7 +41,20 @@ class Selected(NamedTuple):
 TRAIN_CHECKPOINT_FORMAT = "ppim-train-checkpoint"
 
 
+#: The entry describing the model (ppim.builder.describe_model) in a file ppim writes; a bare state
+#: dict may hold it beside the weights (paddle's set_state_dict ignores it).
+MODEL_DESCRIPTION_KEY = "ppim_model"
+
+
+def _weights_only(obj: Any) -> Any:
+    """A bare state dict without its model description entry."""
+    if isinstance(obj, dict) and MODEL_DESCRIPTION_KEY in obj:
+        return {key: value for key, value in obj.items() if key != MODEL_DESCRIPTION_KEY}
+    return obj
+
+
 def _is_state_dict(obj: Any) -> bool:
+    obj = _weights_only(obj)
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, np.ndarray) for v in obj.values())
 
 
@@ -77,7 +90,7 @@ def select_state_dict(checkpoint: Any, ema: Optional[bool] = False, source: str 
             f"{source} has no {kind}: looked for {' / '.join(repr(k) for k in keys)}"
             f"{'' if ema is True else ' or a bare state dict'}; its top-level keys are "
             f"{sorted(str(k)[:40] for k in list(checkpoint)[:20])}{hint}")
-    state = checkpoint[found] if found else checkpoint
+    state = checkpoint[found] if found else _weights_only(checkpoint)
     bad = next((key for key in state if not isinstance(key, str)), None)
     if bad is not None:
         raise CheckpointError(f"{source}: the weights{f' in {found!r}' if found else ''} have a key of type "

@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from ..registry import model_name
+from .containers import MODEL_DESCRIPTION_KEY
 from .errors import CheckpointError
 from .formats import PYTORCH, detect_format, read_weights
 from .pdparams import read_pdparams, save_pdparams
@@ -42,13 +43,15 @@ class ConversionReport:
 
 
 def convert_file(source: "str | os.PathLike[str]", output: "str | os.PathLike[str]", model,
-                 ema: Optional[bool] = None, strict: bool = True) -> ConversionReport:
+                 ema: Optional[bool] = None, strict: bool = True,
+                 description: Optional[dict] = None) -> ConversionReport:
     """Convert a PyTorch checkpoint into a .pdparams for ``model`` (e.g. ppim.create_model(name,
     num_classes=...)). Strict: any missing, unexpected or mis-shaped key is an error naming them.
     ``ema``: True/False takes the EMA or the model weights of a checkpoint holding both; None follows
     the model's cfg (``weights["prefer_ema"]``: the EMA weights when present, as for super_lvvit_s).
     The file is written atomically (never over ``source``), with a sha256 sidecar, and verified by
-    loading it back into the model."""
+    loading it back into the model. ``description`` (ppim.builder.describe_model) is stored beside the
+    weights, so the file tells which model it is for."""
     if os.path.exists(output) and os.path.samefile(source, output):
         raise CheckpointError(f"the output {output} is the source checkpoint itself; write to another file")
     if detect_format(source) != PYTORCH:
@@ -62,7 +65,7 @@ def convert_file(source: "str | os.PathLike[str]", output: "str | os.PathLike[st
                               "(nothing written; --no-strict writes the keys that fit)")
     broken = {entry.split(" ", 1)[0] for entry in report.nonfinite}  # "key (2 NaN, ...)"
     kept = {key: state[key] for key in report.matched if key not in broken}
-    save_pdparams(kept, output)
+    save_pdparams({**kept, MODEL_DESCRIPTION_KEY: description} if description else kept, output)
     reloaded = read_pdparams(output)
     set_weights(model, dict(reloaded))
     loaded = model.state_dict()

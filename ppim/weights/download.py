@@ -26,6 +26,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
+from ..errors import InputError
 from ..fileio import atomic_path, remove_stale_parts
 from .cache import LOCK_SUFFIX, SHA256_SUFFIX, cached_file_path, file_lock, use_cached, weights_dir, write_sidecar
 from .errors import InvalidWeightsError, WeightsDownloadError
@@ -42,6 +43,13 @@ CHUNK_SIZE = 1 << 20
 DOWNLOAD_DEADLINE = 3 * 3600.0
 #: Most bytes of a web page (Google Drive's confirmation page) read and parsed.
 MAX_PAGE_BYTES = 1 << 20
+#: A download slower than MIN_RATE bytes/s on average over RATE_WINDOW seconds is a stall: that
+#: attempt is abandoned (curl's --speed-limit / --speed-time). The defaults let a slow but honest
+#: link (a few KB/s) through; the environment variables override them.
+MIN_RATE = 1024.0
+RATE_WINDOW = 60.0
+ENV_MIN_RATE = "PPIM_DOWNLOAD_MIN_RATE"
+ENV_RATE_WINDOW = "PPIM_DOWNLOAD_RATE_WINDOW"
 
 _T = TypeVar("_T")
 
@@ -120,6 +128,27 @@ class _TruncatedError(Exception):
     pass
 
 
+class _StallError(Exception):
+    pass
+
+
+def _rate_limits(min_rate: Optional[float], window: Optional[float]) -> "tuple[float, float]":
+    """(bytes/s, seconds) of the stall rule: the arguments, else the environment, else the defaults."""
+    values = []
+    for given, env, default in ((min_rate, ENV_MIN_RATE, MIN_RATE), (window, ENV_RATE_WINDOW, RATE_WINDOW)):
+        if given is None:
+            text = os.environ.get(env, "").strip()
+            try:
+                given = float(text) if text else default
+            except ValueError:
+                raise InputError(f"{env}={text!r} is not a number (bytes/s, seconds; 0 turns the stall rule "
+                                 f"off)") from None
+        if not given >= 0 or given == float("inf"):
+            raise InputError(f"{env} must be a finite number >= 0, got {given}")
+        values.append(float(given))
+    return values[0], values[1]
+
+
 class _DeadlineError(Exception):
     pass
 
@@ -132,6 +161,7 @@ _NETWORK_ERRORS = (
     requests.exceptions.ContentDecodingError,
     urllib3.exceptions.HTTPError,  # raised by the raw reads of _chunks (read timeouts, broken bodies)
     _TruncatedError,
+    _StallError,
 )
 
 
@@ -188,7 +218,7 @@ def _looks_like_html(head: bytes) -> bool:
 def _read_page(response: requests.Response, deadline: float) -> str:
     """At most MAX_PAGE_BYTES of a web page's body, as text."""
     data = bytearray()
-    for chunk in _chunks(response, deadline):
+    for chunk in _chunks(response, deadline, *_rate_limits(None, None)):
         data += chunk
         if len(data) > MAX_PAGE_BYTES:
             break
@@ -305,22 +335,32 @@ def _with_retries(url: str, path: Optional[Path], retries: int, attempt: Callabl
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _chunks(response: requests.Response, deadline: float) -> Iterator[bytes]:
+def _chunks(response: requests.Response, deadline: float, min_rate: float = 0.0,
+            window: float = 0.0) -> Iterator[bytes]:
     """The body as it arrives (read1: a slow server cannot make one read wait for a full chunk),
-    checked against the overall ``deadline`` (time.monotonic()) between reads."""
+    checked against the overall ``deadline`` (time.monotonic()) between reads, and against the stall
+    rule: fewer than ``min_rate * window`` bytes in any ``window`` seconds raises _StallError (0: off)."""
     raw = response.raw
     read = getattr(raw, "read1", None) or raw.read
+    started, counted = time.monotonic(), 0
     while True:
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise _DeadlineError()
+        if min_rate > 0 and window > 0 and now - started >= window:
+            if counted < min_rate * (now - started):
+                raise _StallError(f"{counted} bytes in {now - started:.3g} s, below the minimum rate of "
+                                  f"{min_rate:g} bytes/s over {window:g} s ({ENV_MIN_RATE} / {ENV_RATE_WINDOW})")
+            started, counted = now, 0
         chunk = read(CHUNK_SIZE)
         if not chunk:
             return
+        counted += len(chunk)
         yield chunk
 
 
 def _download_once(url: str, tmp: Path, name: str, *, timeout: float, deadline: float,
-                   progress: bool) -> str:
+                   progress: bool, rates: "tuple[float, float]" = (0.0, 0.0)) -> str:
     """One GET of ``url`` into ``tmp`` (truncated first); returns its sha256."""
     with open(tmp, "wb") as f, _open(url, timeout, deadline) as response:
         length = response.headers.get("Content-Length")
@@ -329,7 +369,7 @@ def _download_once(url: str, tmp: Path, name: str, *, timeout: float, deadline: 
         received = 0
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                   desc=name, disable=not progress, file=sys.stderr) as bar:
-            for chunk in _chunks(response, deadline):
+            for chunk in _chunks(response, deadline, *rates):
                 if received == 0 and _looks_like_html(chunk[:64]):
                     raise WeightsDownloadError(
                         f"{url} answered with a web page (a login, error or quota page?) instead of the "
@@ -378,6 +418,8 @@ def download_to_cache(
     timeout: float = 30.0,
     retries: int = 3,
     deadline: Optional[float] = None,
+    min_rate: Optional[float] = None,
+    rate_window: Optional[float] = None,
 ) -> Path:
     """Return the cached path of ``url``'s file, downloading it first if it is not cached.
 
@@ -395,6 +437,10 @@ def download_to_cache(
             HTTP 5xx, waiting RETRY_BASE_DELAY * 1, 2, 4, ... seconds; HTTP 4xx is not retried.
         deadline: seconds for the whole download, all attempts (default DOWNLOAD_DEADLINE), so a
             server that trickles bytes cannot hold us forever.
+        min_rate, rate_window: an attempt that receives fewer than ``min_rate`` bytes/s on average
+            over ``rate_window`` seconds has stalled and is abandoned (then retried); default
+            ``$PPIM_DOWNLOAD_MIN_RATE`` / ``$PPIM_DOWNLOAD_RATE_WINDOW``, else MIN_RATE / RATE_WINDOW
+            (1 KiB/s over 60 s); 0 turns the rule off.
 
     A cached file is checked against its sha256 sidecar (:class:`CorruptWeightsError` on mismatch);
     a hand-placed file (no sidecar) is used as it is. Neither touches the network, unless the name
@@ -406,6 +452,7 @@ def download_to_cache(
         WeightsDownloadError, WeightsLockError, CorruptWeightsError, InvalidWeightsError (all WeightsError).
     """
     end = time.monotonic() + (DOWNLOAD_DEADLINE if deadline is None else deadline)
+    rates = _rate_limits(min_rate, rate_window)
     path = cache_path_for(url, file_name)
     if path is None:
         path = _cached_in_url_dir(url)
@@ -425,7 +472,7 @@ def download_to_cache(
             print(f"Downloading {url} to {path}", file=sys.stderr, flush=True)
         with atomic_path(path) as tmp:
             sha256 = _with_retries(url, path, retries, lambda: _download_once(
-                url, tmp, path.name, timeout=timeout, deadline=end, progress=progress), end)
+                url, tmp, path.name, timeout=timeout, deadline=end, progress=progress, rates=rates), end)
             if validate is not None:
                 try:
                     validate(tmp)

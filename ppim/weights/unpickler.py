@@ -12,7 +12,8 @@ Beyond that, a hostile pickle cannot:
 * nest deeply or build huge graphs: the stack, the MARK stack, the memo and the opcode count are
   capped, tuples and frozensets (the containers hashing recurses through in C) are depth-checked as
   they are built, and :func:`check_structure` walks the result iteratively (depth, node count,
-  cycles) before any other code touches it.
+  cycles) before any other code touches it; a tuple may not expand to more than MAX_EXPANDED
+  values when walked as a tree (what hashing it as a dict key does).
 
 Each limit has a module constant; a refusal names the limit and the value.
 """
@@ -41,12 +42,20 @@ MAX_STACK = 1_000_000
 MAX_MARKS = 256
 #: Most distinct containers and values in a loaded structure.
 MAX_NODES = 2_000_000
+#: Most values a tuple or frozenset may hold when walked as a tree (hashing it as a dict key, comparing
+#: it): shared members count once per reference, so nested shared tuples cannot blow up.
+MAX_EXPANDED = 1_000_000
+#: Most tuple values all the dict and set insertions of one file may hash (one big tuple used as a
+#: key again and again costs its expanded size each time).
+MAX_HASHED = 20_000_000
 
 # Protocol-2 pickles name Python 2 modules; pickle's own find_class would map them.
 _MODULE_ALIASES = {"__builtin__": "builtins"}
 _BUILD = pickle.BUILD[0]
 _REDUCE, _NEWOBJ, _NEWOBJ_EX = pickle.REDUCE[0], pickle.NEWOBJ[0], pickle.NEWOBJ_EX[0]
 _TUPLE_OPS = {op[0] for op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.FROZENSET)}
+_SETITEM = pickle.SETITEM[0]
+_HASHING_OPS = {op[0] for op in (pickle.SETITEM, pickle.SETITEMS, pickle.DICT, pickle.ADDITEMS, pickle.FROZENSET)}
 
 
 def short_repr(value: Any, limit: int = 80) -> str:
@@ -130,7 +139,8 @@ class AllowlistUnpickler(pickle._Unpickler):
         self._fresh: Set[int] = set()  # ids of objects this load created with REDUCE/NEWOBJ
         self._built: Set[int] = set()
         self._keep: list = []  # keeps fresh objects alive so their ids stay unique
-        self._depth: Dict[int, int] = {}  # tuple/frozenset id -> nesting depth
+        self._depth: Dict[int, Tuple[int, int]] = {}  # tuple/frozenset id -> (nesting depth, expanded size)
+        self._hashed = 0  # tuple values hashed by dict and set insertions so far
         if persistent_load is not None:
             self.persistent_load = persistent_load
 
@@ -163,6 +173,8 @@ class AllowlistUnpickler(pickle._Unpickler):
                 op = key[0]
                 if op == _BUILD:
                     self._check_build()
+                elif op in _HASHING_OPS:
+                    self._count_hashing(op)
                 dispatch[op](self)
                 ops += 1
                 if op == _BUILD:
@@ -192,11 +204,30 @@ class AllowlistUnpickler(pickle._Unpickler):
             raise pickle.UnpicklingError(f"it builds an array of dtype {dtype}, not a plain numeric type")
 
     def _note_depth(self, obj: Any) -> None:
-        depth = 1 + max((self._depth.get(id(item), 0) for item in obj), default=0)
+        depth = 1 + max((self._depth.get(id(item), (0, 0))[0] for item in obj), default=0)
         if depth > MAX_DEPTH:
             raise pickle.UnpicklingError(f"its containers nest deeper than {MAX_DEPTH} levels")
-        self._depth[id(obj)] = depth
+        # Hashing or comparing a tuple walks it as a tree: shared members count once per reference.
+        size = 1 + sum(self._depth.get(id(item), (0, 1))[1] for item in obj)
+        if size > MAX_EXPANDED:
+            raise pickle.UnpicklingError(f"its tuples expand to more than {MAX_EXPANDED} values when walked "
+                                         f"(a 'billion laughs' file)")
+        self._depth[id(obj)] = (depth, size)
         self._keep.append(obj)
+
+    def _count_hashing(self, op: int) -> None:
+        """Account for the tuple values the next insertion hashes (items since the MARK are
+        ``self.stack`` in the pure-Python unpickler; SETITEM's key is the item under the value)."""
+        if op == _SETITEM:
+            keys = self.stack[-2:-1]
+        elif op in (pickle.SETITEMS[0], pickle.DICT[0]):
+            keys = self.stack[0::2]
+        else:
+            keys = self.stack
+        self._hashed += sum(self._depth[id(k)][1] for k in keys if id(k) in self._depth)
+        if self._hashed > MAX_HASHED:
+            raise pickle.UnpicklingError(f"its dict and set keys hash more than {MAX_HASHED} tuple values "
+                                         f"(a 'billion laughs' file)")
 
     def _check_build(self) -> None:
         if len(self.stack) < 2:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ...data import ImageDataset, load_image
 from ...transforms import TrainTransforms, load_rgb
-from .formats import LabelShape, OfficialLabels, TokenLabelError, label_key
+from .formats import LabelShape, OfficialLabels, TokenLabelError, check_label, label_key
 
 __all__ = ["TokenLabelTransforms", "TokenLabelDataset", "pack_label", "unpack_labels", "packed_width"]
 
@@ -82,14 +82,18 @@ class TokenLabelDataset(ImageDataset):
         self.root = getattr(base, "root", None)
         self.labels_store = labels
         self.num_classes = int(num_classes)
-        first_key = label_key(self.samples[0][0])
-        self.shape: LabelShape = tuple(labels.shape or labels[first_key].shape)  # type: ignore[assignment]
-        if not isinstance(labels, OfficialLabels):  # an index lookup per image is cheap
+        if isinstance(labels, OfficialLabels):  # one file per image: each is checked as it is read
+            labels.settle_shape([label_key(path) for path, _ in self.samples])
+        else:  # an index lookup per image is cheap, and the memory-mapped rows are checked now
             missing = [path for path, _ in self.samples if label_key(path) not in labels]
             if missing:
                 raise TokenLabelError(f"{len(missing)} of {len(self.samples)} training images have no token "
                                       f"label in {labels.root} (first: {missing[0]}); regenerate the labels "
                                       f"for this training set (tools/make_token_labels.py)")
+            labels.check(self.num_classes)
+        if labels.shape is None:
+            raise TokenLabelError(f"{labels.root}: none of the training images has a token label")
+        self.shape: LabelShape = tuple(labels.shape)  # type: ignore[assignment]
 
     @property
     def width(self) -> int:
@@ -97,12 +101,7 @@ class TokenLabelDataset(ImageDataset):
 
     def __getitem__(self, index: int):
         path, target = self.samples[index]
-        label = self.labels_store[label_key(path)]
-        if tuple(label.shape) != self.shape:
-            raise TokenLabelError(f"token label of {path}: shape {list(label.shape)}, the others "
-                                  f"{list(self.shape)}")
-        if label[1].max() >= self.num_classes:
-            raise TokenLabelError(f"token label of {path} names class {int(label[1].max())}, but the model "
-                                  f"has {self.num_classes} classes: labels from another class set?")
+        key = label_key(path)
+        label = check_label(self.labels_store[key], self.labels_store.where(key), self.shape, self.num_classes)
         image, label, coords = self.transforms(load_image(path), label)
         return image, pack_label(target, coords, label)

@@ -24,12 +24,15 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ...data.labels import LabelError, check_class_indices
 from ...errors import InputError
 from ...fileio import atomic_path, write_atomic, write_json
 from ...weights.errors import CheckpointError
 from ...weights.torch_reader import load_torch_checkpoint
 
-__all__ = ["TokenLabelError", "LabelShape", "label_key", "check_shape", "check_key", "check_label", "read_official_label",
+__all__ = ["TokenLabelError", "LabelShape", "label_key", "check_shape", "check_grid", "check_key", "check_label",
+           "check_rows",
+           "read_official_label",
            "write_official_label", "OfficialLabels", "PackedLabels", "PackedLabelWriter",
            "OfficialLabelWriter", "open_token_labels", "open_label_writer", "convert_token_labels",
            "PACKED_META"]
@@ -67,6 +70,22 @@ def check_shape(shape: Sequence, where: str) -> LabelShape:
     return (2, k, height, width)
 
 
+def check_grid(shape: LabelShape, grid: int, where: str) -> bool:
+    """The documented rule for label maps (H, W) and the model's token grid (grid x grid): maps of
+    the grid's size are used as they are; square maps up to twice as fine are resized to the grid
+    by roi_align as TokenLabeling does (its released 18 x 18 labels train a 14 x 14 grid) and True
+    is returned (worth a note); anything else is refused: labels made for another input size."""
+    height, width = shape[2], shape[3]
+    if height == width == grid:
+        return False
+    if height == width and grid < height <= 2 * grid:
+        return True
+    raise TokenLabelError(f"{where}: label maps are {height} x {width} but the model's token grid is {grid} x "
+                          f"{grid} (maps from the grid to twice as fine are resized by roi_align); these labels "
+                          f"were made for another input size: make them for this model "
+                          f"(tools/make_token_labels.py) or train at the size they were made for")
+
+
 def check_key(key: str, where: str) -> str:
     """A label key must be ``<class folder>/<stem>``: two plain path parts (no traversal)."""
     parts = key.split("/")
@@ -75,11 +94,13 @@ def check_key(key: str, where: str) -> str:
     return key
 
 
-def check_label(array: np.ndarray, where: str, shape: Optional[LabelShape] = None) -> np.ndarray:
+def check_label(array: np.ndarray, where: str, shape: Optional[LabelShape] = None,
+                num_classes: Optional[int] = None) -> np.ndarray:
     """Validate one token label ([2, k, H, W] scores and indices) and return it as float16.
 
-    Raises TokenLabelError naming ``where`` when the layout is wrong, the indices are not
-    non-negative integers, or ``shape`` is given and differs.
+    Raises TokenLabelError naming ``where`` when the layout is wrong, the scores are not finite, the
+    indices break ppim.data.labels' rule (whole numbers in 0 .. num_classes - 1), or ``shape`` is
+    given and differs.
     """
     if not isinstance(array, np.ndarray):
         raise TokenLabelError(f"{where}: expected one tensor [2, k, H, W], found {type(array).__name__}")
@@ -90,10 +111,25 @@ def check_label(array: np.ndarray, where: str, shape: Optional[LabelShape] = Non
     if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
         raise TokenLabelError(f"{where}: dtype {array.dtype} is not numeric")
     out = array.astype(np.float16, copy=False)
-    index = out[1]
-    if not (np.all(np.isfinite(index)) and np.all(index >= 0) and np.all(index == np.floor(index))):
-        raise TokenLabelError(f"{where}: class indices (row 1) must be non-negative integers")
+    check_rows(out[None], [where], num_classes)
     return out
+
+
+def check_rows(labels: np.ndarray, names: Sequence[str], num_classes: Optional[int] = None) -> None:
+    """Token labels (n, 2, k, H, W): finite scores, class indices by ppim.data.labels' rule;
+    TokenLabelError naming the first bad row by ``names[row]``."""
+    with np.errstate(invalid="ignore"):
+        bad_scores = ~np.isfinite(labels[:, 0]).reshape(len(labels), -1).all(axis=1)
+    if bad_scores.any():
+        raise TokenLabelError(f"{names[int(np.flatnonzero(bad_scores)[0])]}: scores (row 0) must be finite numbers")
+    try:
+        check_class_indices(labels[:, 1], "", num_classes)
+    except LabelError:
+        for row in range(len(labels)):
+            try:
+                check_class_indices(labels[row, 1], "", num_classes)
+            except LabelError as error:
+                raise TokenLabelError(f"{names[row]}{error} (row 1 of the label)") from None
 
 
 def read_official_label(path: "str | os.PathLike[str]") -> np.ndarray:
@@ -184,6 +220,23 @@ class OfficialLabels:
     def keys(self) -> List[str]:
         return sorted(f"{p.parent.name}/{p.stem}" for p in self.root.glob("*/*.pt"))
 
+    def where(self, key: str) -> str:
+        """The file that holds ``key``'s label (for error messages)."""
+        return str(self.path(key))
+
+    def settle_shape(self, keys: Sequence[str], samples: int = 7) -> LabelShape:
+        """The set's label shape: the most common among up to ``samples`` files spread over ``keys``
+        (not simply the first file read, so one odd file is blamed itself, not the normal ones)."""
+        picked = sorted({keys[int(i)] for i in np.linspace(0, len(keys) - 1, min(samples, len(keys)))})
+        shapes: Dict[LabelShape, int] = {}
+        for key in picked:
+            if key in self:
+                shape = tuple(read_official_label(self.path(key)).shape)
+                shapes[shape] = shapes.get(shape, 0) + 1  # type: ignore[index]
+        if shapes:
+            self.shape = max(shapes, key=lambda shape: (shapes[shape], -int(np.prod(shape))))
+        return self.shape  # type: ignore[return-value]
+
     def __getitem__(self, key: str) -> np.ndarray:
         path = self.path(key)
         if not path.is_file():
@@ -227,6 +280,7 @@ class PackedLabels:
         self.root = Path(root)
         meta = _read_meta(self.root)
         self.shape = check_shape(meta["label_shape"], str(self.root / PACKED_META))
+        self._parts: List[str] = list(meta["parts"])
         self._arrays: List[np.ndarray] = []
         self._index: Dict[str, Tuple[int, int]] = {}
         for number, part in enumerate(meta["parts"]):
@@ -266,6 +320,22 @@ class PackedLabels:
 
     def keys(self) -> List[str]:
         return sorted(self._index)
+
+    def where(self, key: str) -> str:
+        """The part file and row that hold ``key``'s label (for error messages)."""
+        part, row = self._index[key]
+        return f"{self.root / (self._parts[part] + '.npy')} row {row} ({key})"
+
+    def check(self, num_classes: int, chunk: int = 4096) -> None:
+        """Every row by check_rows' rule (finite scores, class indices in 0 .. num_classes - 1), in
+        chunks of the memory map; TokenLabelError naming the part file, row and key."""
+        keys_by_row: Dict[Tuple[int, int], str] = {where: key for key, where in self._index.items()}
+        for number, array in enumerate(self._arrays):
+            for start in range(0, len(array), chunk):
+                rows = np.asarray(array[start:start + chunk])
+                names = [f"{self.root / (self._parts[number] + '.npy')} row {start + i} "
+                         f"({keys_by_row.get((number, start + i), '?')})" for i in range(len(rows))]
+                check_rows(rows, names, num_classes)
 
     def __getitem__(self, key: str) -> np.ndarray:
         try:

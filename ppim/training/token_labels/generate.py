@@ -4,16 +4,21 @@ image, the teacher's per-token class scores at its eval transforms, top-k per to
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import paddle
 
 from ...data import BatchLoader, ImageDataset
-from .formats import label_key, open_label_writer
+from ...fileio import remove_quietly, write_json
+from .formats import PACKED_META, TokenLabelError, label_key, open_label_writer
 
-__all__ = ["dense_scores", "teacher_labels", "make_token_labels"]
+__all__ = ["TEACHER_FILE", "dense_scores", "teacher_labels", "teacher_record", "make_token_labels"]
+
+#: What made the labels in an output folder: teacher name, weights sha256, constructor kwargs, top-k.
+TEACHER_FILE = "teacher.json"
 
 
 def dense_scores(model: paddle.nn.Layer, images: paddle.Tensor) -> paddle.Tensor:
@@ -27,6 +32,44 @@ def dense_scores(model: paddle.nn.Layer, images: paddle.Tensor) -> paddle.Tensor
     if side * side != scores.shape[1]:
         raise ValueError(f"{scores.shape[1]} patch tokens do not form a square grid")
     return scores.reshape([scores.shape[0], side, side, scores.shape[2]])
+
+
+def teacher_record(model: paddle.nn.Layer, topk: int = 5) -> Dict[str, Any]:
+    """What identifies the labels a teacher makes: its registered name, the sha256 of its weights
+    (None: random weights), the constructor kwargs it was built with (num_classes included) and top-k."""
+    from ...builder import describe_model
+
+    described = describe_model(model)
+    info = getattr(model, "pretrained_info", None) or {}
+    return {"teacher": described["name"], "weights_sha256": info.get("sha256"),
+            "kwargs": {**described["kwargs"], "num_classes": described["num_classes"]}, "topk": int(topk)}
+
+
+def _claim_output(output: Path, record: Dict[str, Any], fmt: str, relabel: bool, rank: int, world_size: int) -> bool:
+    """Refuse an output holding labels of another teacher unless ``relabel`` (then this rank's old
+    labels are set to be redone); record the teacher. Returns whether every label is to be redone."""
+    path = output / TEACHER_FILE
+    record = json.loads(json.dumps(record))
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        old = "unreadable"
+    has_labels = (output / PACKED_META).is_file() or any(output.glob("*/*.pt"))
+    if has_labels and old != record and not relabel:
+        made_by = (f"teacher {old.get('teacher')!r} (weights sha256 {str(old.get('weights_sha256'))[:12]}, "
+                   f"kwargs {old.get('kwargs')}, top-{old.get('topk')})" if isinstance(old, dict)
+                   else f"a teacher it does not record ({path} is {'missing' if old is None else 'unreadable'})")
+        raise TokenLabelError(f"{output} holds token labels made by {made_by}, not by {record['teacher']} with these "
+                              f"weights and arguments: pass --relabel to label every image again, or choose "
+                              f"a new --output")
+    redo = has_labels and old != record
+    if redo and fmt == "packed":  # this rank's part is made again (its files are ours: the record says so)
+        part = f"part-{rank:05d}-of-{world_size:05d}"
+        for name in (f"{part}.npy", f"{part}.keys.txt", f"{part}.done.npy") + ((PACKED_META,) if rank == 0 else ()):
+            remove_quietly(output / name)
+    if rank == 0:
+        write_json(path, record)
+    return redo
 
 
 @paddle.no_grad()
@@ -43,13 +86,16 @@ def make_token_labels(model: paddle.nn.Layer, dataset: ImageDataset, output: "st
                       fmt: str = "packed", topk: int = 5, batch_size: int = 64,
                       num_workers: Optional[int] = None, rank: int = 0, world_size: int = 1,
                       progress: bool = True, skip_bad: bool = False,
-                      log: Optional[Callable[[str], None]] = None) -> Dict[str, int]:
+                      log: Optional[Callable[[str], None]] = None, teacher: Optional[Dict[str, Any]] = None,
+                      relabel: bool = False) -> Dict[str, int]:
     """Write token labels of every image of ``dataset`` (its transforms: the teacher's eval ones)
     to ``output`` in ``fmt`` ('packed' or 'official'). Resumable: labels already written are
     kept. Under several processes, rank r labels images r, r + W, ... (packed: its own part).
     ``skip_bad``: unreadable images get no labels and are reported once each through ``log``
-    instead of stopping the run. Returns {"images": this rank's images, "written": labelled now,
-    "kept": found done, "skipped": unreadable}."""
+    instead of stopping the run. ``output/teacher.json`` records the teacher (``teacher``:
+    teacher_record(model, topk) by default); labels of another teacher there are refused
+    unless ``relabel`` (then redone). Returns {"images": this rank's images, "written": labelled
+    now, "kept": found done, "skipped": unreadable}."""
     from tqdm import tqdm
 
     model.eval()
@@ -58,12 +104,15 @@ def make_token_labels(model: paddle.nn.Layer, dataset: ImageDataset, output: "st
     if len(set(keys)) != len(keys):
         raise ValueError(f"{dataset.root}: two images share a label key (class folder / name up to the "
                          f"first dot); rename one")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    redo = _claim_output(output, teacher or teacher_record(model, topk=topk), fmt, relabel, rank, world_size)
     probe = BatchLoader(dataset, 1, 0, indices=shard, skip_bad=skip_bad)._probe_shape()
     if probe is None:
         raise ValueError(f"{dataset.root}: no readable image to label")
     shape = teacher_labels(model, paddle.zeros([1, *probe], dtype="float32"), topk).shape[1:]
     writer = open_label_writer(fmt, output, keys, shape, rank, world_size)
-    pending = writer.pending()
+    pending = list(range(len(keys))) if redo else writer.pending()
     position = {index: p for p, index in enumerate(shard)}
     loader = BatchLoader(dataset, batch_size, num_workers, indices=[shard[i] for i in pending], skip_bad=skip_bad)
     written, skipped = 0, 0

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from typing import Any, Callable, List, NamedTuple, Optional
 
 import numpy as np
 
 from ...errors import InputError
-from ...models.supervit import is_supernet
+from ...subnet import subnets_of
 from ..losses import TokenLabelCrossEntropy
 from .dataset import TokenLabelDataset, TokenLabelTransforms
-from .formats import TokenLabelError, open_token_labels
+from .formats import TokenLabelError, check_grid, open_token_labels
 from .step import TokenLabelMixup, TokenLabelStep, TokenLabelTargets
 
 __all__ = ["TrainingPlan", "plan_training", "repeated_augmentation_order"]
+
 
 class TrainingPlan(NamedTuple):
     train_set: Any
@@ -54,7 +56,7 @@ def plan_training(config, model, train_set, num_classes: int, criterion, mixup, 
     - ``config.token_label_data``: a TokenLabelDataset of the labels (either format) with the
       label-aware transforms, and Mixup/CutMix mixing the token-label target.
     """
-    supernet = is_supernet(model)
+    supernet = bool(subnets_of(model))
     dense = getattr(model, "aux_weight", None) is not None and hasattr(model, "forward_train")
     if config.token_label_data and not config.token_label:
         raise InputError("--token-label-data needs --token-label")
@@ -80,6 +82,9 @@ def plan_training(config, model, train_set, num_classes: int, criterion, mixup, 
                 labels = open_token_labels(config.token_label_data)
                 train_set = TokenLabelDataset(train_set, labels, TokenLabelTransforms(train_set.transforms),
                                               num_classes)
+                if check_grid(train_set.shape, grid, str(config.token_label_data)):
+                    print(f"note: token label maps of {train_set.shape[2]} x {train_set.shape[3]} are resized to "
+                          f"the {grid} x {grid} token grid by roi_align", file=sys.stderr)
             except TokenLabelError as error:
                 raise TokenLabelError(f"--token-label-data: {error}") from None
             shape = train_set.shape

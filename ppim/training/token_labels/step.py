@@ -4,36 +4,18 @@ and the per-batch step that trains ``forward_train``'s (cls, aux, box) with Toke
 
 from __future__ import annotations
 
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional
 
 import paddle
 
-from ...runtime import unwrap_parallel
+from ..engine import unwrapped_step
 from ..losses import TokenLabelCrossEntropy
 from ..mixup import Mixup, mixup_target
 from .dataset import packed_width, unpack_labels
 from .formats import LabelShape
 from .targets import mix_target, token_label_target
 
-__all__ = ["TokenLabelTargets", "TokenLabelMixup", "TokenLabelStep", "unwrapped_step"]
-
-T = TypeVar("T")
-
-
-def unwrapped_step(model: paddle.nn.Layer, work: Callable[[paddle.nn.Layer], T]) -> T:
-    """Run ``work(layer)`` (forwards through methods other than ``forward``, and their backwards) on
-    the layer inside paddle.DataParallel without per-backward gradient syncs, then average the
-    gradients over the processes once, as DataParallel would have."""
-    if not isinstance(model, paddle.DataParallel):
-        return work(model)
-    from paddle.distributed.fleet.utils.hybrid_parallel_util import fused_allreduce_gradients
-
-    layer = unwrap_parallel(model)
-    with model.no_sync():
-        result = work(layer)
-    params = [p for p in layer.parameters() if not p.stop_gradient and p.grad is not None]
-    fused_allreduce_gradients(params, None)
-    return result
+__all__ = ["TokenLabelTargets", "TokenLabelMixup", "TokenLabelStep"]
 
 
 class TokenLabelTargets:

@@ -21,6 +21,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle.vision.ops import roi_align
 
+from ..losses import mixtoken_lam  # noqa: F401  (part of this module's API)
 from ..mixup import one_hot
 
 __all__ = ["smoothing_values", "dense_label_maps", "align_label_maps", "token_label_target",
@@ -93,9 +94,3 @@ def mix_target(target: paddle.Tensor, lam: Lam) -> paddle.Tensor:
             else lam.astype("float32")
         lam = lam.reshape([-1] + [1] * (target.ndim - 1))
     return target * lam + paddle.flip(target, axis=[0]) * (1 - lam)
-
-
-def mixtoken_lam(box, num_tokens: int) -> float:
-    """MixToken's cls mixing weight: 1 - box area / number of tokens (box (r1, c1, r2, c2))."""
-    r1, c1, r2, c2 = (int(v) for v in box)
-    return 1.0 - (r2 - r1) * (c2 - c1) / num_tokens
