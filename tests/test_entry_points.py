@@ -17,7 +17,7 @@ SCRIPTS = {"ppim-eval": "ppim.cli.eval:main", "ppim-train": "ppim.cli.train:main
            "ppim-convert": "ppim.cli.convert:main", "ppim-export": "ppim.cli.export:main",
            "ppim-predict": "ppim.cli.predict:main", "ppim-benchmark": "ppim.cli.benchmark:main",
            "ppim-visualize": "ppim.cli.visualize:main",
-           "ppim-make-token-labels": "ppim.cli.make_token_labels:main"}
+           "ppim-make-token-labels": "ppim.cli.make_token_labels:main", "ppim-env": "ppim.cli.env:main"}
 TINY = {"img_size": 64, "embed_dim": 32, "depth": 1, "num_heads": 2, "stem_dim": 8}
 
 
