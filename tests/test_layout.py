@@ -60,7 +60,7 @@ def test_registry_is_a_leaf():
 #: module or package goes into the layer its imports put it in.
 LAYERS = [
     {"ppim._zlib", "ppim.errors", "ppim.fileio", "ppim.version", "ppim.registry", "ppim.auto_augment"},
-    {"ppim.runtime", "ppim.subnet", "ppim.transforms", "ppim.weights", "ppim.layers"},
+    {"ppim.runtime", "ppim.mathtune", "ppim.subnet", "ppim.transforms", "ppim.weights", "ppim.layers"},
     {"ppim.data"},
     {"ppim.builder"},
     {"ppim.models"},

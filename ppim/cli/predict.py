@@ -80,10 +80,10 @@ def _pick_subnet(model, args) -> None:
     from ..deploy.registry import resolve_engine
     from ..deploy.subnet_choice import pick_subnet
     from ..errors import ParameterError
-    from ..models.supervit import is_supernet
     from ..registry import model_name
+    from ..subnet import subnets_of
 
-    if not is_supernet(model):
+    if not subnets_of(model):
         raise ParameterError("{latency_ms:name} picks a SuperViT sub-network; " + model_name(model) +
                              " has none (use a super_* model)", latency_ms=args.latency_ms)
     engine = resolve_engine(args.engine, args.device, args.precision)

@@ -17,15 +17,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
 import paddle.nn as nn
 
 from ..errors import InputError, ParameterError
 from ..fileio import ppim_home, write_json
-from ..models.supervit import is_supernet, subnet_key
 from ..registry import get_model_cfg, model_name
 from ..runtime import cpu, cpu_count, machine
+from ..subnet import Subnet, subnets_of
 from .registry import resolve_engine
 
 __all__ = ["SubnetChoice", "choose", "measure_subnets", "published_accuracy", "pick_subnet", "latency_cache_dir"]
@@ -36,7 +36,7 @@ class SubnetChoice:
     """The picked sub-network (img_size, keep_ratio), its measured latency (ms per batch), its
     published top-1 (None when unknown), whether it fits the budget (False: none did, and this is
     the fastest), and the table it was picked from (key -> ms)."""
-    subnet: Tuple[int, float]
+    subnet: Subnet
     latency_ms: float
     top1: Optional[float]
     fits: bool
@@ -46,7 +46,7 @@ class SubnetChoice:
     @property
     def key(self) -> str:
         """"160x0.7"."""
-        return subnet_key(self.subnet)
+        return self.subnet.key
 
     def describe(self, context: str = "") -> str:
         accuracy = f", published top-1 {self.top1:.2f}%" if self.top1 is not None else ""
@@ -55,11 +55,6 @@ class SubnetChoice:
             line += (f"; note: no sub-network fits {self.budget_ms:g} ms here, this is the fastest of "
                      f"{len(self.latencies)}")
         return line
-
-
-def _parse_key(key: str) -> Tuple[int, float]:
-    size, ratio = key.split("x")
-    return int(size), float(ratio)
 
 
 def choose(latencies: Mapping[str, float], accuracies: Mapping[str, float], latency_ms: float) -> SubnetChoice:
@@ -73,14 +68,14 @@ def choose(latencies: Mapping[str, float], accuracies: Mapping[str, float], late
         raise ParameterError("{latency_ms} is not a positive number of milliseconds", latency_ms=latency_ms)
 
     def rank(key: str):
-        size, ratio = _parse_key(key)
+        size, ratio = Subnet.parse(key)
         top1 = accuracies.get(key)
         return (top1 is not None, top1 if top1 is not None else size * ratio, -latencies[key])
 
     fitting = [key for key, ms in latencies.items() if ms <= latency_ms]
     fits = bool(fitting)
     key = max(fitting, key=rank) if fits else min(latencies, key=lambda k: (latencies[k], -rank(k)[1]))
-    return SubnetChoice(_parse_key(key), float(latencies[key]), accuracies.get(key), fits, float(latency_ms),
+    return SubnetChoice(Subnet.parse(key), float(latencies[key]), accuracies.get(key), fits, float(latency_ms),
                         dict(latencies))
 
 
@@ -113,12 +108,12 @@ def measure_subnets(model: nn.Layer, engine: str = "inference", precision: str =
     """"224x0.7" -> measured ms per batch of ``batch`` for each of the model's sub-networks (engine
     'auto' resolved first), from the cache when this machine measured them before (``refresh``
     measures again)."""
-    if not is_supernet(model):
+    if not subnets_of(model):
         raise InputError(f"{model_name(model)} has no sub-networks: latency budgets are for SuperViT models")
     engine = resolve_engine(engine, "cpu", precision)
     threads = int(threads or cpu_count())
     path = latency_cache_dir() / f"{model_name(model)}-{_cache_key(model, engine, precision, batch, threads)}.json"
-    wanted = {subnet_key(s) for s in model.subnets}
+    wanted = {s.key for s in subnets_of(model)}
     if cache and not refresh and path.is_file():
         try:
             stored = json.loads(path.read_text())["latency_ms"]
@@ -129,14 +124,14 @@ def measure_subnets(model: nn.Layer, engine: str = "inference", precision: str =
     from .throughput import benchmark
 
     rows = benchmark(model, engines=(engine,), precisions=(precision,), batch_sizes=(batch,), iters=iters,
-                     warmup=warmup, threads=threads, subnets=list(model.subnets), ceiling=False)
+                     warmup=warmup, threads=threads, subnets=subnets_of(model), ceiling=False)
     latencies: Dict[str, float] = {}
     for row in rows:
         problem = row.get("skipped") or row.get("error")
         if problem:
             raise RuntimeError(f"cannot measure {model_name(model)} on engine={engine!r} {precision}: {problem}")
         sub = row["subnet"]
-        latencies[subnet_key((sub["img_size"], sub["keep_ratio"]))] = float(row["ms_per_batch"])
+        latencies[Subnet.of(sub).key] = float(row["ms_per_batch"])
     latencies = {k: v for k, v in latencies.items() if k in wanted}
     if cache:
         write_json(path, {"model": model_name(model), "engine": engine, "precision": precision, "batch": batch,
