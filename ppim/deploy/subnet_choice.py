@@ -124,7 +124,7 @@ def measure_subnets(model: nn.Layer, engine: str = "inference", precision: str =
     from .throughput import benchmark
 
     rows = benchmark(model, engines=(engine,), precisions=(precision,), batch_sizes=(batch,), iters=iters,
-                     warmup=warmup, threads=threads, subnets=list(model.subnets), ceiling=False)
+                     warmup=warmup, threads=threads, subnets=subnets_of(model), ceiling=False)
     latencies: Dict[str, float] = {}
     for row in rows:
         problem = row.get("skipped") or row.get("error")

@@ -22,7 +22,7 @@ import torch
 import ppim
 from ppim import weights
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(img_size=32, embed_dim=24, depth=1, num_heads=3, stem_dim=8, num_classes=5)
 MUTATIONS = 250
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLI_MODULES = sorted(p.stem for p in (ROOT / "ppim" / "cli").glob("*.py") if p.stem != "__init__")
 
 

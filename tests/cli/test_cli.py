@@ -21,7 +21,7 @@ from ppim.data import BadImageError
 from ppim.errors import InputError
 from tiny import tiny_kwargs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = tiny_kwargs(embed_dim=32, depth=1, num_heads=2, num_classes=5)
 TINY_ARGS = ["--model", "lvvit_s", "--model-kwargs", json.dumps(TINY)]
 

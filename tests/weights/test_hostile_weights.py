@@ -1,4 +1,4 @@
-"""Hostile and broken weights, checkpoints and servers (issue 11, classes of scope 1 and 2).
+"""Hostile and broken weights, checkpoints and servers.
 
 Each case makes the file or server behaviour itself and asserts: nothing ran, nothing hung (a
 timeout on the subprocess or the call), memory stayed bounded (RLIMIT_AS in a subprocess: 1 GiB
@@ -31,7 +31,7 @@ from http_server import LocalServer
 from test_torch_reader import Storage, assemble, tensor, write_zip
 from tiny import tiny_kwargs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = tiny_kwargs()
 
 

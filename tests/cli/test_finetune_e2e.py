@@ -1,6 +1,6 @@
 """A new user's fine-tune, end to end with real files and real processes: a 3-class folder of PNG and
 JPEG images, ppim-train, then eval, predict, export, visualize and resume from the checkpoint alone,
-and every mistake of issue 17 getting one error line or the right behaviour."""
+and every mistake a new user makes there getting one error line or the right behaviour."""
 from __future__ import annotations
 
 import csv
@@ -16,7 +16,7 @@ import pytest
 
 from shapes import write_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KWARGS = json.dumps({"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 32})
 QUIET = ["-j", "0", "--no-progress"]
 

@@ -19,7 +19,7 @@ from ppim.training.checkpoint import load_checkpoint
 from ppim.training.run import TrainConfig, build_trainer, train
 from shapes import write_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_LVVIT = dict(depth=2, embed_dim=32, num_heads=2, stem_dim=8, patch_size=8)
 # No BatchNorm (which would see per-process batches): the data-parallel test's model.
 TINY_DEIT = dict(depth=10, embed_dim=32, num_heads=2, img_sizes=[16, 32], patch_size=8)

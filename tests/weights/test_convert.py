@@ -21,7 +21,7 @@ from http_server import LocalServer  # noqa: E402
 from torch_reference import TorchLVViT, randomized  # noqa: E402
 from tiny import tiny_kwargs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = tiny_kwargs(num_classes=10)
 
 

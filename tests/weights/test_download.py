@@ -16,7 +16,7 @@ from http_server import LocalServer, unused_port
 
 from ppim import weights
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PAYLOAD = os.urandom(300_000)
 NAME = "lvvit_s_224.pdparams"
 

@@ -13,7 +13,7 @@ import pytest
 import ppim
 from tiny import tiny_kwargs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: The command-line modules: every module of ppim/cli with a main (launch and common are helpers).
 CLI_MODULES = sorted(p.stem for p in (ROOT / "ppim" / "cli").glob("*.py") if "\ndef main(" in p.read_text())
 TINY = tiny_kwargs(embed_dim=32, depth=1, num_heads=2)

@@ -20,7 +20,7 @@ from ppim.training.run import TrainConfig, train
 from ppim.training.run_folder import LOCK_NAME
 from shapes import write_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(depth=1, embed_dim=32, num_heads=2, stem_dim=8, patch_size=8)
 KWARGS = '{"depth": 1, "embed_dim": 32, "num_heads": 2, "stem_dim": 8, "patch_size": 8}'
 TRAIN_FLAGS = ["--model", "lvvit_s", "--model-kwargs", KWARGS, "--img-size", "32", "-b", "4", "-j", "0",

@@ -24,7 +24,7 @@ import pytest
 
 from ppim.weights import CheckpointError, UnsafeCheckpointError, load_torch_checkpoint
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
