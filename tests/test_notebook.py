@@ -67,7 +67,7 @@ def test_quickstart_notebook_runs_offline(tmp_path, monkeypatch):
     assert "26.2M parameters, 6.55 GFLOPs" in text
     assert "true class: 281 tabby, tabby cat" in text
     assert "4 images, top-1" in text
-    assert "[(128, 0.5), (128, 0.7)" in text and "224x1.0   4.60 GFLOPs (100%)" in text
+    assert "128x0.5 128x0.7 128x1.0 160x0.5" in text and "224x1.0   4.60 GFLOPs (100%)" in text
     assert "top-1 (%)" in text and "73.75" in text  # evaluate's sub-network table, with the published figures
     assert "157 matched" in text and "0 missing" in text
     diff = float(re.search(r"max \|Paddle Inference - eager\|: (\S+)", text).group(1))
