@@ -3,7 +3,6 @@ keep their traceback, Ctrl-C stops eval and its worker processes, outputs are ch
 run and never written over the input."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from http_server import LocalServer
 from ppim.cli import common
 from ppim.data import BadImageError
 from ppim.errors import InputError
+from processes import interrupt, process_group
 from tiny import tiny_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -283,22 +283,14 @@ def test_ctrl_c_stops_eval_and_its_workers(tmp_path):
     command = [sys.executable, str(ROOT / "tools" / "eval.py"), str(tmp_path / "val"), "--val-list",
                str(tmp_path / "val" / "list.txt"), *TINY_ARGS, "-b", "2", "-j", "2", "--no-progress"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
+    with process_group(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         deadline = time.monotonic() + 120
         workers = []
         while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
             workers = _children(proc.pid)
         assert len(workers) >= 2, "the workers never started"
-        time.sleep(0.5)  # let them get busy
-        os.killpg(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _, stderr = interrupt(proc, wait=0.5)  # once they are busy
     assert proc.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr and "FatalError" not in stderr, stderr[-3000:]  # workers end silently
     deadline = time.monotonic() + 10

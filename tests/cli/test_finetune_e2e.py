@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import interrupt, process_group
 from shapes import write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,10 +183,8 @@ def test_ctrl_c_in_training_names_the_checkpoint_and_the_resume_command(tmp_path
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     command = [sys.executable, str(ROOT / "tools" / "train.py"), str(data), "--model", "lvvit_t", "--model-kwargs", KWARGS,
                "-b", "8", "--epochs", "100", "-j", "2", "--no-progress", "--output", str(tmp_path / "run")]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
     lines = []
-    try:
+    with process_group(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:  # until the first epoch's checkpoint is written
             line = proc.stdout.readline()
@@ -194,13 +192,7 @@ def test_ctrl_c_in_training_names_the_checkpoint_and_the_resume_command(tmp_path
             if line.startswith("epoch 0,") or not line:
                 break
         assert (tmp_path / "run" / "last.pdparams").is_file(), "".join(lines)
-        time.sleep(1.0)  # inside epoch 1, workers busy
-        os.killpg(proc.pid, signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        rest, _ = interrupt(proc, wait=1.0)  # inside epoch 1, workers busy
     output = "".join(lines) + rest
     assert proc.returncode == 130, output[-3000:]
     assert "Traceback" not in output and "FatalError" not in output, output[-3000:]

@@ -207,7 +207,7 @@ def test_list_paths_outside_data(labelled, tmp_path, capsys, kind):
 
     data, _ = list_data(tmp_path, labelled, escaping)
     error = train_refused(capsys, tmp_path, data, [])
-    assert f"train_list.txt:3: " in error and "outside" in error and "--allow-outside-root" in error
+    assert "train_list.txt:3: " in error and "outside" in error and "--allow-outside-root" in error
     assert cli(capsys, main, [data, *TRAIN, "--output", tmp_path / "run", "--allow-outside-root"])[0] == 0
 
 
