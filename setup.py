@@ -83,7 +83,7 @@ setup(
         "test": ["pytest", "pytest-timeout", "torch==2.13.0", "nbclient", "nbformat", "ipykernel", "matplotlib"],
         "plot": ["matplotlib"],  # ppim.visualize / ppim-visualize
         # Optional engines over ppim's export (ppim.deploy.engines), converted by paddle2onnx.
-        "openvino": ["openvino", "paddle2onnx"],
+        "openvino": ["openvino", "paddle2onnx", "nncf"],  # nncf: int8 (post-training quantization)
         "onnxruntime": ["onnxruntime", "paddle2onnx"],
     },
     cmdclass={"build_py": BuildPyWithStartup,

@@ -148,25 +148,25 @@ def _reduce_counts(counts: List[Counts], skipped: List[Tuple[int, str, str]], se
 # ----------------------------------------------------------------------------------------------
 
 
-def _create_runner(model: Any, engine: str, precision: str, device: str, threads: Optional[int],
-                   workdir: Optional[str]) -> Runner:
-    from .deploy import create_runner
-
-    return create_runner(model, engine=engine, precision=precision, device=device, threads=threads,
-                         workdir=workdir)
-
-
-def _build_runners(model: Any, subnets: Optional[List[Subnet]], engine: str, precision: str, device: str,
-                   threads: Optional[int], workdir: Optional[str]) -> List[Tuple[Optional[Subnet], Runner]]:
+def _build_runners(model: Any, subnets: Optional[List[Subnet]], spec: "EvalSpec"
+                   ) -> List[Tuple[Optional[Subnet], Runner]]:
     """One runner per sub-network (set_subnet, then create_runner: an exported engine bakes the
-    sub-network in), or one for the model as it is."""
+    sub-network in), or one for the model as it is. int8's calibration images are read once."""
+    from .deploy import create_runner
+    from .deploy.quantize import as_calibration
+
+    calibration = as_calibration(model, spec.calibration, spec.precision)
+
+    def runner(workdir: Optional[str]) -> Runner:
+        return create_runner(model, engine=spec.engine, precision=spec.precision, device=spec.device,
+                             threads=spec.threads, workdir=workdir, calibration=calibration)
+
     if subnets is None:
-        return [(None, _create_runner(model, engine, precision, device, threads, workdir))]
+        return [(None, runner(spec.workdir))]
     runners = []
     for subnet in subnets:
-        sub_workdir = os.path.join(workdir, subnet.key) if workdir else None
         with model.using_subnet(*subnet):
-            runners.append((subnet, _create_runner(model, engine, precision, device, threads, sub_workdir)))
+            runners.append((subnet, runner(os.path.join(spec.workdir, subnet.key) if spec.workdir else None)))
     return runners
 
 
@@ -233,7 +233,8 @@ class EvalSpec:
 
     batch_size, num_workers, skip_bad: the loader (skip_bad: unreadable images are skipped, reported
         and excluded from the counts instead of raising ppim.data.BadImageError).
-    engine, precision, device, threads, workdir: the runners (``ppim.deploy.create_runner``).
+    engine, precision, device, threads, workdir, calibration: the runners (``ppim.deploy.create_runner``;
+        calibration: precision int8's calibration images, a folder or a ppim.deploy.quantize.Calibration).
     subnets: super models: "all", "224x1.0,128x0.5" or [Subnet(224, 1.0), ...] (ppim.subnet): every
         sub-network in one pass (each image decoded once, each batch run through each). Default: the
         current one.
@@ -254,6 +255,7 @@ class EvalSpec:
     device: str = "cpu"
     threads: Optional[int] = None
     workdir: Optional[str] = None
+    calibration: Any = None
     subnets: Union[str, Sequence[SubnetLike], None] = None
     skip_bad: bool = False
     transforms: Optional[Callable] = None
@@ -313,8 +315,7 @@ def evaluate(model: Any, data: Any = None, spec: Optional[EvalSpec] = None, **se
     if is_layer:
         if super_model and subnet_list is None:
             subnet_list = [current_subnet(model)]
-        runners = _build_runners(model, subnet_list if super_model else None, spec.engine, spec.precision,
-                                 spec.device, spec.threads, workdir)
+        runners = _build_runners(model, subnet_list if super_model else None, dataclasses.replace(spec, workdir=workdir))
     else:
         runners = [(None, model)]
     headline = _headline(subnet_list, model) if super_model else 0

@@ -56,7 +56,7 @@ __all__ = ["SIMULATE_ENV", "PROFILES", "EXTRAS", "BF16_FLAGS", "Machine", "Capab
 #: Environment variable naming a simulated machine profile (child processes inherit it).
 SIMULATE_ENV = "PPIM_SIMULATE_MACHINE"
 #: Optional packages whose presence changes what ppim can do (module names).
-EXTRAS = ("openvino", "onnxruntime", "paddle2onnx", "matplotlib", "visualdl", "torch")
+EXTRAS = ("openvino", "nncf", "onnxruntime", "paddle2onnx", "matplotlib", "visualdl", "torch")
 #: CPU flags of native bfloat16 arithmetic (either is enough for oneDNN's and OpenVINO's bf16 kernels).
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 #: The flags the report lists (the ones that decide which kernels run; /proc/cpuinfo has ~100).
@@ -443,6 +443,9 @@ CAPABILITIES: Dict[str, Capability] = {c.name: c for c in (
                "bf16 inference on the CPU (Paddle Inference's oneDNN bf16 pass, OpenVINO's bf16 hint)",
                _need_flags(BF16_FLAGS)),
     Capability("onednn", "Paddle built with oneDNN", "bf16 in Paddle Inference on the CPU", _onednn),
+    # int8 GEMMs need AVX2's 8-bit multiply-adds at least (avx512_vnni, avx_vnni and amx_int8 run them faster).
+    Capability("cpu_int8", "a CPU with avx2", "int8 inference on the CPU (OpenVINO's int8 kernels)",
+               _need_flags(("avx2",))),
     Capability("fused_attention", "Paddle 3.x (PIR) with the self_dp_attention op and a CPU with avx512f "
                "(Paddle's self_attention_fuse_pass emits it only there), and its canary",
                "the fused-attention export layout (Paddle Inference fp32 on the CPU)", _fused_attention,

@@ -20,6 +20,7 @@ import os
 import platform
 import sys
 
+from ..errors import InputError
 from .common import (BATCH, THREADS, ArgumentParser, add_model_arguments, add_subnets_argument, check_offers_subnets,
                      command, create_model, integer, number, writable_file)
 
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     rows = benchmark(model, engines=args.engine, precisions=args.precision, batch_sizes=args.batch_size,
                      iters=args.iters, warmup=args.warmup, threads=args.threads, device=args.device,
                      gmacs=args.gmacs, subnets=subnets, ceiling=not args.no_ceiling,
-                     log=lambda m: print(m, file=sys.stderr, flush=True))
+                     log=lambda m: print(m, file=sys.stderr, flush=True), calibration=args.calibration)
     print(format_rows(rows))
     if args.json:
         write_json(args.json, {"environment": env, "rows": rows})

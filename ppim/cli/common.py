@@ -355,6 +355,31 @@ def create_model(args: argparse.Namespace, warn: bool = True, new_head: bool = F
     return model
 
 
+def add_precision_arguments(parser: argparse.ArgumentParser, help: str) -> None:
+    """--precision (one of ppim.deploy.registry.PRECISIONS) and --calibration DIR (int8's
+    calibration images), checked together by :func:`check_calibration`."""
+    from ..deploy.registry import PRECISIONS
+
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help=help)
+    parser.add_argument("--calibration", metavar="DIR",
+                        help="int8: a folder of images like the ones the model will classify (a few hundred; "
+                             "up to 300 are read, evenly spaced), for post-training quantization")
+
+
+def check_calibration(args: argparse.Namespace, precisions: Optional[Sequence[str]] = None) -> None:
+    """InputError, before weights or data are touched, when int8 (in ``precisions``, default
+    ``args.precision``) has no --calibration folder, or --calibration is given without int8."""
+    wanted = [args.precision] if precisions is None else list(precisions)
+    if "int8" in wanted and args.calibration is None:
+        raise InputError("--precision int8 needs --calibration DIR: a folder of images like the ones the model "
+                         "will classify (post-training quantization measures its activations on them)")
+    if args.calibration is not None:
+        if "int8" not in wanted:
+            raise InputError("--calibration is for --precision int8; drop it or add --precision int8")
+        if not os.path.isdir(args.calibration):
+            raise InputError(f"--calibration {args.calibration}: no such folder; give a folder of images")
+
+
 def check_engine(engine: str, precision: str, device: str) -> str:
     """``engine`` ('auto': the one it resolves to) after checking that this machine runs it with
     ``precision`` on ``device``: checked before data, weights or exports are touched; otherwise

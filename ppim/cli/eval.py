@@ -22,12 +22,13 @@ from __future__ import annotations
 import sys
 
 from ..errors import InputError
-from .common import (BATCH, IMG_SIZE, THREADS, WORKERS, ArgumentParser, add_model_arguments, add_subnets_argument,
-                     check_engine, check_offers_subnets, command, create_model, weights_of, writable_file)
+from .common import (BATCH, IMG_SIZE, THREADS, WORKERS, ArgumentParser, add_model_arguments, add_precision_arguments,
+                     add_subnets_argument, check_calibration, check_engine, check_offers_subnets, command, create_model,
+                     weights_of, writable_file)
 
 
 def build_parser() -> ArgumentParser:
-    from ..deploy.registry import DEVICES, ENGINE_CHOICES, PRECISIONS
+    from ..deploy.registry import DEVICES, ENGINE_CHOICES
 
     parser = ArgumentParser(prog="ppim-eval", description=__doc__)
     parser.add_argument("data", nargs="?", metavar="DATA",
@@ -44,7 +45,8 @@ def build_parser() -> ArgumentParser:
                         default="eager", help="eager Paddle (default); inference, openvino, onnxruntime: the "
                         "exported model (the last two: optional extras); auto: the fastest that runs here "
                         "(python -m ppim env lists what runs here)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    add_precision_arguments(parser, "fp32 (default); bf16 on CPUs with avx512_bf16/amx_bf16; fp16 on GPU; int8 "
+                                    "(openvino) with --calibration")
     parser.add_argument("--device", choices=DEVICES, default=None,
                         help="default: gpu when Paddle has CUDA and sees a GPU, else cpu")
     parser.add_argument("--threads", type=THREADS, default=None, help="CPU math threads (default: the engine's)")
@@ -89,6 +91,7 @@ def main(argv=None) -> int:
 
     device = args.device or default_device()
     engine = check_engine(args.engine, args.precision, device)  # before data, weights or export
+    check_calibration(args)
     rank, world = dist_info()  # joins the process group when started by paddle.distributed.launch
 
     def log(message: str) -> None:
@@ -110,7 +113,7 @@ def main(argv=None) -> int:
         log("warning: random weights (pass --pretrained or --checkpoint)")
     transforms = None if args.crop_pct is None else create_transforms(model, crop_pct=crop_pct(args.crop_pct, cfg))
     evaluate(model, dataset, transforms=transforms, batch_size=args.batch_size, num_workers=args.workers,
-             engine=engine, precision=args.precision, device=device,
+             engine=engine, precision=args.precision, device=device, calibration=args.calibration,
              threads=args.threads, workdir=args.workdir, subnets=parse_subnets(args.subnets, model, "--subnets"),
              skip_bad=args.skip_bad,
              distributed=world > 1, progress=not args.no_progress, pretrained=weights_of(args),

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import sys
 
-from .common import ArgumentParser, add_model_arguments, check_engine, command, create_model, integer, number
+from .common import (ArgumentParser, add_model_arguments, add_precision_arguments, check_calibration, check_engine,
+                     command, create_model, integer, number)
 
 
 @command
 def main(argv=None) -> int:
-    from ..deploy.registry import DEVICES, ENGINE_CHOICES, PRECISIONS
+    from ..deploy.registry import DEVICES, ENGINE_CHOICES
 
     parser = ArgumentParser(prog="ppim-predict", description=__doc__)
     parser.add_argument("images", nargs="*", help="image files (default: the sample shipped with ppim)")
@@ -28,9 +29,8 @@ def main(argv=None) -> int:
                         help="auto (default): the fastest installed engine on the cached export, eager if the "
                              "model cannot be exported; eager: the Paddle model; inference: Paddle Inference; "
                              "openvino, onnxruntime: the optional extras")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="inference engine: bf16 on CPUs with avx512_bf16/amx_bf16, fp16 on GPU "
-                             "(python -m ppim env lists what runs here)")
+    add_precision_arguments(parser, "bf16 on CPUs with avx512_bf16/amx_bf16, fp16 on GPU, int8 (openvino) with "
+                                    "--calibration (python -m ppim env lists what runs here)")
     parser.add_argument("--device", default="cpu", choices=DEVICES)
     parser.add_argument("--skip-bad", action="store_true",
                         help="report unreadable images as skipped and exit 0 (default: report them as errors, "
@@ -41,6 +41,7 @@ def main(argv=None) -> int:
                              "then cached in PPIM_HOME; the fastest, with a note, when none fits)")
     args = parser.parse_args(argv)
     check_engine(args.engine, args.precision, args.device)  # before images, weights or exports
+    check_calibration(args)
     from ..builder import class_names_of
     from ..data import BadImageError, imagenet_class_names, load_image, sample_images
     from ..deploy import classify
@@ -66,13 +67,23 @@ def main(argv=None) -> int:
     names = class_names_of(model) or []
     truths = imagenet_class_names()
     top_k = classify(model, [image for _, _, image in readable], topk=min(args.topk, len(names) or args.topk),
-                     engine=args.engine, precision=args.precision, device=args.device)
+                     engine=args.engine, precision=args.precision, device=args.device,
+                     calibration=_calibration(model, args))
     for (path, label, _), top in zip(readable, top_k):
         truth = f"  (true class: {label} {truths[label]})" if label is not None else ""
         print(f"{path}{truth}")
         for rank, (index, name, prob) in enumerate(top, 1):
             print(f"  {rank}. {prob:7.2%}  {index:4d}  {name}")
     return 1 if failed and not args.skip_bad else 0
+
+
+def _calibration(model, args):
+    """--calibration read once for the model (None unless int8)."""
+    from ..deploy.quantize import as_calibration
+
+    if not hasattr(args, "_calibration"):
+        args._calibration = as_calibration(model, args.calibration, args.precision)
+    return args._calibration
 
 
 def _pick_subnet(model, args) -> None:
@@ -87,7 +98,8 @@ def _pick_subnet(model, args) -> None:
         raise ParameterError("{latency_ms:name} picks a SuperViT sub-network; " + model_name(model) +
                              " has none (use a super_* model)", latency_ms=args.latency_ms)
     engine = resolve_engine(args.engine, args.device, args.precision)
-    choice = pick_subnet(model, args.latency_ms, batch=1, engine=engine, precision=args.precision)
+    choice = pick_subnet(model, args.latency_ms, batch=1, engine=engine, precision=args.precision,
+                         calibration=_calibration(model, args))
     print(f"sub-network {choice.describe(f'batch 1, {engine} {args.precision}')}", flush=True)
     model.set_subnet(*choice.subnet)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -19,11 +19,12 @@ Prediction = List[Tuple[int, str, float]]
 
 def classify(model: paddle.nn.Layer, images: Sequence[ImageLike], transforms: Callable = None,
              topk: int = 5, batch_size: int = 16, engine: str = "auto", precision: str = "fp32", device: str = "cpu",
-             runner: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> List[Prediction]:
+             runner: Optional[Callable[[np.ndarray], np.ndarray]] = None, calibration: Any = None) -> List[Prediction]:
     """Top-k (class id, class name, probability) per image, probabilities from a softmax over the
     model's eval logits; class names are the model's own (a fine-tuned model's, from its checkpoint;
     the ImageNet names for 1000 classes), else the index as text. ``transforms`` defaults to the model's own eval transforms. ``engine`` /
-    ``precision`` / ``device`` pick the runner (see create_runner); an existing ``runner`` may be passed instead.
+    ``precision`` / ``device`` / ``calibration`` (int8) pick the runner (see create_runner); an existing
+    ``runner`` may be passed instead.
 
     The default ``engine='auto'`` runs the fastest installed engine on the model's cached export
     (made once per weights in ``$PPIM_HOME/exports``; within 1e-4 of eager); a model that cannot be
@@ -32,9 +33,9 @@ def classify(model: paddle.nn.Layer, images: Sequence[ImageLike], transforms: Ca
     names = class_names_of(model)
     if runner is None:
         try:
-            runner = create_runner(model, engine=engine, precision=precision, device=device)
+            runner = create_runner(model, engine=engine, precision=precision, device=device, calibration=calibration)
         except Exception as exc:  # noqa: BLE001 - only auto falls back; asked-for engines raise
-            if engine != "auto":
+            if engine != "auto" or precision == "int8":  # eager has no int8
                 raise
             warnings.warn(f"classify: engine='auto' could not export {model_name(model)} ({type(exc).__name__}: "
                           f"{exc}); running it eagerly", RuntimeWarning, stacklevel=2)

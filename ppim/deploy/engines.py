@@ -2,7 +2,8 @@
 Inference (float32 numpy (B, 3, S, S) -> float32 numpy logits (B, classes)), as FastDeploy does for
 Paddle models. Both read ``model.onnx``, converted once from the Paddle export by paddle2onnx and
 kept in the export directory. Optional extras: ``pip install 'ppim[openvino]'`` /
-``'ppim[onnxruntime]'``.
+``'ppim[onnxruntime]'``. OpenVINO also runs int8: quantize_openvino (NNCF's post-training
+quantization) adds the int8 form to an export made with precision='int8'.
 
     predictor = OpenVINOPredictor(cached_export(model), precision="bf16")
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -19,15 +21,17 @@ import numpy as np
 import paddle
 
 from ..runtime import cpu_count
-from ..errors import MissingExtraError
+from ..errors import InputError, MissingExtraError
 from .common import native_stdout_silenced
-from .exporting import add_file, export_file, load_manifest, params_file, program_file
+from .exporting import add_file, export_file, load_manifest, params_file, program_file, record
+from .quantize import Calibration
 from .predictor import ExportPredictor
 from .registry import check_choice, check_supported
 
-__all__ = ["ONNX_FILE", "onnx_file", "OpenVINOPredictor", "OnnxRuntimePredictor"]
+__all__ = ["ONNX_FILE", "onnx_file", "OpenVINOPredictor", "OnnxRuntimePredictor", "quantize_openvino"]
 
 ONNX_FILE = "model.onnx"
+OPENVINO_INT8_FILE = "model_int8.xml"  # OpenVINO IR; its weights beside it in model_int8.bin
 ONNX_OPSET = 17
 
 
@@ -71,11 +75,45 @@ def onnx_file(model_dir: Union[str, os.PathLike], engine: str = "onnxruntime") -
     return add_file(model_dir, ONNX_FILE, bytes(data))
 
 
+def quantize_openvino(model_dir: Path, calibration: Calibration) -> Path:
+    """Add OpenVINO's int8 form of the export in ``model_dir`` (its ONNX form through NNCF's
+    post-training quantization, calibrated on ``calibration``'s images) as model_int8.xml/.bin,
+    recorded in the manifest's ``int8`` entry. NNCF's transformer setting: the GEMMs (fc, attention
+    matmuls) in int8 with per-channel symmetric weights and asymmetric activations (the MIXED
+    preset), SmoothQuant, bias correction; softmax, LayerNorm and GELU stay in float."""
+    ov = _require("openvino", "openvino")
+    nncf = _require("nncf", "openvino")
+    model = ov.Core().read_model(str(onnx_file(model_dir, "openvino")))
+    images = calibration.images
+    with native_stdout_silenced():  # NNCF draws progress bars
+        quantized = nncf.quantize(model, nncf.Dataset([images[i:i + 1] for i in range(len(images))]),
+                                  preset=nncf.QuantizationPreset.MIXED, model_type=nncf.ModelType.TRANSFORMER,
+                                  subset_size=len(images))
+    with tempfile.TemporaryDirectory(prefix="ppim-int8-") as tmp:
+        xml = Path(tmp) / OPENVINO_INT8_FILE
+        ov.save_model(quantized, str(xml), compress_to_fp16=False)
+        for path in (xml.with_suffix(".bin"), xml):  # the weights first: the IR names them
+            add_file(model_dir, path.name, path.read_bytes())
+    record(model_dir, "int8", {"engine": "openvino", "file": OPENVINO_INT8_FILE, "method": f"nncf {nncf.__version__}",
+                               "calibration": calibration.describe()})
+    return model_dir / OPENVINO_INT8_FILE
+
+
+def _int8_file(model_dir: Path, manifest: Dict[str, Any], engine: str) -> Path:
+    """The int8 form of an export for ``engine`` (InputError when it was not exported for int8)."""
+    entry = manifest.get("int8")
+    if not isinstance(entry, dict) or entry.get("engine") != engine:
+        raise InputError(f"{model_dir} holds no int8 form for {engine}: export it with precision int8 and "
+                         f"calibration images (ppim-export --engine {engine} --precision int8 --calibration DIR)")
+    return export_file(model_dir, entry.get("file"))
+
+
 class OpenVINOPredictor(ExportPredictor):
     """OpenVINO's CPU plugin over the ONNX form of an export.
 
     ``precision``: 'fp32' (INFERENCE_PRECISION_HINT f32: on CPUs with bfloat16 OpenVINO would
-    otherwise run bf16 silently) or 'bf16' (needs avx512_bf16/amx_bf16). ``hint``: OpenVINO's
+    otherwise run bf16 silently), 'bf16' (needs avx512_bf16/amx_bf16) or 'int8' (the export's int8
+    form, see quantize_openvino; what stays in float runs in f32). ``hint``: OpenVINO's
     PERFORMANCE_HINT: 'LATENCY' (one request uses every thread), 'THROUGHPUT' (the batch split
     over OpenVINO's optimal number of parallel infer requests, each on its share of the threads,
     run asynchronously) or 'AUTO' (the default: LATENCY for batch 1, THROUGHPUT for larger
@@ -91,8 +129,10 @@ class OpenVINOPredictor(ExportPredictor):
         self.hint = check_choice("hint", hint.upper(), ("AUTO", "LATENCY", "THROUGHPUT"))
         ov = _require("openvino", "openvino")
         self._core = ov.Core()
-        self._model = self._core.read_model(str(onnx_file(self.model_dir, "openvino")))
-        self._config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+        source = (_int8_file(self.model_dir, self.manifest, "openvino") if precision == "int8"
+                  else onnx_file(self.model_dir, "openvino"))
+        self._model = self._core.read_model(str(source))
+        self._config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                         "INFERENCE_NUM_THREADS": self.threads}
         self._requests: Dict[tuple, Any] = {}
         self._lock = threading.Lock()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -32,7 +33,8 @@ from ..layers import Attention
 from ..registry import cfg_for_img_size, model_name
 from ..subnet import current_subnet
 from .common import INPUT_NAME, MANIFEST, PARAMS_FILE, PROGRAM_FILES, input_size
-from .registry import engine_spec
+from .quantize import Calibration, as_calibration
+from .registry import ENGINE_SPECS, engine_spec
 
 __all__ = ["export", "load_manifest", "cached_export", "export_key", "cache_dir", "attention_layout",
            "fused_attention_available", "export_requirements", "check_requirements", "verify_export",
@@ -267,6 +269,11 @@ def add_file(model_dir: Path, name: str, data: bytes) -> Path:
     return model_dir / name
 
 
+def record(model_dir: Path, name: str, value: Any) -> None:
+    """Set the manifest entry ``name`` of an export to ``value`` (e.g. what its int8 form is)."""
+    _write_manifest(model_dir, {**load_manifest(model_dir), name: value})
+
+
 def params_file(model_dir: Path) -> Path:
     """The parameters file of an export: the manifest's params_file, confined to the export."""
     return export_file(model_dir, load_manifest(model_dir).get("params_file", PARAMS_FILE))
@@ -348,7 +355,8 @@ def check_output_dir(output_dir: Path, sources: Sequence[Union[str, os.PathLike]
 
 def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optional[int] = None,
            batch_size: Optional[int] = None, optimize: bool = True, precision: str = "fp32", device: str = "cpu",
-           engine: str = "inference", sources: Sequence[Union[str, os.PathLike]] = (), cache_key: Optional[str] = None) -> Path:
+           engine: str = "inference", sources: Sequence[Union[str, os.PathLike]] = (), cache_key: Optional[str] = None,
+           calibration: Optional[Union[Calibration, str, os.PathLike]] = None) -> Path:
     """Save ``model`` (in eval mode) for Paddle Inference and return the directory.
 
     ``output_dir`` receives the program (``model.json`` on Paddle 3.x, ``model.pdmodel`` on 2.x),
@@ -363,6 +371,10 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
     its input, the bilinear resize as two GEMMs (_DeployResize; Paddle 3.x's oneDNN predictor cannot
     run F.interpolate). With ``optimize=False`` the model's own graph is saved as it is.
 
+    ``precision='int8'`` also writes the ``engine``'s int8 form of the graph (its registry
+    ``quantizer``: OpenVINO's by NNCF), calibrated on ``calibration`` (a folder of images or a
+    ppim.deploy.quantize.Calibration), recorded in the manifest's ``int8`` entry.
+
     Everything is written to a fresh directory beside ``output_dir`` first, then published (see
     _publish): a new directory appears whole; over a previous export its files are replaced one by
     one, atomically, and the user's other files there are kept. Any other non-empty directory or a
@@ -371,6 +383,8 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
     cached_export)."""
     output_dir = check_output_dir(output_dir, sources)
     size = input_size(model, img_size)
+    calibration = as_calibration(model, calibration, precision)
+    quantizer = _quantizer(engine, precision)
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive int or None (any batch), got {batch_size!r}")
     was_training = model.training
@@ -417,15 +431,30 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
                 "ppim_version": ppim_version,
                 "export_revision": EXPORT_REVISION,
                 "cache_key": cache_key,
-                "requires": list(LAYOUT_REQUIREMENTS[deploy_attention]),
+                "requires": list(LAYOUT_REQUIREMENTS[deploy_attention]) + (["cpu_int8"] if quantizer else []),
                 "files": sorted([p.name for p in tmp.iterdir()] + [MANIFEST]),
                 "digests": {p.name: _digest(p) for p in sorted(tmp.iterdir())},
             }
             _write_manifest(tmp, manifest)
+            if quantizer is not None:
+                quantizer(tmp, calibration)
     finally:
         if was_training:
             model.train()
     return output_dir
+
+
+def _quantizer(engine: str, precision: str) -> Optional[Any]:
+    """The function that adds ``engine``'s int8 form to an export (its registry ``quantizer``), for
+    precision int8; None for the other precisions."""
+    if precision != "int8":
+        return None
+    spec = engine_spec(engine)
+    if spec.quantizer is None:
+        raise CapabilityError(f"engine={engine!r} has no int8 form: int8 runs in "
+                              f"{', '.join(s.name for s in ENGINE_SPECS if s.quantizer) or 'no engine'}")
+    module, _, name = spec.quantizer.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def load_manifest(model_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
@@ -553,12 +582,12 @@ def verify_export(model_dir: Union[str, os.PathLike], remember: bool = False) ->
 # the export cache
 # ------------------------------------------------------------------------------------------------
 def export_key(model: nn.Layer, img_size: Optional[int] = None, optimize: bool = True, precision: str = "fp32",
-               device: str = "cpu", engine: str = "inference") -> str:
+               device: str = "cpu", engine: str = "inference", calibration: Optional[Calibration] = None) -> str:
     """What identifies an export: the model's class and name, every parameter and buffer (names,
     shapes, dtypes, values), the sub-network, the input size, the rewrites (``optimize``, the
     attention layout for ``precision``, ``device`` and ``engine`` on this machine, EXPORT_REVISION),
-    the capabilities a machine needs to run it, and the Paddle and ppim versions. 32 hex digits
-    (BLAKE2b)."""
+    the capabilities a machine needs to run it, and the Paddle and ppim versions; for int8 also the
+    engine that quantized it and the calibration images' digest. 32 hex digits (BLAKE2b)."""
     from ..version import __version__ as ppim_version
 
     digest = hashlib.blake2b(digest_size=16)
@@ -567,6 +596,8 @@ def export_key(model: nn.Layer, img_size: Optional[int] = None, optimize: bool =
             "input_size": input_size(model, img_size), "optimize": bool(optimize), "revision": EXPORT_REVISION,
             "layout": layout, "requires": list(LAYOUT_REQUIREMENTS[layout]),
             "paddle": paddle.__version__, "ppim": ppim_version}
+    if precision == "int8":
+        meta["int8"] = {"engine": engine, "calibration": calibration.digest if calibration else None}
     digest.update(json.dumps(meta, sort_keys=True).encode("utf-8"))
     for name, value in model.state_dict().items():
         array = np.ascontiguousarray(value.numpy())
@@ -605,7 +636,8 @@ def _discard(path: Path) -> None:
 
 
 def cached_export(model: nn.Layer, img_size: Optional[int] = None, optimize: bool = True, precision: str = "fp32",
-                  device: str = "cpu", engine: str = "inference", root: Optional[Union[str, os.PathLike]] = None) -> Path:
+                  device: str = "cpu", engine: str = "inference", root: Optional[Union[str, os.PathLike]] = None,
+                  calibration: Optional[Union[Calibration, str, os.PathLike]] = None) -> Path:
     """The export of ``model`` from the cache (``root``, default ``$PPIM_HOME/exports``), made once.
 
     Keyed by export_key (weights, sub-network, input size, rewrites, the capabilities it needs,
@@ -615,9 +647,14 @@ def cached_export(model: nn.Layer, img_size: Optional[int] = None, optimize: boo
     PPIM_HOME is safe on every machine: an export with the fused attention kernel has another key
     than the one a machine without it uses, and its manifest's ``requires`` is checked before it is
     run. An entry that is not what was exported (a file changed, swapped or missing, the manifest
-    edited or naming files outside the entry) is exported again, with a one-line note on stderr."""
-    key = export_key(model, img_size, optimize, precision, device, engine)
+    edited or naming files outside the entry) is exported again, with a one-line note on stderr.
+    An int8 export (``calibration`` images, see export) is an entry of its own per engine and
+    calibration."""
+    calibration = as_calibration(model, calibration, precision)
+    key = export_key(model, img_size, optimize, precision, device, engine, calibration)
     layout = attention_layout(precision, device, engine) if optimize else "own"
+    if precision == "int8":
+        layout += f"-int8-{engine}"
     safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name(model))
     path = Path(root or cache_dir()) / f"{safe_name}-{layout}-{key}"
     if path.exists() or path.is_symlink():
@@ -628,4 +665,4 @@ def cached_export(model: nn.Layer, img_size: Optional[int] = None, optimize: boo
         print(f"note: the cached export {path} is damaged ({problem}); exporting it again", file=sys.stderr)
         _discard(path)
     return export(model, path, img_size, optimize=optimize, precision=precision, device=device, engine=engine,
-                  cache_key=key)
+                  cache_key=key, calibration=calibration)

@@ -19,7 +19,7 @@ __all__ = ["EngineSpec", "ENGINE_SPECS", "ENGINES", "ENGINE_CHOICES", "PRECISION
            "engine_available", "unsupported", "check_supported", "runs_here", "resolve_engine", "auto_order",
            "exported_engines", "create_predictor", "check_choice"]
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 DEVICES = ("cpu", "gpu")
 _GPU_NEEDS = {"fp32": ("gpu",), "fp16": ("gpu", "gpu_fp16"), "bf16": ("gpu", "gpu_bf16")}
 
@@ -31,7 +31,9 @@ class EngineSpec:
     imports (installed by ``pip install 'ppim[<name>]'``); ``predictor``: 'module:Class' of its
     predictor over an export (None: the eager model itself runs); ``auto_rank``: its place in
     engine='auto' (fastest first; None: never chosen by auto); ``fused_attention``: runs exports with
-    Paddle's fused CPU attention op."""
+    Paddle's fused CPU attention op; ``quantizer``: 'module:function' that adds the int8 form of an
+    export, calibrated on images (``function(model_dir, calibration)``, see ppim.deploy.quantize);
+    ``precision_extras``: per precision, modules it imports beyond ``extras``."""
     name: str
     summary: str
     precisions: Dict[str, Tuple[str, ...]]
@@ -40,6 +42,8 @@ class EngineSpec:
     predictor: Optional[str] = None
     auto_rank: Optional[int] = None
     fused_attention: bool = False
+    quantizer: Optional[str] = None
+    precision_extras: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def devices(self) -> Tuple[str, ...]:
@@ -62,9 +66,11 @@ ENGINE_SPECS: Tuple[EngineSpec, ...] = (
                precisions={"cpu": ("fp32", "bf16"), "gpu": ("fp32", "fp16", "bf16")},
                needs={("cpu", "bf16"): ("cpu_bf16", "onednn"), **{("gpu", p): n for p, n in _GPU_NEEDS.items()}},
                predictor="ppim.deploy.predictor:Predictor", auto_rank=1, fused_attention=True),
-    EngineSpec("openvino", "OpenVINO's CPU plugin over the export's ONNX form (optional extra)",
-               precisions={"cpu": ("fp32", "bf16")}, needs={("cpu", "bf16"): ("cpu_bf16",)},
-               extras=("openvino", "paddle2onnx"), predictor="ppim.deploy.engines:OpenVINOPredictor", auto_rank=0),
+    EngineSpec("openvino", "OpenVINO's CPU plugin over the export's ONNX form (optional extra; int8 by NNCF)",
+               precisions={"cpu": ("fp32", "bf16", "int8")},
+               needs={("cpu", "bf16"): ("cpu_bf16",), ("cpu", "int8"): ("cpu_int8",)},
+               extras=("openvino", "paddle2onnx"), predictor="ppim.deploy.engines:OpenVINOPredictor", auto_rank=0,
+               quantizer="ppim.deploy.engines:quantize_openvino", precision_extras={"int8": ("nncf",)}),
     EngineSpec("onnxruntime", "ONNX Runtime's CPU provider over the export's ONNX form (optional extra)",
                precisions={"cpu": ("fp32",)}, extras=("onnxruntime", "paddle2onnx"),
                predictor="ppim.deploy.engines:OnnxRuntimePredictor", auto_rank=2),
@@ -90,8 +96,9 @@ def engine_available(name: str) -> bool:
     return all(extra_installed(module) for module in engine_spec(name).extras)
 
 
-def _missing_extra(spec: EngineSpec) -> Optional[str]:
-    absent = [module for module in spec.extras if not extra_installed(module)]
+def _missing_extra(spec: EngineSpec, precision: Optional[str] = None) -> Optional[str]:
+    modules = spec.extras + spec.precision_extras.get(precision, ())
+    absent = [module for module in modules if not extra_installed(module)]
     if absent:
         return f"{' and '.join(absent)} not installed (pip install 'ppim[{spec.name}]')"
     return None
@@ -108,13 +115,13 @@ def unsupported(engine: str, precision: str, device: str = "cpu") -> Optional[st
         reason = missing("gpu")
         if reason:
             return reason
-    reason = _missing_extra(spec)
-    if reason:
-        return reason
     if precision not in spec.precisions[device]:
         if device == "cpu" and precision == "fp16":
             return "fp16 needs a GPU (CPUs run bf16)"
         return f"{engine} runs {' and '.join(spec.precisions[device])} only on {device}"
+    reason = _missing_extra(spec, precision)
+    if reason:
+        return reason
     for name in spec.needs.get((device, precision), ()):
         reason = missing(name)
         if reason:
@@ -145,7 +152,7 @@ def check_supported(engine: str, precision: str, device: str = "cpu") -> None:
     if reason is None:
         return
     message = f"engine={engine!r} precision={precision!r} device={device!r}: {reason}; {_runs_here_text(device)}"
-    if _missing_extra(engine_spec(engine)) == reason:
+    if _missing_extra(engine_spec(engine), precision) == reason:
         raise MissingExtraError(message)
     raise CapabilityError(message)
 

@@ -22,6 +22,7 @@ from ..subnet import Subnet, current_subnet
 from .common import input_size
 from .exporting import cached_export, export
 from .predictor import ExportPredictor
+from .quantize import Calibration, as_calibration
 from .registry import DEVICES, PRECISIONS, check_choice, check_supported, create_predictor, resolve_engine
 
 __all__ = ["Runner", "create_runner"]
@@ -76,7 +77,8 @@ def _eager_fn(model: nn.Layer, precision: str, device: str, threads: Optional[in
 
 def create_runner(model: nn.Layer, engine: str = "eager", precision: str = "fp32", device: str = "cpu",
                   threads: Optional[int] = None, workdir: Optional[Union[str, os.PathLike]] = None,
-                  cache: Union[bool, str, os.PathLike] = True) -> Runner:
+                  cache: Union[bool, str, os.PathLike] = True,
+                  calibration: Optional[Union[Calibration, str, os.PathLike]] = None) -> Runner:
     """A callable mapping a float32 batch (B, 3, S, S) to logits (B, classes), numpy in and out.
 
     ``engine='eager'``: the model itself, in eval mode during each call (the mode it had is restored
@@ -89,20 +91,23 @@ def create_runner(model: nn.Layer, engine: str = "eager", precision: str = "fp32
     taken from the export cache (cached_export, ``$PPIM_HOME/exports``) with ``cache`` True (default)
     or the cache folder ``cache`` names (e.g. a benchmark's own temporary one), else made in a
     temporary directory removed with the runner. Super models run the sub-network current when
-    the runner is made, in every engine."""
+    the runner is made, in every engine. ``precision='int8'`` (post-training quantization, engines
+    with a quantizer: 'openvino') needs ``calibration``: a folder of images like the ones the model
+    will classify, or a ppim.deploy.quantize.Calibration; its export is cached per calibration."""
     check_choice("precision", precision, PRECISIONS)
     check_choice("device", device, DEVICES)
     engine = resolve_engine(engine, device, precision)
     check_supported(engine, precision, device)
     size = input_size(model, None)
     subnet = current_subnet(model)
+    calibration = as_calibration(model, calibration, precision)  # read once: a bad folder fails before exporting
     if engine == "eager":
         fn = _eager_fn(model, precision, device, threads)
         return Runner(fn, engine, precision, device, size, subnet,
                       None if device == "gpu" else int(threads or cpu_count()))
     keep = None
     try:
-        target = {"precision": precision, "device": device, "engine": engine}  # the export's layout is for them
+        target = {"precision": precision, "device": device, "engine": engine, "calibration": calibration}  # the export's layout is for them
         if workdir is not None:
             model_dir = export(model, workdir, **target)
         elif cache:

@@ -7,6 +7,7 @@ measured in the same run.
 from __future__ import annotations
 
 import functools
+import os
 import statistics
 import tempfile
 import time
@@ -26,6 +27,7 @@ from ..subnet import Subnet, SubnetLike, current_subnet, parse_subnets, subnets_
 from .common import INPUT_NAME, MANIFEST, input_size
 from .exporting import staged_dir
 from .registry import create_predictor, exported_engines, unsupported
+from .quantize import Calibration, as_calibration, sample_calibration
 from .runner import create_runner
 
 __all__ = ["benchmark", "format_rows", "CeilingProbe", "DenseChain", "dense_shapes", "measure_ceiling",
@@ -162,8 +164,8 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "i
               batch_sizes: Sequence[int] = (1, 16), iters: int = 10, warmup: int = 2, threads: Optional[int] = None,
               device: str = "cpu", gmacs: Optional[float] = None,
               subnets: Union[str, Iterable[SubnetLike], None] = None, ceiling: bool = True,
-              model_kwargs: Optional[Dict[str, Any]] = None, log: Optional[Callable[[str], None]] = None
-              ) -> List[Dict[str, Any]]:
+              model_kwargs: Optional[Dict[str, Any]] = None, log: Optional[Callable[[str], None]] = None,
+              calibration: Union[Calibration, str, os.PathLike, None] = None) -> List[Dict[str, Any]]:
     """Throughput of ``model`` (a name, built with random weights, or a model) per engine, precision,
     batch size and, for super models, sub-network (all 12 by default).
 
@@ -179,7 +181,9 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "i
     compete. A combination an engine cannot run here (bf16 without CPU support, fp16 on CPU, GPU on
     a CPU build, an extra not installed) gets a row with ``skipped`` (the reason) and no timings; one
     that fails gets ``error``. ``gmacs`` overrides ppim.flops' count
-    (non-super models)."""
+    (non-super models). int8 is quantized on ``calibration`` (a folder of images or a Calibration;
+    default the sample photos shipped with ppim: enough for speed) and has no ceiling (the probes
+    are float GEMMs)."""
     log = log or (lambda message: None)
     if isinstance(model, str):
         model = create_model(model, **(model_kwargs or {}))
@@ -192,6 +196,8 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "i
     original = current_subnet(model)
     rng = np.random.default_rng(0)
     batches = {b: rng.standard_normal((b, 3, size, size), dtype=np.float32) for b in batch_sizes}
+    if "int8" in precisions:
+        calibration = as_calibration(model, calibration if calibration is not None else sample_calibration(model))
     workdir = tempfile.TemporaryDirectory(prefix="ppim-benchmark-")
     try:
         for subnet in _subnet_list(model, subnets):
@@ -211,7 +217,8 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "i
                         log(f"{name} {engine}/{precision}: skipped: {reason}")
                         continue
                     try:  # exports (one per attention layout) are shared in this run's own cache folder
-                        runner = create_runner(model, engine, precision, device, threads, cache=workdir.name)
+                        runner = create_runner(model, engine, precision, device, threads, cache=workdir.name,
+                                               calibration=calibration if precision == "int8" else None)
                     except Exception as exc:  # noqa: BLE001 - reported in the rows
                         for batch_size in batch_sizes:
                             rows.append({**base, "batch_size": batch_size, "error": f"{type(exc).__name__}: {exc}"})
@@ -225,7 +232,7 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "i
                         # The ceiling is timed right after the model, so both see the same machine
                         # (other processes come and go on shared machines).
                         peak = (_ceiling(probes, precision, device, threads, shapes, batch_size, ceiling_iters)
-                                if ceiling else None)
+                                if ceiling and precision != "int8" else None)
                         seconds = statistics.median(times)
                         ips = batch_size / seconds
                         row = {**base, "batch_size": batch_size, "images_per_sec": ips,
