@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -380,13 +381,13 @@ def draw_accuracy_vs_latency(model: Union[str, paddle.nn.Layer], latencies: Mapp
         ax.set_xscale("log")
         values = [p[x] for p in points] + ([budget_ms] if x == "ms" and budget_ms is not None else [])
         ax.set_xlim(min(values) / 1.25, max(values) * 1.25)
-        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):  # 200, not 2 x 10^2
-            axis(FuncFormatter(lambda value, _: f"{value:g}"))
+        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            axis(FuncFormatter(_log_tick))
         ax.grid(True, which="both", alpha=0.3)
         if choice is not None:
             picked = next(p for p in points if p["label"] == choice.key)
             verdict = f"{choice.key}, {choice.top1:.2f}%" if choice.fits else f"none fits: the fastest, {choice.key}"
-            ax.plot([picked[x]], [picked["top1"]], "o", markersize=16, markerfacecolor="none", markeredgecolor="black",
+            ax.plot([picked[x]], [picked["top1"]], "o", markersize=12, markerfacecolor="none", markeredgecolor="black",
                     markeredgewidth=1.5, gid="pick", label=f"pick for {budget_ms:g} ms: {verdict}")
     if budget_ms is not None:
         latency_ax.axvline(budget_ms, color="black", linestyle="--", linewidth=1, gid="budget",
@@ -407,6 +408,15 @@ def draw_accuracy_vs_latency(model: Union[str, paddle.nn.Layer], latencies: Mapp
     return fig
 
 
+def _log_tick(value: float, _position=None) -> str:
+    """Tick text of a log axis: 20, 30, 50, 100, 200 (not 2 x 10^1; the 4, 6 to 9 ticks unlabelled,
+    where they would run into each other)."""
+    if value <= 0:
+        return ""
+    leading = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return f"{value:g}" if leading in (1, 2, 3, 5) else ""
+
+
 def draw_benchmark_latency(rows: Sequence[Mapping[str, Any]], budget_ms: Optional[float] = None):
     """draw_accuracy_vs_latency for the rows of ppim.deploy.benchmark (a super model's sub-networks):
     at the smallest batch size measured, the engine and precision with the lowest total latency
@@ -418,7 +428,8 @@ def draw_benchmark_latency(rows: Sequence[Mapping[str, Any]], budget_ms: Optiona
         raise InputError("no sub-network was timed: the accuracy-vs-latency picture needs a super model's "
                          "sub-networks measured (skipped and failed rows have no time)")
     smallest = min(t["batch"] for t in tables)
-    table = min((t for t in tables if t["batch"] == smallest), key=lambda t: (-len(t["latency_ms"]), sum(t["latency_ms"].values())))
+    table = min((t for t in tables if t["batch"] == smallest),  # the most sub-networks, then the fastest
+                key=lambda t: (-len(t["latency_ms"]), sum(t["latency_ms"].values())))
     model = next(row["model"] for row in rows if row.get("subnet") is not None)
     fig = draw_accuracy_vs_latency(model, table["latency_ms"], engine=table["engine"], precision=table["precision"],
                                    batch=table["batch"], threads=table["threads"], budget_ms=budget_ms)

@@ -228,7 +228,8 @@ def test_benchmark_rows_are_drawn_at_the_smallest_batch_with_the_fastest_engine(
     rows += [{**row("openvino", 1, "224x1.0", 1.0), "ms_per_batch": None, "skipped": "not installed"}]
     fig, table = visualize.draw_benchmark_latency(rows, budget_ms=150)
     assert (table["engine"], table["batch"]) == ("inference", 1) and table["latency_ms"] == MEASURED_MS
-    assert "super_deit_s" in fig._suptitle.get_text() and "inference fp32, batch 1, 2 threads" in fig._suptitle.get_text()
+    title = fig._suptitle.get_text()
+    assert "super_deit_s" in title and "inference fp32, batch 1, 2 threads" in title
     assert lines_by_gid(fig.axes[1])["keep 1.0"].get_xdata().tolist() == [91, 108, 147, 597]
     with pytest.raises(ppim.errors.InputError, match="no sub-network was timed"):
         visualize.draw_benchmark_latency(rows[-1:])

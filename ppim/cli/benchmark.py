@@ -11,8 +11,8 @@ reaches on the model's own dense GEMM shapes at that batch, timed right after ea
 share of it; combinations an engine cannot run here are skipped and listed; super models add each
 sub-network's speed-up over (224, 1.0) next to its FLOPs ratio, and --picture draws their published
 top-1 against GFLOPs and, beside it, against the latency just measured (the smallest batch size, the
-fastest engine and precision; --latency-ms adds that budget and the sub-network it picks). --checkpoint of a ppim run gives the
-model (its kwargs and classes). "cores" is process CPU time over wall
+fastest engine and precision; --latency-ms adds that budget and the sub-network it picks). --checkpoint
+of a ppim run gives the model (its kwargs and classes). "cores" is process CPU time over wall
 time while the model ran: below --threads, other processes took some of the CPUs (compare shares,
 which are measured under the same conditions). Weights do not change the speed: random ones are used.
 """

@@ -104,7 +104,8 @@ def test_latency_tables_group_the_timed_subnet_rows_per_setting():
     rows = [row("eager", 1, 224, 1.0, ms_per_batch=20.0), row("eager", 1, 128, 0.5, ms_per_batch=5.0),
             row("eager", 4, 224, 1.0, ms_per_batch=60.0), row("openvino", 1, 224, 1.0, skipped="not installed"),
             row("inference", 1, 224, 1.0, error="RuntimeError: boom"),
-            {"engine": "eager", "precision": "fp32", "batch_size": 1, "threads": 2, "subnet": None, "ms_per_batch": 9.0}]
+            {**row("eager", 1, 224, 1.0), "subnet": None, "ms_per_batch": 9.0}]  # a model without sub-networks
+    setting = {"engine": "eager", "precision": "fp32", "threads": 2}
     assert subnet_choice.latency_tables(rows) == [
-        {"engine": "eager", "precision": "fp32", "batch": 1, "threads": 2, "latency_ms": {"224x1.0": 20.0, "128x0.5": 5.0}},
-        {"engine": "eager", "precision": "fp32", "batch": 4, "threads": 2, "latency_ms": {"224x1.0": 60.0}}]
+        {**setting, "batch": 1, "latency_ms": {"224x1.0": 20.0, "128x0.5": 5.0}},
+        {**setting, "batch": 4, "latency_ms": {"224x1.0": 60.0}}]
