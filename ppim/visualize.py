@@ -5,7 +5,10 @@
 - ``token_classes.png``: LV-ViT's per-token class map, the arg-max of the aux head on every patch token
   (what token labeling trains), next to the crop;
 - ``accuracy_vs_gflops.png``: published top-1 against counted cost for the 12 sub-networks of both
-  super models and the LV-ViT family.
+  super models and the LV-ViT family;
+- the accuracy-vs-latency picture (:func:`draw_accuracy_vs_latency`, ``ppim-benchmark --picture``): one
+  super model's 12 sub-networks, published top-1 against counted cost and, beside it, against the
+  latency measured on this machine, with a latency budget and the sub-network it picks.
 
 matplotlib is an optional extra (``pip install "ppim[plot]"``); nothing else in ppim needs it. Only
 matplotlib's object API is used (no pyplot), so no global backend or figure state is touched.
@@ -19,16 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
 from PIL import Image
 
 from .data import imagenet_class_names, load_image
-from .errors import PpimError
+from .errors import InputError, PpimError
 from .flops import count, model_for_counting, subnet_costs
 from .fileio import write_atomic
 from .layers import eval_mode
@@ -41,6 +45,8 @@ TITLE = 40            # pixels of the title band above a panel
 MARGIN = 8            # pixels around every panel
 DROPPED = (235, 235, 235)   # colour of the tokens a sub-network dropped
 CURVE_SIZE = (900, 600)     # pixels of the accuracy-vs-cost plot
+LATENCY_SIZE = (1400, 640)  # pixels of the accuracy-vs-GFLOPs and accuracy-vs-latency panels side by side
+KEEP_MARKERS = {"0.5": "v", "0.7": "s", "1.0": "o"}  # marker of each keep ratio in the accuracy plots
 LEGEND_WIDTH = 300          # pixels of the class legend right of the token-class panels
 TOP_CLASSES = 10            # classes named in the legend (the others are drawn grey)
 OTHER = (200, 200, 200)     # colour of the tokens of the classes not in the legend
@@ -219,11 +225,7 @@ def accuracy_vs_flops_points() -> Dict[str, List[Dict[str, Any]]]:
     """The series of the accuracy-vs-cost plot: {series name: [{"label", "gflops", "top1"}, ...]}.
     top1: the registry's published figures (SuperViT: the paper's 12 sub-networks, LV-ViT: each
     model's); gflops: multiply-accumulates counted by ppim.flops (one convention for every point)."""
-    series: Dict[str, List[Dict[str, Any]]] = {}
-    for name in list_models("super_*"):
-        table = get_model_cfg(name)["weights"]["subnet_top1"]
-        series[name] = [{"label": f"{c['img_size']}x{c['keep_ratio']}", "gflops": c["flops"] / 1e9,
-                         "top1": table[Subnet.of(c).key]} for c in subnet_costs(name)]
+    series: Dict[str, List[Dict[str, Any]]] = {name: _subnet_points(name) for name in list_models("super_*")}
     lvvit = []
     for name in list_models("lvvit_*"):
         top1 = get_model_cfg(name)["weights"]["top1"]
@@ -233,6 +235,24 @@ def accuracy_vs_flops_points() -> Dict[str, List[Dict[str, Any]]]:
     return series
 
 
+def _subnet_points(name: str) -> List[Dict[str, Any]]:
+    """A super model's published sub-networks: [{"label": "160x0.7", "gflops", "top1"}, ...] in
+    ``model.subnets`` order (GFLOPs counted by ppim.flops, top-1 the cfg's ``weights.subnet_top1``)."""
+    table = get_model_cfg(name)["weights"]["subnet_top1"]
+    return [{"label": Subnet.of(c).key, "gflops": c["flops"] / 1e9, "top1": table[Subnet.of(c).key]}
+            for c in subnet_costs(name) if Subnet.of(c).key in table]
+
+
+def _keep_ratio_lines(ax, name: str, points: List[Dict[str, Any]], x: str, colours: Mapping[str, str]) -> None:
+    """One line per keep ratio through ``points`` (input 128 to 224 along it), x from ``p[x]``, keep
+    ratio by marker (KEEP_MARKERS) and by ``colours[ratio]``; each line's gid is "keep <ratio>"."""
+    for ratio, marker in KEEP_MARKERS.items():
+        sub = sorted((p for p in points if p["label"].endswith("x" + ratio)), key=lambda p: Subnet.parse(p["label"]))
+        if sub:
+            ax.plot([p[x] for p in sub], [p["top1"] for p in sub], "-" + marker, color=colours[ratio], alpha=0.9,
+                    label=f"{name}, keep {ratio} (128-224)", gid=f"keep {ratio}")
+
+
 def draw_accuracy_vs_flops(series: Optional[Dict[str, List[Dict[str, Any]]]] = None):
     """Published top-1 against GFLOPs (log scale): each super model's sub-networks (keep ratio by
     marker, lines join equal keep ratios) and the LV-ViT family."""
@@ -240,7 +260,6 @@ def draw_accuracy_vs_flops(series: Optional[Dict[str, List[Dict[str, Any]]]] = N
     series = accuracy_vs_flops_points() if series is None else series
     fig = Figure(figsize=(CURVE_SIZE[0] / 100, CURVE_SIZE[1] / 100), dpi=100)
     ax = fig.add_axes([0.08, 0.1, 0.9, 0.83])
-    markers = {"0.5": "v", "0.7": "s", "1.0": "o"}
     labelled = None
     for colour, (name, points) in zip(("tab:blue", "tab:orange", "tab:green"), series.items()):
         if name == "LV-ViT":
@@ -248,10 +267,7 @@ def draw_accuracy_vs_flops(series: Optional[Dict[str, List[Dict[str, Any]]]] = N
                     label="LV-ViT family")
             labelled = (points, colour)
             continue
-        for ratio, marker in markers.items():
-            sub = [p for p in points if p["label"].endswith("x" + ratio)]
-            ax.plot([p["gflops"] for p in sub], [p["top1"] for p in sub], "-" + marker, color=colour,
-                    alpha=0.9, label=f"{name}, keep {ratio} (128-224)")
+        _keep_ratio_lines(ax, name, points, "gflops", dict.fromkeys(KEEP_MARKERS, colour))
     ax.set_xscale("log")
     gflops = [p["gflops"] for points in series.values() for p in points]
     ax.set_xlim(min(gflops) / 1.3, max(gflops) * 1.8)
@@ -272,12 +288,13 @@ _LABEL_SPOTS = [(6, -3, "left"), (-6, -3, "right"), (4, 5, "left"), (-4, 5, "rig
                 (10, -18, "left"), (-10, -18, "right")]
 
 
-def place_labels(fig, ax, points: List[Dict[str, Any]], colour: str, avoid: Sequence[Tuple[float, float]],
-                 marker_px: float = 5.0) -> List[Any]:
-    """Annotate each point with its label next to it: the first spot (see _LABEL_SPOTS) where the
-    text stays inside the axes, overlaps no label placed before and no marker of ``avoid`` (data
-    coordinates of every plotted point), and has its own point as the nearest one; else the spot
-    with the fewest overlaps. Returns the annotations."""
+def place_labels(fig, ax, points: List[Dict[str, Any]], colour: Union[str, Sequence[str]],
+                 avoid: Sequence[Tuple[float, float]], marker_px: float = 5.0, x: str = "gflops") -> List[Any]:
+    """Annotate each point (x from ``p[x]``, y from ``p["top1"]``) with its label next to it: the
+    first spot (see _LABEL_SPOTS) where the text stays inside the axes, overlaps no label placed
+    before and no marker of ``avoid`` (data coordinates of every plotted point), and has its own
+    point as the nearest one; else the spot with the fewest overlaps. ``colour``: one for all, or
+    one per point. Returns the annotations."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     if fig.canvas is None or not hasattr(fig.canvas, "get_renderer"):
@@ -289,11 +306,12 @@ def place_labels(fig, ax, points: List[Dict[str, Any]], colour: str, avoid: Sequ
     markers = [tuple(to_px(xy)) for xy in avoid]
     placed: List[Any] = []
     annotations = []
-    for p in points:
-        own = tuple(to_px((p["gflops"], p["top1"])))
+    colours = [colour] * len(points) if isinstance(colour, str) else list(colour)
+    for p, colour in zip(points, colours):
+        own = tuple(to_px((p[x], p["top1"])))
         best = None
         for dx, dy, ha in _LABEL_SPOTS:
-            note = ax.annotate(p["label"], (p["gflops"], p["top1"]), textcoords="offset points", xytext=(dx, dy),
+            note = ax.annotate(p["label"], (p[x], p["top1"]), textcoords="offset points", xytext=(dx, dy),
                                fontsize=7, color=colour, ha=ha)
             extent = note.get_window_extent(renderer)
             overlaps = sum(extent.overlaps(other) for other in placed)
@@ -313,6 +331,109 @@ def place_labels(fig, ax, points: List[Dict[str, Any]], colour: str, avoid: Sequ
         placed.append(best[2])
         annotations.append(best[1])
     return annotations
+
+
+LATENCY_COLOURS = {"0.5": "tab:blue", "0.7": "tab:orange", "1.0": "tab:green"}  # keep ratio -> line colour
+
+
+def accuracy_vs_latency_points(model: Union[str, paddle.nn.Layer], latencies: Mapping[str, float]
+                               ) -> List[Dict[str, Any]]:
+    """The points of the accuracy-vs-latency picture: ``[{"label": "160x0.7", "gflops", "top1",
+    "ms"}, ...]``, the published sub-networks of ``model`` (a super model or its name; see
+    accuracy_vs_flops_points) with the measured ``latencies`` ("160x0.7" -> ms, e.g. from
+    ppim.deploy.measure_subnets). Sub-networks without a latency, or without a published top-1,
+    are left out; InputError when none is left."""
+    name = model if isinstance(model, str) else model_name(model)
+    if not get_model_cfg(name).get("subnets"):
+        raise InputError(f"{name} has no sub-networks (super_deit_s and super_lvvit_s do)")
+    points = [{**p, "ms": float(latencies[p["label"]])} for p in _subnet_points(name) if p["label"] in latencies]
+    if not points:
+        raise InputError(f"none of the measured sub-networks ({', '.join(latencies) or 'none'}) has a published "
+                         f"top-1 for {name}")
+    return points
+
+
+def draw_accuracy_vs_latency(model: Union[str, paddle.nn.Layer], latencies: Mapping[str, float],
+                             engine: str = "inference", precision: str = "fp32", batch: int = 1,
+                             threads: Optional[int] = None, budget_ms: Optional[float] = None):
+    """Two panels sharing the accuracy axis: ``model``'s sub-networks, published top-1 against
+    GFLOPs (left, as in draw_accuracy_vs_flops) and against the ``latencies`` measured here (right,
+    ms per batch of ``batch``; log scales), one line per keep ratio, each point labelled. The title
+    names the setting the latencies were measured in (``engine``, ``precision``, ``batch``,
+    ``threads``, default all CPUs) and this machine's CPU. ``budget_ms``: a vertical line at the
+    budget and, ringed in both panels, the sub-network ppim.deploy.subnet_choice.choose picks for it
+    (the one ppim-predict --latency-ms runs)."""
+    Figure = require_matplotlib()
+    from matplotlib.ticker import FuncFormatter
+
+    from .deploy.subnet_choice import choose
+    from .runtime import cpu_count, machine
+
+    points = accuracy_vs_latency_points(model, latencies)
+    name = model if isinstance(model, str) else model_name(model)
+    fig = Figure(figsize=(LATENCY_SIZE[0] / 100, LATENCY_SIZE[1] / 100), dpi=100)
+    flops_ax = fig.add_axes([0.05, 0.09, 0.43, 0.74])
+    latency_ax = fig.add_axes([0.545, 0.09, 0.43, 0.74], sharey=flops_ax)
+    choice = None if budget_ms is None else choose({p["label"]: p["ms"] for p in points},
+                                                   {p["label"]: p["top1"] for p in points}, budget_ms)
+    for ax, x in ((flops_ax, "gflops"), (latency_ax, "ms")):
+        _keep_ratio_lines(ax, name, points, x, LATENCY_COLOURS)
+        ax.set_xscale("log")
+        values = [p[x] for p in points] + ([budget_ms] if x == "ms" and budget_ms is not None else [])
+        ax.set_xlim(min(values) / 1.25, max(values) * 1.25)
+        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            axis(FuncFormatter(_log_tick))
+        ax.grid(True, which="both", alpha=0.3)
+        if choice is not None:
+            picked = next(p for p in points if p["label"] == choice.key)
+            verdict = f"{choice.key}, {choice.top1:.2f}%" if choice.fits else f"none fits: the fastest, {choice.key}"
+            ax.plot([picked[x]], [picked["top1"]], "o", markersize=12, markerfacecolor="none", markeredgecolor="black",
+                    markeredgewidth=1.5, gid="pick", label=f"pick for {budget_ms:g} ms: {verdict}")
+    if budget_ms is not None:
+        latency_ax.axvline(budget_ms, color="black", linestyle="--", linewidth=1, gid="budget",
+                           label=f"budget {budget_ms:g} ms")
+    for ax, x in ((flops_ax, "gflops"), (latency_ax, "ms")):
+        place_labels(fig, ax, points, [LATENCY_COLOURS[p["label"].split("x")[1]] for p in points],
+                     [(p[x], p["top1"]) for p in points], x=x)
+        ax.legend(fontsize=8, loc="lower right")
+    flops_ax.set_ylabel("published ImageNet top-1 (%)")
+    flops_ax.set_xlabel("GFLOPs per image (multiply-accumulates, counted by ppim.flops; log scale)")
+    latency_ax.set_xlabel(f"measured latency, ms per batch of {batch} (median; log scale)")
+    flops_ax.set_title("against counted cost", fontsize=10)
+    latency_ax.set_title("against latency measured on this machine", fontsize=10)
+    m = machine()
+    fig.suptitle(f"{name}: published top-1 of its sub-networks against cost and measured latency\n"
+                 f"{engine} {precision}, batch {batch}, {threads or cpu_count()} threads, "
+                 f"on {m.cpu_model or 'this CPU'} (Paddle {m.paddle_version})", fontsize=11)
+    return fig
+
+
+def _log_tick(value: float, _position=None) -> str:
+    """Tick text of a log axis: 20, 30, 50, 100, 200 (not 2 x 10^1; the 4, 6 to 9 ticks unlabelled,
+    where they would run into each other)."""
+    if value <= 0:
+        return ""
+    leading = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return f"{value:g}" if leading in (1, 2, 3, 5) else ""
+
+
+def draw_benchmark_latency(rows: Sequence[Mapping[str, Any]], budget_ms: Optional[float] = None):
+    """draw_accuracy_vs_latency for the rows of ppim.deploy.benchmark (a super model's sub-networks):
+    at the smallest batch size measured, the engine and precision with the lowest total latency
+    (the one to deploy). Returns (figure, its table: see ppim.deploy.subnet_choice.latency_tables)."""
+    from .deploy.subnet_choice import latency_tables
+
+    tables = latency_tables(rows)
+    if not tables:
+        raise InputError("no sub-network was timed: the accuracy-vs-latency picture needs a super model's "
+                         "sub-networks measured (skipped and failed rows have no time)")
+    smallest = min(t["batch"] for t in tables)
+    table = min((t for t in tables if t["batch"] == smallest),  # the most sub-networks, then the fastest
+                key=lambda t: (-len(t["latency_ms"]), sum(t["latency_ms"].values())))
+    model = next(row["model"] for row in rows if row.get("subnet") is not None)
+    fig = draw_accuracy_vs_latency(model, table["latency_ms"], engine=table["engine"], precision=table["precision"],
+                                   batch=table["batch"], threads=table["threads"], budget_ms=budget_ms)
+    return fig, table
 
 
 def _hits(extent, xy: Tuple[float, float], radius: float) -> bool:

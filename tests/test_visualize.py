@@ -1,6 +1,7 @@
 """Pictures: the PNGs tools/visualize.py writes are read back and their pixels checked against what
 the model computes (kept tokens, per-token classes), the accuracy-vs-cost series against the
 published tables, and a missing matplotlib is reported with the extra to install."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,124 @@ def test_curve_labels_sit_beside_their_own_points_without_overlaps():
         assert nearest == pytest.approx(own), note.get_text()
         others = [p for p in points if p != pytest.approx(own)]
         assert not any(box.x0 - 2 < x < box.x1 + 2 and box.y0 - 2 < y < box.y1 + 2 for x, y in others), note.get_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# Accuracy against measured latency (draw_accuracy_vs_latency, ppim-benchmark --picture)
+# ----------------------------------------------------------------------------------------------
+
+# super_lvvit_s as measured in docs/performance.md (ms, batch 1): the order by latency is not the
+# order by GFLOPs (160x0.7 slower than 192x1.0), which is what the picture is for.
+MEASURED_MS = {"128x0.5": 76, "160x0.5": 85, "128x1.0": 91, "128x0.7": 100, "192x0.5": 106, "160x1.0": 108,
+               "192x0.7": 120, "224x0.5": 144, "192x1.0": 147, "160x0.7": 281, "224x0.7": 343, "224x1.0": 597}
+
+
+def lines_by_gid(ax):
+    return {line.get_gid(): line for line in ax.get_lines() if line.get_gid()}
+
+
+def test_latency_picture_draws_the_measured_latencies_and_published_accuracies():
+    from ppim.deploy.subnet_choice import choose
+    from ppim.flops import subnet_costs
+
+    published = ppim.get_model_cfg("super_lvvit_s")["weights"]["subnet_top1"]
+    gflops = {f"{c['img_size']}x{c['keep_ratio']}": c["flops"] / 1e9 for c in subnet_costs("super_lvvit_s")}
+    fig = visualize.draw_accuracy_vs_latency("super_lvvit_s", MEASURED_MS, engine="inference", precision="fp32",
+                                             batch=1, threads=2, budget_ms=150)
+    flops_ax, latency_ax = fig.axes
+    for ratio in ("0.5", "0.7", "1.0"):
+        keys = [f"{size}x{ratio}" for size in (128, 160, 192, 224)]  # input 128 to 224 along each line
+        right, left = lines_by_gid(latency_ax)[f"keep {ratio}"], lines_by_gid(flops_ax)[f"keep {ratio}"]
+        assert right.get_xdata().tolist() == [MEASURED_MS[k] for k in keys]
+        assert right.get_ydata().tolist() == left.get_ydata().tolist() == [published[k] for k in keys]
+        assert left.get_xdata().tolist() == pytest.approx([gflops[k] for k in keys])
+    assert {t.get_text() for t in latency_ax.texts} == set(MEASURED_MS)  # every point labelled
+    title = fig._suptitle.get_text()
+    assert "inference fp32, batch 1, 2 threads" in title and ppim.runtime.machine().cpu_model in title
+
+    # The budget line and the ringed pick are choose()'s: 192x1.0 (147 ms, 82.94%) within 150 ms.
+    choice = choose(MEASURED_MS, published, 150)
+    assert choice.key == "192x1.0"
+    assert list(lines_by_gid(latency_ax)["budget"].get_xdata()) == [150, 150]
+    assert lines_by_gid(latency_ax)["pick"].get_xydata().tolist() == [[147, 82.94]]
+    assert lines_by_gid(flops_ax)["pick"].get_xydata().tolist() == [[pytest.approx(gflops["192x1.0"]), 82.94]]
+    assert "192x1.0, 82.94%" in lines_by_gid(latency_ax)["pick"].get_label()
+
+    none_fits = visualize.draw_accuracy_vs_latency("super_lvvit_s", MEASURED_MS, budget_ms=60)
+    pick = lines_by_gid(none_fits.axes[1])["pick"]
+    assert pick.get_xydata().tolist() == [[76, published["128x0.5"]]] and "none fits" in pick.get_label()
+    assert not any(line.get_gid() in ("pick", "budget") for ax in
+                   visualize.draw_accuracy_vs_latency("super_lvvit_s", MEASURED_MS).axes for line in ax.get_lines())
+
+
+def test_latency_picture_refuses_what_it_cannot_draw():
+    with pytest.raises(ppim.errors.InputError, match="no sub-networks"):
+        visualize.draw_accuracy_vs_latency("lvvit_s", {"224x1.0": 10.0})
+    with pytest.raises(ppim.errors.InputError, match="published top-1"):
+        visualize.draw_accuracy_vs_latency("super_lvvit_s", {"32x0.5": 1.0, "64x1.0": 2.0})
+
+
+def test_benchmark_rows_are_drawn_at_the_smallest_batch_with_the_fastest_engine():
+    def row(engine, batch, key, ms):
+        size, ratio = key.split("x")
+        return {"model": "super_deit_s", "engine": engine, "precision": "fp32", "batch_size": batch, "threads": 2,
+                "subnet": {"img_size": int(size), "keep_ratio": float(ratio)}, "ms_per_batch": ms}
+
+    rows = [row("eager", 1, key, 2 * ms) for key, ms in MEASURED_MS.items()]
+    rows += [row("inference", 1, key, ms) for key, ms in MEASURED_MS.items()]
+    rows += [row("inference", 16, key, ms / 10) for key, ms in MEASURED_MS.items()]  # faster per batch, not batch 1
+    rows += [{**row("openvino", 1, "224x1.0", 1.0), "ms_per_batch": None, "skipped": "not installed"}]
+    fig, table = visualize.draw_benchmark_latency(rows, budget_ms=150)
+    assert (table["engine"], table["batch"]) == ("inference", 1) and table["latency_ms"] == MEASURED_MS
+    title = fig._suptitle.get_text()
+    assert "super_deit_s" in title and "inference fp32, batch 1, 2 threads" in title
+    assert lines_by_gid(fig.axes[1])["keep 1.0"].get_xdata().tolist() == [91, 108, 147, 597]
+    with pytest.raises(ppim.errors.InputError, match="no sub-network was timed"):
+        visualize.draw_benchmark_latency(rows[-1:])
+
+
+def test_benchmark_picture_draws_the_rows_it_just_measured(tmp_path, monkeypatch, capsys):
+    from ppim.cli import benchmark
+    from tiny import tiny_args
+
+    drawn = []
+    save_png = visualize.save_png
+    monkeypatch.setattr(visualize, "save_png", lambda fig, path: drawn.append(fig) or save_png(fig, path))
+    picture, report = tmp_path / "pics" / "latency.png", tmp_path / "bench.json"
+    assert benchmark.main([*tiny_args("super_lvvit_s", stem_dim=8), "--engine", "eager", "-b", "1", "--iters", "1",
+                           "--warmup", "0", "--no-ceiling", "--json", str(report), "--picture", str(picture),
+                           "--latency-ms", "100000"]) == 0
+    assert f"wrote {picture} (eager fp32, batch 1)" in capsys.readouterr().out
+    with Image.open(picture) as image:
+        image.verify()
+    with Image.open(picture) as image:
+        assert image.format == "PNG" and image.size == visualize.LATENCY_SIZE
+    rows = json.loads(report.read_text())["rows"]
+    measured = {f"{r['subnet']['img_size']}x{r['subnet']['keep_ratio']}": r["ms_per_batch"] for r in rows}
+    assert len(measured) == 12
+    latency_ax = drawn[0].axes[1]
+    for ratio in ("0.5", "0.7", "1.0"):
+        assert lines_by_gid(latency_ax)[f"keep {ratio}"].get_xdata().tolist() == pytest.approx(
+            [measured[f"{size}x{ratio}"] for size in (128, 160, 192, 224)])
+    assert lines_by_gid(latency_ax)["pick"].get_xdata().tolist() == pytest.approx([measured["224x1.0"]])
+
+
+def test_benchmark_picture_errors_come_before_measuring(tmp_path, monkeypatch, capsys):
+    from ppim.cli import benchmark
+    from tiny import tiny_args
+
+    monkeypatch.setattr("ppim.deploy.benchmark", lambda *a, **k: pytest.fail("measured"))
+    picture = tmp_path / "latency.png"
+    for args, needle in [(["--picture", str(picture)], "lvvit_s has none"),
+                         (["--latency-ms", "50"], "give --picture PNG too")]:
+        assert benchmark.main([*tiny_args("lvvit_s"), "-b", "1", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and needle in err and err.count("\n") == 1
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(visualize.MissingExtraError, match=r'pip install "ppim\[plot\]"'):
+        visualize.draw_accuracy_vs_latency("super_lvvit_s", MEASURED_MS)
+    assert benchmark.main([*tiny_args("super_lvvit_s"), "-b", "1", "--picture", str(picture)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and 'pip install "ppim[plot]"' in captured.err
+    assert captured.out == "" and not picture.exists()

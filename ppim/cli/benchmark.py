@@ -3,13 +3,16 @@ ceiling measured in the same run, e.g.
 
     ppim-benchmark --model lvvit_s -b 16 --precision fp32,bf16 --json bench.json
     ppim-benchmark --model super_lvvit_s -b 16 --engine inference   # the 12 sub-networks
+    ppim-benchmark --model super_lvvit_s -b 1 --engine inference --picture latency.png --latency-ms 150
 
 (python tools/benchmark.py takes the same arguments.) Rows: images/s (median of --iters timed calls
 after --warmup), GFLOP/s achieved (2 x MACs), the ceiling (the best GFLOP/s any installed engine
 reaches on the model's own dense GEMM shapes at that batch, timed right after each point) and the
 share of it; combinations an engine cannot run here are skipped and listed; super models add each
-sub-network's speed-up over (224, 1.0) next to its FLOPs ratio. --checkpoint of a ppim run gives the
-model (its kwargs and classes). "cores" is process CPU time over wall
+sub-network's speed-up over (224, 1.0) next to its FLOPs ratio, and --picture draws their published
+top-1 against GFLOPs and, beside it, against the latency just measured (the smallest batch size, the
+fastest engine and precision; --latency-ms adds that budget and the sub-network it picks). --checkpoint
+of a ppim run gives the model (its kwargs and classes). "cores" is process CPU time over wall
 time while the model ran: below --threads, other processes took some of the CPUs (compare shares,
 which are measured under the same conditions). Weights do not change the speed: random ones are used.
 """
@@ -67,6 +70,12 @@ def main(argv=None) -> int:
     parser.add_argument("--gmacs", type=number(above=0.0), help="override the model's GMACs per image (non-super models)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
     parser.add_argument("--json", help="write the rows and the environment to this JSON file")
+    parser.add_argument("--picture", metavar="PNG",
+                        help="super models: draw published top-1 against GFLOPs and against the latency measured "
+                             "here into this PNG (needs matplotlib: pip install \"ppim[plot]\")")
+    parser.add_argument("--latency-ms", type=number(above=0), metavar="MS",
+                        help="--picture: mark this latency budget and the sub-network ppim-predict --latency-ms "
+                             "would run for it")
     parser.add_argument("--train", action="store_true",
                         help="training step throughput instead (fp32; bf16 where eager Paddle has CPU kernels), "
                              "with its breakdown, against the PyTorch reference when torch is installed")
@@ -76,17 +85,31 @@ def main(argv=None) -> int:
         return _train(args)
     from ..deploy import benchmark, format_rows
     from ..deploy.registry import check_supported, unsupported
+    from ..errors import InputError
     from ..fileio import write_json
-    from ..subnet import parse_subnets
+    from ..registry import get_model_cfg, model_name
+    from ..subnet import parse_subnets, subnets_of
 
     runnable = [(e, p) for e in args.engine for p in args.precision if unsupported(e, p, args.device) is None]
     if not runnable:  # nothing asked for runs here: say why (the first) and what does
         check_supported(args.engine[0], args.precision[0], args.device)
     if args.json:
         writable_file(args.json, "--json")
+    if args.latency_ms is not None and not args.picture:
+        raise InputError("--latency-ms marks a budget on the --picture: give --picture PNG too")
+    if args.picture:
+        from ..visualize import require_matplotlib
+
+        require_matplotlib()  # before anything is measured: the one thing a user must install
+        writable_file(args.picture, "--picture")
+        if args.model and not get_model_cfg(args.model).get("subnets"):
+            raise InputError(f"--picture draws a super model's sub-networks (super_deit_s, super_lvvit_s); "
+                             f"{args.model} has none")
     if args.subnets != "all":  # the default means every sub-network the model has, if any
         check_offers_subnets(args)
     model = create_model(args, warn=False)  # weights do not change the speed
+    if args.picture and not subnets_of(model):  # a --checkpoint names its model only now
+        raise InputError(f"--picture draws a super model's sub-networks; {model_name(model)} has none")
     subnets = args.subnets if args.subnets == "all" else parse_subnets(args.subnets, model, "--subnets")
     env = environment(args.threads)
     print(f"{args.model} on {env['cpu'] or 'this CPU'} ({env['cpu_count']} CPUs), Paddle {env['paddle_version']}",
@@ -99,6 +122,12 @@ def main(argv=None) -> int:
     if args.json:
         write_json(args.json, {"environment": env, "rows": rows})
         print(f"wrote {args.json}")
+    if args.picture:
+        from ..visualize import draw_benchmark_latency, save_png
+
+        fig, table = draw_benchmark_latency(rows, budget_ms=args.latency_ms)
+        save_png(fig, args.picture)
+        print(f"wrote {args.picture} ({table['engine']} {table['precision']}, batch {table['batch']})")
     return 1 if rows and all("error" in row or "skipped" in row for row in rows) else 0
 
 

@@ -17,7 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import paddle.nn as nn
 
@@ -28,7 +28,8 @@ from ..runtime import cpu, cpu_count, machine
 from ..subnet import Subnet, subnets_of
 from .registry import resolve_engine
 
-__all__ = ["SubnetChoice", "choose", "measure_subnets", "published_accuracy", "pick_subnet", "latency_cache_dir"]
+__all__ = ["SubnetChoice", "choose", "measure_subnets", "latency_tables", "published_accuracy", "pick_subnet",
+           "latency_cache_dir"]
 
 
 @dataclass(frozen=True)
@@ -125,18 +126,30 @@ def measure_subnets(model: nn.Layer, engine: str = "inference", precision: str =
 
     rows = benchmark(model, engines=(engine,), precisions=(precision,), batch_sizes=(batch,), iters=iters,
                      warmup=warmup, threads=threads, subnets=subnets_of(model), ceiling=False, calibration=calibration)
-    latencies: Dict[str, float] = {}
     for row in rows:
         problem = row.get("skipped") or row.get("error")
         if problem:
             raise RuntimeError(f"cannot measure {model_name(model)} on engine={engine!r} {precision}: {problem}")
-        sub = row["subnet"]
-        latencies[Subnet.of(sub).key] = float(row["ms_per_batch"])
-    latencies = {k: v for k, v in latencies.items() if k in wanted}
+    latencies = {k: v for k, v in latency_tables(rows)[0]["latency_ms"].items() if k in wanted}
     if cache:
         write_json(path, {"model": model_name(model), "engine": engine, "precision": precision, "batch": batch,
                           "threads": threads, "cpu": cpu()[1], "latency_ms": latencies})
     return latencies
+
+
+def latency_tables(rows: Iterable[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The sub-network rows of ppim.deploy.benchmark as one table per setting, in the rows' order:
+    ``[{"engine", "precision", "batch", "threads", "latency_ms": {"224x0.7": ms per batch, ...}}, ...]``.
+    Rows without a time (skipped, failed) and rows of models without sub-networks are left out."""
+    tables: Dict[tuple, Dict[str, Any]] = {}
+    for row in rows:
+        if row.get("subnet") is None or row.get("ms_per_batch") is None:
+            continue
+        setting = (row["engine"], row["precision"], row["batch_size"], row.get("threads"))
+        table = tables.setdefault(setting, dict(zip(("engine", "precision", "batch", "threads"), setting),
+                                                latency_ms={}))
+        table["latency_ms"][Subnet.of(row["subnet"]).key] = float(row["ms_per_batch"])
+    return list(tables.values())
 
 
 def pick_subnet(model: nn.Layer, latency_ms: float, batch: int = 1, engine: str = "inference",

@@ -94,3 +94,18 @@ def test_predict_latency_flag(capsys):
     with pytest.raises(SystemExit) as exited:  # refused at parse time, one error line
         main(["--model", "super_lvvit_s", "--latency-ms", "-1"])
     assert exited.value.code == 2 and "--latency-ms" in capsys.readouterr().err
+
+
+def test_latency_tables_group_the_timed_subnet_rows_per_setting():
+    def row(engine, batch, size, ratio, **extra):
+        return {"engine": engine, "precision": "fp32", "batch_size": batch, "threads": 2,
+                "subnet": {"img_size": size, "keep_ratio": ratio}, **extra}
+
+    rows = [row("eager", 1, 224, 1.0, ms_per_batch=20.0), row("eager", 1, 128, 0.5, ms_per_batch=5.0),
+            row("eager", 4, 224, 1.0, ms_per_batch=60.0), row("openvino", 1, 224, 1.0, skipped="not installed"),
+            row("inference", 1, 224, 1.0, error="RuntimeError: boom"),
+            {**row("eager", 1, 224, 1.0), "subnet": None, "ms_per_batch": 9.0}]  # a model without sub-networks
+    setting = {"engine": "eager", "precision": "fp32", "threads": 2}
+    assert subnet_choice.latency_tables(rows) == [
+        {**setting, "batch": 1, "latency_ms": {"224x1.0": 20.0, "128x0.5": 5.0}},
+        {**setting, "batch": 4, "latency_ms": {"224x1.0": 60.0}}]
