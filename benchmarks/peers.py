@@ -1,6 +1,6 @@
 """ppim's engines side by side with PyTorch, ONNX Runtime and OpenVINO on one model, in one run:
 
-    python benchmarks/peers.py                       # lvvit_s, batch 16 and 1, fp32 and bf16
+    python benchmarks/peers.py                       # lvvit_s, batch 16 and 1, fp32, bf16 and int8
     python benchmarks/peers.py --model lvvit_t -b 8 --precision fp32 --rounds 3 --json peers.json
 
 Every engine runs in a worker process of its own (so each has its own peak RSS and cold start),
@@ -8,8 +8,11 @@ all started first; then, round after round, the parent asks each worker in turn 
 calls, so slow and fast moments of a shared machine fall on every engine alike. Reported: the
 median over rounds of each round's median call. Engines: ppim eager, ppim Paddle Inference (our
 export), the PyTorch reference model (benchmarks/torch_reference.py, eager and torch.compile with
-freezing), ONNX Runtime and OpenVINO over paddle2onnx's conversion of our export (OpenVINO with the
-LATENCY hint, and for batches > 1 the THROUGHPUT hint with the batch split over its requests).
+freezing), ONNX Runtime, ppim's OpenVINO engine ('openvino': its AUTO hint) and OpenVINO used as its
+documentation shows ('openvino-tput': the THROUGHPUT hint, the batch split over its requests), both
+over paddle2onnx's conversion of our export. int8: ppim's (ppim.deploy.engines.quantize_openvino)
+against OpenVINO's own (NNCF's quantize with its defaults), both calibrated on the sample photos
+shipped with ppim; int8 has no GEMM ceiling.
 The GEMM ceiling is the best rate any of these libraries reaches on the model's own dense shapes
 (ppim.deploy.DenseChain at batch x tokens rows), measured in the same rounds. Cold start: from
 building the runner (the export already cached, as a second run finds it) to the first batch-1
@@ -37,9 +40,10 @@ ENGINES = {
     "torch-eager": ("fp32", "bf16"),
     "torch-compile": ("fp32", "bf16"),
     "onnxruntime": ("fp32",),
-    "openvino": ("fp32", "bf16"),
-    "openvino-tput": ("fp32", "bf16"),
+    "openvino": ("fp32", "bf16", "int8"),
+    "openvino-tput": ("fp32", "bf16", "int8"),
 }
+PRECISIONS = ("fp32", "bf16", "int8")
 CEILING_LIBRARY = {"ppim-inference": "paddle-inference", "torch-eager": "torch", "onnxruntime": "onnxruntime",
                    "openvino": "openvino"}
 MODULES = {"torch-eager": "torch", "torch-compile": "torch", "onnxruntime": "onnxruntime",
@@ -109,16 +113,25 @@ def _torch_fn(module, precision, compiled, threads):
     return run
 
 
-def _openvino_tput(model_dir, precision, threads):
-    """OpenVINO's THROUGHPUT hint: the batch split over its parallel infer requests."""
+def _openvino_tput(model, precision, threads):
+    """OpenVINO's THROUGHPUT hint over our export's ONNX form: the batch split over its parallel
+    infer requests; int8: that model quantized by NNCF with its default settings."""
     import numpy as np
     import openvino as ov
 
+    from ppim.deploy import cached_export
     from ppim.deploy.engines import onnx_file
 
     core = ov.Core()
-    source = core.read_model(str(onnx_file(model_dir, "openvino")))
-    config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+    source = core.read_model(str(onnx_file(cached_export(model, engine="openvino"), "openvino")))
+    if precision == "int8":
+        import nncf
+
+        from ppim.deploy.quantize import sample_calibration
+
+        images = sample_calibration(model).images
+        source = nncf.quantize(source, nncf.Dataset([images[i:i + 1] for i in range(len(images))]))
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
               "PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": threads}
     compiled = {}
 
@@ -184,12 +197,16 @@ def worker(args) -> int:
         from ppim.deploy import cached_export
         from ppim.deploy import engine_available
         from ppim.deploy.engines import onnx_file
+        from ppim.deploy.quantize import sample_calibration
+        from ppim.deploy.registry import unsupported
 
         model = _ppim_model(args.model, model_kwargs)
         for precision in ("fp32", "bf16"):  # the attention layout differs (see ppim.deploy.attention_layout)
             cached_export(model, precision=precision)
         if engine_available("onnxruntime") or engine_available("openvino"):
             onnx_file(cached_export(model, engine="openvino"))
+        if "int8" in args.precision.split(",") and unsupported("openvino", "int8") is None:
+            cached_export(model, precision="int8", engine="openvino", calibration=sample_calibration(model))
         _reply(ready=True)
         return 0
     model = _ppim_model(args.model, model_kwargs)
@@ -199,14 +216,14 @@ def worker(args) -> int:
     if engine.startswith("torch"):
         run = _torch_fn(_torch_model(model), precision, engine == "torch-compile", threads)
     elif engine == "openvino-tput":
-        from ppim.deploy import cached_export
-
-        run = _openvino_tput(cached_export(model, engine="openvino"), precision, threads)
+        run = _openvino_tput(model, precision, threads)
     else:
         from ppim.deploy import create_runner
+        from ppim.deploy.quantize import sample_calibration
 
         name = {"ppim-eager": "eager", "ppim-inference": "inference"}.get(engine, engine)
-        run = create_runner(model, engine=name, precision=precision, threads=threads)
+        run = create_runner(model, engine=name, precision=precision, threads=threads,
+                            calibration=sample_calibration(model) if precision == "int8" else None)
     run(first)
     cold = time.perf_counter() - start
     ceilings, warm = {}, {1}
@@ -244,7 +261,7 @@ def worker(args) -> int:
 class Worker:
     def __init__(self, engine, precision, args, env):
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--worker-precision", precision,
-                   "--model", args.model, "--threads", str(args.threads)]
+                   "--model", args.model, "--threads", str(args.threads), "--precision", args.precision]
         if args.model_kwargs:
             command += ["--model-kwargs", args.model_kwargs]
         self.name, self.precision = engine, precision
@@ -285,6 +302,12 @@ def _cpu_bf16():
     return runtime.has("cpu_bf16")
 
 
+def _int8_missing():
+    from ppim.deploy.registry import unsupported
+
+    return unsupported("openvino", "int8")
+
+
 def run(args) -> dict:
     home = tempfile.mkdtemp(prefix="ppim-peers-home-")
     env = dict(os.environ, PPIM_HOME=home, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get(
@@ -307,6 +330,9 @@ def run(args) -> dict:
                 if precision == "bf16" and not _cpu_bf16():
                     notes.append(f"{engine}/{precision}: skipped, this CPU has no bfloat16 instructions")
                     continue
+                if precision == "int8" and _int8_missing():
+                    notes.append(f"{engine}/{precision}: skipped, {_int8_missing()}")
+                    continue
                 print(f"starting {engine}/{precision}", file=sys.stderr, flush=True)
                 worker_ = Worker(engine, precision, args, env)
                 try:
@@ -323,7 +349,7 @@ def run(args) -> dict:
                     result = results[(worker_.name, worker_.precision)]
                     times = worker_.ask(batch=batch, iters=args.iters)["times"]
                     result["times"].setdefault(batch, []).append(statistics.median(times))
-                    if worker_.name in CEILING_LIBRARY:
+                    if worker_.name in CEILING_LIBRARY and worker_.precision != "int8":
                         rate = worker_.ask(batch=batch, iters=args.iters, ceiling=True)["gflops"]
                         result["ceiling"].setdefault(batch, []).append(rate)
         for worker_ in workers:
@@ -397,6 +423,11 @@ def format_table(summary, batch_sizes, precisions) -> str:
         others = ", ".join(f"{lib} {rate:.0f}" for lib, rate in sorted(ceiling["by_library"].items()))
         lines.append(f"ceiling {ceiling['precision']} b{ceiling['batch_size']}: {ceiling['gflops_per_sec']:.0f} GFLOP/s "
                      f"({ceiling['images_per_sec']:.1f} img/s) by {ceiling['best_library']} [{others}]")
+    for batch in sorted(batch_sizes, reverse=True):
+        gains = [f"{engine} {lookup[(engine, 'int8', batch)]['images_per_sec'] / lookup[(engine, 'fp32', batch)]['images_per_sec']:.2f}x"
+                 for engine in engines if (engine, "int8", batch) in lookup and (engine, "fp32", batch) in lookup]
+        if gains:
+            lines.append(f"int8 over fp32, b{batch}: {', '.join(gains)}")
     lines += [f"note: {note}" for note in summary["notes"]]
     return "\n".join(lines)
 
@@ -406,7 +437,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="lvvit_s")
     parser.add_argument("--model-kwargs", help="constructor arguments as JSON (tests, experiments)")
     parser.add_argument("-b", "--batch-size", default="16,1", help="comma list (default 16,1)")
-    parser.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16 (default both)")
+    parser.add_argument("--precision", default="fp32,bf16,int8", help="comma list of fp32, bf16, int8 (default all)")
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma list of {', '.join(ENGINES)}")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--iters", type=int, default=3, help="timed calls per engine per round (default 3)")
@@ -422,7 +453,7 @@ def main(argv=None) -> int:
         args.batch_sizes = [int(v) for v in args.batch_size.split(",") if v]
         args.precisions = [v for v in args.precision.split(",") if v]
         args.engines = [v for v in args.engines.split(",") if v]
-        bad = [e for e in args.engines if e not in ENGINES] + [p for p in args.precisions if p not in ("fp32", "bf16")]
+        bad = [e for e in args.engines if e not in ENGINES] + [p for p in args.precisions if p not in PRECISIONS]
         if bad or not args.batch_sizes or min(args.batch_sizes) < 1 or args.rounds < 1 or args.iters < 1:
             raise ValueError(f"unknown or invalid: {', '.join(bad) or 'batch sizes, rounds or iters'}")
     except ValueError as exc:

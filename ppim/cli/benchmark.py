@@ -23,7 +23,6 @@ import os
 import platform
 import sys
 
-from ..errors import InputError
 from .common import (BATCH, THREADS, ArgumentParser, add_model_arguments, add_subnets_argument, check_offers_subnets,
                      command, create_model, integer, number, writable_file)
 
@@ -59,7 +58,10 @@ def main(argv=None) -> int:
     parser.add_argument("--engine", default="eager,inference", type=lambda t: _list(t, choices=ENGINES),
                         help="comma list of eager, inference, openvino, onnxruntime (default eager,inference)")
     parser.add_argument("--precision", default="fp32", type=lambda t: _list(t, choices=PRECISIONS),
-                        help="comma list of fp32, bf16, fp16 (default fp32)")
+                        help="comma list of fp32, bf16, fp16, int8 (default fp32)")
+    parser.add_argument("--calibration", metavar="DIR",
+                        help="int8: calibration images (default: the sample photos shipped with ppim, enough for "
+                             "speed; give your own images to judge accuracy)")
     parser.add_argument("-b", "--batch-size", default="1,16", type=lambda t: _list(t, BATCH),
                         help="comma list of batch sizes (default 1,16)")
     parser.add_argument("--iters", type=integer(1), default=10, help="timed calls per point (default 10)")
@@ -93,6 +95,8 @@ def main(argv=None) -> int:
     runnable = [(e, p) for e in args.engine for p in args.precision if unsupported(e, p, args.device) is None]
     if not runnable:  # nothing asked for runs here: say why (the first) and what does
         check_supported(args.engine[0], args.precision[0], args.device)
+    if args.calibration is not None and "int8" not in args.precision:
+        raise InputError("--calibration is for --precision int8; drop it or add int8 to --precision")
     if args.json:
         writable_file(args.json, "--json")
     if args.latency_ms is not None and not args.picture:
