@@ -84,7 +84,8 @@ def test_threads_raised_from_paddles_default_when_paddle_was_imported_first():
 ])
 def test_a_users_thread_setting_is_kept(before, env, kept):
     out, _ = _run(PROBE.format(before=before), **env)
-    assert out["report"]["applied"] == []
+    # (on an AMD CPU MKL's dispatch is still applied: threads are what the user set here)
+    assert [line for line in out["report"]["applied"] if "threads" in line] == [], out["report"]
     assert any(kept in line for line in out["report"]["kept"]), out["report"]
     if env:
         assert out["threads"] == 1
