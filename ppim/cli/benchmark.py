@@ -81,7 +81,9 @@ def main(argv=None) -> int:
     parser.add_argument("--train", action="store_true",
                         help="training step throughput instead (fp32; bf16 where eager Paddle has CPU kernels), "
                              "with its breakdown, against the PyTorch reference when torch is installed")
-    parser.add_argument("--rounds", type=integer(1), default=3, help="--train: interleaved rounds (default 3)")
+    parser.add_argument("--rounds", type=integer(1), default=None,
+                        help="interleaved rounds: every point in turn, round after round, medians (default 1; "
+                             "--train: 3)")
     args = parser.parse_args(argv)
     if args.train:
         return _train(args)
@@ -121,7 +123,8 @@ def main(argv=None) -> int:
     rows = benchmark(model, engines=args.engine, precisions=args.precision, batch_sizes=args.batch_size,
                      iters=args.iters, warmup=args.warmup, threads=args.threads, device=args.device,
                      gmacs=args.gmacs, subnets=subnets, ceiling=not args.no_ceiling,
-                     log=lambda m: print(m, file=sys.stderr, flush=True), calibration=args.calibration)
+                     log=lambda m: print(m, file=sys.stderr, flush=True), calibration=args.calibration,
+                     rounds=args.rounds or 1)
     print(format_rows(rows))
     if args.json:
         write_json(args.json, {"environment": env, "rows": rows})
@@ -177,7 +180,7 @@ def _train(args) -> int:
     print(f"{args.model} training step, batch {batch_size}, {threads} threads, on {env['cpu'] or 'this CPU'}, "
           f"Paddle {env['paddle_version']}", flush=True)
     rows = train_benchmark(lambda: create_model(args, warn=False), batch_size, variants=variants,
-                           peers=_torch_peers(threads), rounds=args.rounds, iters=args.iters, warmup=args.warmup,
+                           peers=_torch_peers(threads), rounds=args.rounds or 3, iters=args.iters, warmup=args.warmup,
                            log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_train_rows(rows))
     if args.json:

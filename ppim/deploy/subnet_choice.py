@@ -104,11 +104,13 @@ def _cache_key(model: nn.Layer, engine: str, precision: str, batch: int, threads
 
 
 def measure_subnets(model: nn.Layer, engine: str = "inference", precision: str = "fp32", batch: int = 1,
-                    threads: Optional[int] = None, iters: int = 10, warmup: int = 2, cache: bool = True,
-                    refresh: bool = False, calibration: Any = None) -> Dict[str, float]:
+                    threads: Optional[int] = None, iters: int = 4, warmup: int = 2, cache: bool = True,
+                    refresh: bool = False, calibration: Any = None, rounds: int = 3) -> Dict[str, float]:
     """"224x0.7" -> measured ms per batch of ``batch`` for each of the model's sub-networks (engine
     'auto' resolved first), from the cache when this machine measured them before (``refresh``
-    measures again). int8: quantized on ``calibration`` (see ppim.deploy.throughput.benchmark)."""
+    measures again). The sub-networks are timed in turn, ``rounds`` times (``iters`` calls each), so
+    a change of load during the measurement falls on all of them. int8: quantized on
+    ``calibration`` (see ppim.deploy.throughput.benchmark)."""
     if not subnets_of(model):
         raise InputError(f"{model_name(model)} has no sub-networks: latency budgets are for SuperViT models")
     engine = resolve_engine(engine, "cpu", precision)
@@ -125,7 +127,8 @@ def measure_subnets(model: nn.Layer, engine: str = "inference", precision: str =
     from .throughput import benchmark
 
     rows = benchmark(model, engines=(engine,), precisions=(precision,), batch_sizes=(batch,), iters=iters,
-                     warmup=warmup, threads=threads, subnets=subnets_of(model), ceiling=False, calibration=calibration)
+                     warmup=warmup, threads=threads, subnets=subnets_of(model), ceiling=False, calibration=calibration,
+                     rounds=rounds)
     for row in rows:
         problem = row.get("skipped") or row.get("error")
         if problem:

@@ -28,7 +28,7 @@ from .common import INPUT_NAME, MANIFEST, input_size
 from .exporting import staged_dir
 from .registry import create_predictor, exported_engines, unsupported
 from .quantize import Calibration, as_calibration, sample_calibration
-from .runner import create_runner
+from .runner import Runner, create_runner
 
 __all__ = ["benchmark", "format_rows", "CeilingProbe", "DenseChain", "dense_shapes", "measure_ceiling",
            "ceiling_engines"]
@@ -71,8 +71,8 @@ class DenseChain(nn.Layer):
 
 
 def time_calls(fn: Callable[[], Any], iters: int, warmup: int) -> List[float]:
-    """Seconds of each of ``iters`` calls of ``fn`` after ``warmup`` untimed ones (at least one each)."""
-    for _ in range(max(1, warmup)):
+    """Seconds of each of ``iters`` calls (at least one) of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(max(0, warmup)):
         fn()
     times = []
     for _ in range(max(1, iters)):
@@ -165,13 +165,15 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "i
               device: str = "cpu", gmacs: Optional[float] = None,
               subnets: Union[str, Iterable[SubnetLike], None] = None, ceiling: bool = True,
               model_kwargs: Optional[Dict[str, Any]] = None, log: Optional[Callable[[str], None]] = None,
-              calibration: Union[Calibration, str, os.PathLike, None] = None) -> List[Dict[str, Any]]:
+              calibration: Union[Calibration, str, os.PathLike, None] = None, rounds: int = 1
+              ) -> List[Dict[str, Any]]:
     """Throughput of ``model`` (a name, built with random weights, or a model) per engine, precision,
     batch size and, for super models, sub-network (all 12 by default).
 
     Each row: model, engine, precision, device, threads, batch_size, img_size (input side), subnet
-    (super models: img_size and keep_ratio), images_per_sec (median over ``iters`` timed calls after
-    ``warmup``), ms_per_batch, gmacs (per image), gflops_per_sec achieved (2 * MACs * images/s),
+    (super models: img_size and keep_ratio), images_per_sec (every runner is made first, then timed
+    ``rounds`` times in turn, ``iters`` calls each after ``warmup`` at the first: the median over
+    rounds of each round's median call; round_medians_ms lists them), ms_per_batch, gmacs (per image), gflops_per_sec achieved (2 * MACs * images/s),
     ceiling_gflops_per_sec (the best rate of the model's own dense GEMMs at that batch over Paddle
     Inference and the installed extras, same precision, timed right after each point: see
     CeilingProbe) with ceiling_engine, ceiling_share, ceiling_images_per_sec, and for super
@@ -199,6 +201,7 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "i
     if "int8" in precisions:
         calibration = as_calibration(model, calibration if calibration is not None else sample_calibration(model))
     workdir = tempfile.TemporaryDirectory(prefix="ppim-benchmark-")
+    points: List[Tuple[Dict[str, Any], Runner, Tuple[int, int, int]]] = []  # (row base, runner, dense shapes)
     try:
         for subnet in _subnet_list(model, subnets):
             if subnet is not None:
@@ -224,31 +227,48 @@ def benchmark(model: Union[str, nn.Layer], engines: Sequence[str] = ("eager", "i
                             rows.append({**base, "batch_size": batch_size, "error": f"{type(exc).__name__}: {exc}"})
                         log(f"{name} {engine}/{precision}: {exc}")
                         continue
-                    for batch_size in batch_sizes:
-                        batch = batches[batch_size]
-                        cpu_start, wall_start = time.process_time(), time.perf_counter()
-                        times = time_calls(functools.partial(runner, batch), iters, warmup)
-                        cpu_per_wall = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
-                        # The ceiling is timed right after the model, so both see the same machine
-                        # (other processes come and go on shared machines).
-                        peak = (_ceiling(probes, precision, device, threads, shapes, batch_size, ceiling_iters)
-                                if ceiling and precision != "int8" else None)
-                        seconds = statistics.median(times)
-                        ips = batch_size / seconds
-                        row = {**base, "batch_size": batch_size, "images_per_sec": ips,
-                               "images_per_sec_mean": batch_size * len(times) / sum(times),
-                               "ms_per_batch": seconds * 1e3, "gflops_per_sec": ips * 2 * macs,
-                               "cpu_per_wall": cpu_per_wall}
-                        if isinstance(peak, tuple):
-                            row.update(ceiling_gflops_per_sec=peak[1], ceiling_engine=peak[0],
-                                       ceiling_share=row["gflops_per_sec"] / peak[1],
-                                       ceiling_images_per_sec=peak[1] / (2 * macs))
-                        elif isinstance(peak, Exception):
-                            row["ceiling_error"] = f"{type(peak).__name__}: {peak}"
-                        rows.append(row)
-                        log(format_rows([row], header=False))
-                    runner = None  # free the predictor before the next is made
+                    points.append((base, runner, shapes))
+        # Every point in turn, round after round: a machine whose load changes during the run slows
+        # every point alike (medians over rounds of each round's median call).
+        medians: Dict[Tuple[int, int], List[float]] = {}
+        peaks: Dict[Tuple[int, int], List[Any]] = {}
+        cpu_time: Dict[Tuple[int, int], float] = {}
+        wall_time: Dict[Tuple[int, int], float] = {}
+        for round_ in range(max(1, rounds)):
+            for index, (base, runner, shapes) in enumerate(points):
+                for batch_size in batch_sizes:
+                    key = (index, batch_size)
+                    cpu_start, wall_start = time.process_time(), time.perf_counter()
+                    # (the first call of a shape compiles it in some engines: never timed)
+                    times = time_calls(functools.partial(runner, batches[batch_size]), iters,
+                                       max(1, warmup) if round_ == 0 else 0)
+                    cpu_time[key] = cpu_time.get(key, 0.0) + time.process_time() - cpu_start
+                    wall_time[key] = wall_time.get(key, 0.0) + time.perf_counter() - wall_start
+                    medians.setdefault(key, []).append(statistics.median(times))
+                    # The ceiling is timed right after the model, so both see the same machine.
+                    if ceiling and base["precision"] != "int8":  # (the probes are float GEMMs)
+                        peaks.setdefault(key, []).append(_ceiling(probes, base["precision"], device, threads, shapes,
+                                                                  batch_size, ceiling_iters))
+        for index, (base, _, _) in enumerate(points):
+            for batch_size in batch_sizes:
+                key = (index, batch_size)
+                seconds = statistics.median(medians[key])
+                ips = batch_size / seconds
+                row = {**base, "batch_size": batch_size, "images_per_sec": ips, "ms_per_batch": seconds * 1e3,
+                       "round_medians_ms": [m * 1e3 for m in medians[key]],
+                       "gflops_per_sec": ips * 2 * base["gmacs"], "cpu_per_wall": cpu_time[key] / wall_time[key]}
+                rates = [p for p in peaks.get(key, ()) if isinstance(p, tuple)]
+                if rates:
+                    engine_name, rate = sorted(rates, key=lambda p: p[1])[len(rates) // 2]  # the median round's
+                    row.update(ceiling_gflops_per_sec=rate, ceiling_engine=engine_name,
+                               ceiling_share=row["gflops_per_sec"] / rate, ceiling_images_per_sec=rate / (2 * base["gmacs"]))
+                elif peaks.get(key):
+                    failure = peaks[key][-1]
+                    row["ceiling_error"] = f"{type(failure).__name__}: {failure}"
+                rows.append(row)
+                log(format_rows([row], header=False))
     finally:
+        points.clear()  # free the predictors
         workdir.cleanup()
         if original is not None:
             model.set_subnet(*original)

@@ -204,6 +204,41 @@ def test_benchmark_rows(tmp_path):
     assert (model.img_size, model.keep_ratio) == (192, 0.7)  # restored
 
 
+def test_benchmark_times_every_point_in_turn_round_after_round(monkeypatch):
+    """rounds=3: all runners are made first, then each round times every point in turn (warm-up in
+    the first round only), and a row's time is the median of its round medians."""
+    from ppim.deploy import throughput
+
+    calls = []
+
+    class Clock:  # each runner call takes as long as its name says, per round
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+
+    def fake_runner(model, engine, precision, device, threads, cache=None, calibration=None):
+        label = f"{model.img_size}x{model.keep_ratio:g}"
+
+        def run(batch):
+            calls.append(label)
+            clock.now += {"224x1": 0.4, "160x0.7": 0.1}[label] * (3 if len(calls) in (4, 7) else 1)
+        return run
+
+    monkeypatch.setattr(throughput, "create_runner", fake_runner)
+    monkeypatch.setattr(throughput.time, "perf_counter", clock)
+    rows = throughput.benchmark(tiny_super(), engines=("eager",), batch_sizes=(1,), iters=1, warmup=1,
+                                subnets=[(160, 0.7)], ceiling=False, rounds=3)
+    assert calls == ["224x1", "224x1", "160x0.7", "160x0.7", "224x1", "160x0.7", "224x1", "160x0.7"]
+    by_subnet = {r["subnet"]["img_size"]: r for r in rows}
+    assert by_subnet[224]["round_medians_ms"] == pytest.approx([400, 400, 1200])  # call 7 was slowed
+    assert by_subnet[224]["ms_per_batch"] == pytest.approx(400)
+    assert by_subnet[160]["round_medians_ms"] == pytest.approx([300, 100, 100])  # call 4 was slowed
+    assert by_subnet[160]["ms_per_batch"] == pytest.approx(100)
+
+
 def test_tools_export_and_benchmark(tmp_path, capsys):
     from ppim.cli import benchmark as benchmark_tool, export as export_tool
 
