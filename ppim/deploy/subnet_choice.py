@@ -1,7 +1,7 @@
 """SuperViT on a latency budget: the sub-network with the best published accuracy among those
 that run within ``latency_ms`` on this machine, engine and batch size.
 
-    choice = pick_subnet(model, latency_ms=20, batch=1, engine="inference")
+    choice = pick_subnet(model, latency_ms=20, batch=1, engine="auto")
     print(choice.describe())        # "160x0.7: 14.2 ms measured (batch 1, inference fp32), published top-1 81.73%"
     model.set_subnet(*choice.subnet)
 
@@ -103,7 +103,7 @@ def _cache_key(model: nn.Layer, engine: str, precision: str, batch: int, threads
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def measure_subnets(model: nn.Layer, engine: str = "inference", precision: str = "fp32", batch: int = 1,
+def measure_subnets(model: nn.Layer, engine: str = "auto", precision: str = "fp32", batch: int = 1,
                     threads: Optional[int] = None, iters: int = 4, warmup: int = 2, cache: bool = True,
                     refresh: bool = False, calibration: Any = None, rounds: int = 3) -> Dict[str, float]:
     """"224x0.7" -> measured ms per batch of ``batch`` for each of the model's sub-networks (engine
@@ -155,7 +155,7 @@ def latency_tables(rows: Iterable[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     return list(tables.values())
 
 
-def pick_subnet(model: nn.Layer, latency_ms: float, batch: int = 1, engine: str = "inference",
+def pick_subnet(model: nn.Layer, latency_ms: float, batch: int = 1, engine: str = "auto",
                 precision: str = "fp32", threads: Optional[int] = None,
                 latencies: Optional[Mapping[str, float]] = None, **measure: Any) -> SubnetChoice:
     """The sub-network of ``model`` to run within ``latency_ms`` per batch of ``batch`` on
