@@ -433,6 +433,14 @@ def _onednn(m: Machine) -> Optional[str]:
     return None if m.onednn else f"this Paddle {m.paddle_version} is built without oneDNN"
 
 
+def _paddle_int8(m: Machine) -> Optional[str]:
+    # The route (PTQ, a legacy program, oneDNN's int8 passes) is measured and tested on Paddle 3.x only.
+    major = (m.paddle_version or "0").split(".")[0]
+    if major.isdigit() and int(major) >= 3:
+        return None
+    return f"Paddle {m.paddle_version}: ppim's Paddle Inference int8 is tested on Paddle 3.x only (use engine openvino)"
+
+
 def _eager_bf16(m: Machine) -> Optional[str]:
     return _need_flags(BF16_FLAGS)(m)
 
@@ -442,10 +450,11 @@ CAPABILITIES: Dict[str, Capability] = {c.name: c for c in (
     Capability("cpu_bf16", "a CPU with avx512_bf16 or amx_bf16",
                "bf16 inference on the CPU (Paddle Inference's oneDNN bf16 pass, OpenVINO's bf16 hint)",
                _need_flags(BF16_FLAGS)),
-    Capability("onednn", "Paddle built with oneDNN", "bf16 in Paddle Inference on the CPU", _onednn),
+    Capability("onednn", "Paddle built with oneDNN", "bf16 and int8 in Paddle Inference on the CPU", _onednn),
     # int8 GEMMs need AVX2's 8-bit multiply-adds at least (avx512_vnni, avx_vnni and amx_int8 run them faster).
-    Capability("cpu_int8", "a CPU with avx2", "int8 inference on the CPU (OpenVINO's int8 kernels)",
+    Capability("cpu_int8", "a CPU with avx2", "int8 inference on the CPU (OpenVINO's and oneDNN's int8 kernels)",
                _need_flags(("avx2",))),
+    Capability("paddle_int8", "Paddle 3.x", "int8 in Paddle Inference (ppim.deploy.paddle_int8)", _paddle_int8),
     Capability("fused_attention", "Paddle 3.x (PIR) with the self_dp_attention op and a CPU with avx512f "
                "(Paddle's self_attention_fuse_pass emits it only there), and its canary",
                "the fused-attention export layout (Paddle Inference fp32 on the CPU)", _fused_attention,

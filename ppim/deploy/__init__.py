@@ -10,9 +10,10 @@ interface over the engines, top-k classification and the benchmark.
 
 Modules: registry (one record per engine: devices, precisions, extras, capability needs; auto;
 "cannot run here" errors), common (file layout, input sizes), exporting (export + cache, integrity),
-predictor (Paddle Inference), engines (OpenVINO, ONNX Runtime), runner, classification (classify),
-throughput (benchmark, the GEMM ceiling), subnet_choice (SuperViT sub-network for a latency
-budget); each imports only the ones before it. What this machine
+paddle_int8 (Paddle Inference's int8 form of an export), predictor (Paddle Inference), engines
+(OpenVINO, ONNX Runtime), runner, classification (classify), throughput (benchmark, the GEMM
+ceiling), subnet_choice (SuperViT sub-network for a latency budget); each imports only the ones
+before it. What this machine
 runs is ppim.runtime's answer.
 """
 from .throughput import CeilingProbe, DenseChain, benchmark, ceiling_engines, dense_shapes, format_rows, measure_ceiling

@@ -42,22 +42,27 @@ def input_size(model: nn.Layer, img_size: Optional[int]) -> int:
 
 
 @contextlib.contextmanager
-def native_stdout_silenced():
+def native_stdout_silenced(stderr: bool = False):
     """Hide what Paddle's C++ passes print to stdout while a predictor is built (Paddle 3.x prints
-    "ReduceMeanCheckIfOneDNNSupport" for every mean op). Errors still raise; stderr is untouched."""
+    "ReduceMeanCheckIfOneDNNSupport" for every mean op), and to stderr too with ``stderr`` (the
+    legacy oneDNN int8 passes list what they quantized there). Errors still raise."""
+    fds = (1, 2) if stderr else (1,)
     try:
         sys.stdout.flush()
-        saved = os.dup(1)
-    except (AttributeError, OSError, ValueError):  # no real fd 1 (embedded interpreters)
+        sys.stderr.flush()
+        saved = [os.dup(fd) for fd in fds]
+    except (AttributeError, OSError, ValueError):  # no real fds (embedded interpreters)
         yield
         return
     try:
         with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 1)
+            for fd in fds:
+                os.dup2(devnull.fileno(), fd)
         yield
     finally:
         with contextlib.suppress(Exception):
             ctypes.CDLL(None).fflush(None)  # C stdio buffers go to /dev/null, not to the restored fd
-        os.dup2(saved, 1)
-        os.close(saved)
+        for fd, copy in zip(fds, saved):
+            os.dup2(copy, fd)
+            os.close(copy)
 

@@ -21,9 +21,9 @@ import numpy as np
 import paddle
 
 from ..runtime import cpu_count
-from ..errors import InputError, MissingExtraError
+from ..errors import MissingExtraError
 from .common import native_stdout_silenced
-from .exporting import add_file, export_file, load_manifest, params_file, program_file, record
+from .exporting import add_file, export_file, int8_file, load_manifest, params_file, program_file, record
 from .quantize import Calibration
 from .predictor import ExportPredictor
 from .registry import check_choice, check_supported
@@ -75,18 +75,19 @@ def onnx_file(model_dir: Union[str, os.PathLike], engine: str = "onnxruntime") -
     return add_file(model_dir, ONNX_FILE, bytes(data))
 
 
-def quantize_openvino(model_dir: Path, calibration: Calibration) -> Path:
+def quantize_openvino(model: Any, model_dir: Path, calibration: Calibration) -> Path:
     """Add OpenVINO's int8 form of the export in ``model_dir`` (its ONNX form through NNCF's
     post-training quantization, calibrated on ``calibration``'s images) as model_int8.xml/.bin,
-    recorded in the manifest's ``int8`` entry. NNCF's transformer setting: the GEMMs (fc, attention
-    matmuls) in int8 with per-channel symmetric weights and asymmetric activations (the MIXED
-    preset), SmoothQuant, bias correction; softmax, LayerNorm and GELU stay in float."""
+    recorded in the manifest's ``int8`` entry (``model`` unused: NNCF quantizes the export).
+    NNCF's transformer setting: the GEMMs (fc, attention matmuls) in int8 with per-channel
+    symmetric weights and asymmetric activations (the MIXED preset), SmoothQuant, bias correction;
+    softmax, LayerNorm and GELU stay in float."""
     ov = _require("openvino", "openvino")
     nncf = _require("nncf", "openvino")
-    model = ov.Core().read_model(str(onnx_file(model_dir, "openvino")))
+    network = ov.Core().read_model(str(onnx_file(model_dir, "openvino")))
     images = calibration.images
     with native_stdout_silenced():  # NNCF draws progress bars
-        quantized = nncf.quantize(model, nncf.Dataset([images[i:i + 1] for i in range(len(images))]),
+        quantized = nncf.quantize(network, nncf.Dataset([images[i:i + 1] for i in range(len(images))]),
                                   preset=nncf.QuantizationPreset.MIXED, model_type=nncf.ModelType.TRANSFORMER,
                                   subset_size=len(images))
     with tempfile.TemporaryDirectory(prefix="ppim-int8-") as tmp:
@@ -97,15 +98,6 @@ def quantize_openvino(model_dir: Path, calibration: Calibration) -> Path:
     record(model_dir, "int8", {"engine": "openvino", "file": OPENVINO_INT8_FILE, "method": f"nncf {nncf.__version__}",
                                "calibration": calibration.describe()})
     return model_dir / OPENVINO_INT8_FILE
-
-
-def _int8_file(model_dir: Path, manifest: Dict[str, Any], engine: str) -> Path:
-    """The int8 form of an export for ``engine`` (InputError when it was not exported for int8)."""
-    entry = manifest.get("int8")
-    if not isinstance(entry, dict) or entry.get("engine") != engine:
-        raise InputError(f"{model_dir} holds no int8 form for {engine}: export it with precision int8 and "
-                         f"calibration images (ppim-export --engine {engine} --precision int8 --calibration DIR)")
-    return export_file(model_dir, entry.get("file"))
 
 
 class OpenVINOPredictor(ExportPredictor):
@@ -129,7 +121,7 @@ class OpenVINOPredictor(ExportPredictor):
         self.hint = check_choice("hint", hint.upper(), ("AUTO", "LATENCY", "THROUGHPUT"))
         ov = _require("openvino", "openvino")
         self._core = ov.Core()
-        source = (_int8_file(self.model_dir, self.manifest, "openvino") if precision == "int8"
+        source = (int8_file(self.model_dir, self.manifest, "openvino") if precision == "int8"
                   else onnx_file(self.model_dir, "openvino"))
         self._model = self._core.read_model(str(source))
         self._config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",

@@ -274,6 +274,16 @@ def record(model_dir: Path, name: str, value: Any) -> None:
     _write_manifest(model_dir, {**load_manifest(model_dir), name: value})
 
 
+def int8_file(model_dir: Path, manifest: Dict[str, Any], engine: str, key: str = "file") -> Path:
+    """The int8 form of an export for ``engine`` (its manifest's ``int8`` entry ``key``: 'file', or
+    'params' for Paddle Inference's weights); InputError when it was not exported for int8."""
+    entry = manifest.get("int8")
+    if not isinstance(entry, dict) or entry.get("engine") != engine:
+        raise InputError(f"{model_dir} holds no int8 form for {engine}: export it with precision int8 and "
+                         f"calibration images (ppim-export --engine {engine} --precision int8 --calibration DIR)")
+    return export_file(model_dir, entry.get(key))
+
+
 def params_file(model_dir: Path) -> Path:
     """The parameters file of an export: the manifest's params_file, confined to the export."""
     return export_file(model_dir, load_manifest(model_dir).get("params_file", PARAMS_FILE))
@@ -372,8 +382,9 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
     run F.interpolate). With ``optimize=False`` the model's own graph is saved as it is.
 
     ``precision='int8'`` also writes the ``engine``'s int8 form of the graph (its registry
-    ``quantizer``: OpenVINO's by NNCF), calibrated on ``calibration`` (a folder of images or a
-    ppim.deploy.quantize.Calibration), recorded in the manifest's ``int8`` entry.
+    ``quantizer``: OpenVINO's by NNCF, Paddle Inference's by Paddle's PTQ), calibrated on
+    ``calibration`` (a folder of images or a ppim.deploy.quantize.Calibration), recorded in the
+    manifest's ``int8`` entry.
 
     Everything is written to a fresh directory beside ``output_dir`` first, then published (see
     _publish): a new directory appears whole; over a previous export its files are replaced one by
@@ -437,7 +448,7 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
             }
             _write_manifest(tmp, manifest)
             if quantizer is not None:
-                quantizer(tmp, calibration)
+                quantizer(model, tmp, calibration)
     finally:
         if was_training:
             model.train()

@@ -17,7 +17,9 @@ import paddle
 from ..runtime import cpu_count, machine, require
 from ..transforms import create_transforms
 from .common import INPUT_NAME, native_stdout_silenced
-from .exporting import DamagedExportError, check_requirements, load_manifest, params_file, program_file, verify_export
+from .exporting import (DamagedExportError, check_requirements, int8_file, load_manifest, params_file, program_file,
+                        verify_export)
+from .paddle_int8 import INT8_OPS
 from .registry import DEVICES, PRECISIONS, check_choice, check_supported
 
 __all__ = ["ExportPredictor", "Predictor"]
@@ -84,8 +86,10 @@ class Predictor(ExportPredictor):
 
     CPU: oneDNN with its fusion passes, ``threads`` math-library threads (default: the CPUs this
     process may use); ``bf16`` runs oneDNN bfloat16 kernels and needs a CPU with avx512_bf16 or
-    amx_bf16. What this machine cannot run raises CapabilityError (ppim.deploy.registry). GPU (a CUDA build of Paddle): ``fp16``/``bf16`` by Paddle's mixed-precision pass, or by
-    TensorRT with ``tensorrt=True`` (dynamic batch 1..max_batch_size). The input and output handles
+    amx_bf16; ``int8`` runs the int8 form of an export made with precision='int8' (see
+    ppim.deploy.paddle_int8) by oneDNN's int8 kernels (a CPU with avx2). What this machine
+    cannot run raises CapabilityError (ppim.deploy.registry). GPU (a CUDA build of Paddle):
+    ``fp16``/``bf16`` by Paddle's mixed-precision pass, or by TensorRT with ``tensorrt=True`` (dynamic batch 1..max_batch_size). The input and output handles
     are created once and reused; calls are serialised by a lock (use one Predictor per thread for
     parallelism)."""
 
@@ -99,8 +103,11 @@ class Predictor(ExportPredictor):
         if self.device == "cpu" and self.tensorrt:
             raise ValueError("tensorrt=True needs device='gpu' (TensorRT runs on NVIDIA GPUs only)")
         check_supported("inference", self.precision, self.device)
-        program = program_file(self.model_dir)
-        params = params_file(self.model_dir)
+        if self.precision == "int8":  # the int8 program beside the float one (ppim.deploy.paddle_int8)
+            program = int8_file(self.model_dir, self.manifest, "inference")
+            params = int8_file(self.model_dir, self.manifest, "inference", key="params")
+        else:
+            program, params = program_file(self.model_dir), params_file(self.model_dir)
         shape = self.input_shape
         self.max_batch_size = int(max_batch_size or (shape[0] if shape[0] > 0 else 64))
         self.threads = None
@@ -120,7 +127,7 @@ class Predictor(ExportPredictor):
         config.switch_ir_optim(True)
         config.disable_glog_info()
         self.config = config
-        with native_stdout_silenced():
+        with native_stdout_silenced(stderr=self.precision == "int8"):
             self.predictor = paddle.inference.create_predictor(config)
         self.input_names = list(self.predictor.get_input_names())
         self.output_names = list(self.predictor.get_output_names())
@@ -134,9 +141,13 @@ class Predictor(ExportPredictor):
         config = paddle.inference.Config(str(program), str(params))
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(self.threads)
-        if not machine().onednn:  # (bf16 needs oneDNN: refused by check_supported)
+        if not machine().onednn:  # (bf16 and int8 need oneDNN: refused by check_supported)
             return config
+        if self.precision == "int8":  # Paddle 3.x: PIR's oneDNN passes have no int8, the legacy IR's do
+            _call_first(config, ("enable_new_ir",), False)
         _call_first(config, ("enable_onednn", "enable_mkldnn"))
+        if self.precision == "int8":
+            _call_first(config, ("enable_onednn_int8", "enable_mkldnn_int8"), set(INT8_OPS))
         if self.precision == "bf16":
             _call_first(config, ("enable_onednn_bfloat16", "enable_mkldnn_bfloat16"))
         return config

@@ -32,7 +32,8 @@ class EngineSpec:
     predictor over an export (None: the eager model itself runs); ``auto_rank``: its place in
     engine='auto' (fastest first; None: never chosen by auto); ``fused_attention``: runs exports with
     Paddle's fused CPU attention op; ``quantizer``: 'module:function' that adds the int8 form of an
-    export, calibrated on images (``function(model_dir, calibration)``, see ppim.deploy.quantize);
+    export, calibrated on images (``function(model, model_dir, calibration)``: the eval-mode model and
+    its export; see ppim.deploy.quantize);
     ``precision_extras``: per precision, modules it imports beyond ``extras``."""
     name: str
     summary: str
@@ -62,10 +63,12 @@ ENGINE_SPECS: Tuple[EngineSpec, ...] = (
     EngineSpec("eager", "the Paddle model itself (fp32 on CPU; autocast on GPU)",
                precisions={"cpu": ("fp32",), "gpu": ("fp32", "fp16", "bf16")},
                needs={("gpu", p): n for p, n in _GPU_NEEDS.items()}),
-    EngineSpec("inference", "Paddle Inference over the export (oneDNN on CPU; GPU, TensorRT)",
-               precisions={"cpu": ("fp32", "bf16"), "gpu": ("fp32", "fp16", "bf16")},
-               needs={("cpu", "bf16"): ("cpu_bf16", "onednn"), **{("gpu", p): n for p, n in _GPU_NEEDS.items()}},
-               predictor="ppim.deploy.predictor:Predictor", auto_rank=1, fused_attention=True),
+    EngineSpec("inference", "Paddle Inference over the export (oneDNN on CPU, int8 by Paddle's PTQ; GPU, TensorRT)",
+               precisions={"cpu": ("fp32", "bf16", "int8"), "gpu": ("fp32", "fp16", "bf16")},
+               needs={("cpu", "bf16"): ("cpu_bf16", "onednn"), ("cpu", "int8"): ("cpu_int8", "onednn", "paddle_int8"),
+                      **{("gpu", p): n for p, n in _GPU_NEEDS.items()}},
+               predictor="ppim.deploy.predictor:Predictor", auto_rank=1, fused_attention=True,
+               quantizer="ppim.deploy.paddle_int8:quantize_paddle"),
     EngineSpec("openvino", "OpenVINO's CPU plugin over the export's ONNX form (optional extra; int8 by NNCF)",
                precisions={"cpu": ("fp32", "bf16", "int8")},
                needs={("cpu", "bf16"): ("cpu_bf16",), ("cpu", "int8"): ("cpu_int8",)},

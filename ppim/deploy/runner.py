@@ -92,7 +92,7 @@ def create_runner(model: nn.Layer, engine: str = "eager", precision: str = "fp32
     or the cache folder ``cache`` names (e.g. a benchmark's own temporary one), else made in a
     temporary directory removed with the runner. Super models run the sub-network current when
     the runner is made, in every engine. ``precision='int8'`` (post-training quantization, engines
-    with a quantizer: 'openvino') needs ``calibration``: a folder of images like the ones the model
+    with a quantizer: 'openvino', 'inference') needs ``calibration``: a folder of images like the ones the model
     will classify, or a ppim.deploy.quantize.Calibration; its export is cached per calibration."""
     check_choice("precision", precision, PRECISIONS)
     check_choice("device", device, DEVICES)

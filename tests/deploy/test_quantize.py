@@ -1,5 +1,6 @@
-"""int8: calibration images read from a folder, the int8 export (OpenVINO through NNCF) cached per
-calibration, accuracy kept on a learnt task, and the errors for what cannot be quantized."""
+"""int8: calibration images read from a folder, the int8 exports (OpenVINO through NNCF, Paddle
+Inference through Paddle's PTQ) cached per calibration, accuracy kept on a learnt task, and the
+errors for what cannot be quantized."""
 import dataclasses
 import json
 import os
@@ -13,17 +14,21 @@ from PIL import Image
 import ppim
 from ppim import runtime
 from ppim.deploy import create_runner
-from ppim.deploy.exporting import cached_export, load_manifest
+from ppim.deploy import Predictor
+from ppim.deploy.exporting import cached_export, export, load_manifest
 from ppim.deploy.quantize import Calibration, as_calibration, calibration_images
 from ppim.deploy.registry import unsupported
 from ppim.errors import CapabilityError, InputError
 from ppim.evaluate import evaluate
 from ppim.training.run import TrainConfig, build_trainer
 from shapes import write_dataset
-from tiny import ROOT, tiny_lvvit
+from tiny import ROOT, tiny_lvvit, tiny_super
 
 needs_nncf = pytest.mark.skipif(unsupported("openvino", "int8") is not None,
                                 reason=f"openvino int8: {unsupported('openvino', 'int8')}")
+needs_paddle_int8 = pytest.mark.skipif(unsupported("inference", "int8") is not None,
+                                       reason=f"inference int8: {unsupported('inference', 'int8')}")
+INT8_ENGINES = [pytest.param("openvino", marks=needs_nncf), pytest.param("inference", marks=needs_paddle_int8)]
 
 
 def write_images(folder, count, size=40, seed=0):
@@ -81,8 +86,8 @@ def test_calibration_errors_name_the_folder_and_the_fix(tmp_path):
     with pytest.raises(InputError, match="for precision int8 only"):
         as_calibration(model, tmp_path / "bad", "fp32")
     with pytest.raises(InputError, match="int8 needs calibration"):
-        create_runner(model, engine="openvino" if unsupported("openvino", "int8") is None else "eager",
-                      precision="int8")
+        create_runner(model, engine=next((e for e in ("openvino", "inference") if unsupported(e, "int8") is None),
+                                         "eager"), precision="int8")
 
 
 def test_int8_needs_avx2_and_runs_only_where_a_quantizer_exists(monkeypatch):
@@ -122,11 +127,11 @@ def test_int8_export_is_cached_per_calibration(tmp_path):
         OpenVINOPredictor(fp32, precision="int8")
 
 
-@needs_nncf
 @pytest.mark.slow
-def test_int8_keeps_the_accuracy_of_a_learnt_task(tmp_path):
-    """A tiny LV-ViT learns 4 classes of coloured shapes; OpenVINO int8, calibrated on the training
-    images, classifies the held-out images as fp32 does."""
+@pytest.mark.parametrize("engine", INT8_ENGINES)
+def test_int8_keeps_the_accuracy_of_a_learnt_task(tmp_path, engine):
+    """A tiny LV-ViT learns 4 classes of coloured shapes; int8, calibrated on the training images,
+    classifies the held-out images as fp32 does."""
     data = write_dataset(tmp_path / "data", train_per_class=24, val_per_class=12, classes=4, size=48)
     kwargs = dict(depth=2, embed_dim=32, num_heads=2, stem_dim=8, patch_size=8)
     config = TrainConfig(data=str(data), model="lvvit_s", output=str(tmp_path / "run"), model_kwargs=kwargs,
@@ -135,15 +140,57 @@ def test_int8_keeps_the_accuracy_of_a_learnt_task(tmp_path):
     build_trainer(config).fit(8)
     model = ppim.create_model(checkpoint_path=str(tmp_path / "run" / "last.pdparams"))
     model.eval()
-    fp32 = evaluate(model, data / "val", engine="openvino", num_workers=0, progress=False, verbose=False)
+    fp32 = evaluate(model, data / "val", engine=engine, num_workers=0, progress=False, verbose=False)
     assert fp32["top1"] >= 60.0  # chance is 25%
-    runner = create_runner(model, engine="openvino", precision="int8", calibration=data / "train")
+    runner = create_runner(model, engine=engine, precision="int8", calibration=data / "train")
     int8 = evaluate(runner, data / "val", transforms=ppim.create_transforms(model), name="int8", num_workers=0,
                     progress=False, verbose=False)
     assert abs(int8["top1"] - fp32["top1"]) <= 100 / 48 * 2 + 1e-6  # at most two of 48 images change
     batch = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype("float32")
-    reference = create_runner(model, engine="openvino")(batch)
+    reference = create_runner(model, engine=engine)(batch)
     assert np.abs(runner(batch) - reference).max() < 0.25 * np.abs(reference).max()  # int8 is not fp32
+
+
+@needs_paddle_int8
+def test_paddle_int8_export_is_cached_per_calibration_and_agrees_with_fp32(tmp_path):
+    model = tiny_lvvit()
+    first = write_images(tmp_path / "a", 8, seed=1)
+    path = cached_export(model, precision="int8", engine="inference", calibration=first)
+    manifest = load_manifest(path)
+    assert manifest["int8"]["engine"] == "inference" and manifest["int8"]["calibration"]["images"] == 8
+    assert {"model_int8.pdmodel", "model_int8.pdiparams"} <= set(manifest["files"])
+    stamp = (path / "model_int8.pdmodel").stat().st_mtime_ns
+    assert cached_export(model, precision="int8", engine="inference", calibration=first) == path
+    assert (path / "model_int8.pdmodel").stat().st_mtime_ns == stamp  # not quantized again
+    other = cached_export(model, precision="int8", engine="inference",
+                          calibration=write_images(tmp_path / "b", 8, seed=2))
+    assert other != path
+    images = as_calibration(model, first).images
+    int8 = Predictor(path, precision="int8")(images)
+    fp32 = Predictor(path)(images)
+    cosine = np.sum(int8 * fp32, 1) / (np.linalg.norm(int8, axis=1) * np.linalg.norm(fp32, axis=1))
+    assert cosine.min() > 0.99, cosine  # (random weights: near-flat logits, top-1 is the learnt task's test)
+    assert not np.array_equal(int8, fp32)  # the int8 kernels ran
+    plain = cached_export(model, engine="inference")
+    with pytest.raises(InputError, match="holds no int8 form for inference"):
+        Predictor(plain, precision="int8")
+
+
+def test_paddle_int8_errors(tmp_path, monkeypatch):
+    from ppim.deploy import paddle_int8
+
+    real = runtime.machine()
+    monkeypatch.setattr(runtime, "machine", lambda: dataclasses.replace(real, paddle_version="2.6.2"))
+    assert "tested on Paddle 3.x only" in unsupported("inference", "int8")
+    monkeypatch.undo()
+    calibration = Calibration(np.zeros((1, 3, 64, 64), np.float32), "zeros")
+    with pytest.raises(CapabilityError, match="engine='openvino'"):
+        paddle_int8.quantize_paddle(tiny_super(), tmp_path, calibration)
+    if unsupported("inference", "int8") is None:
+        monkeypatch.setattr(paddle_int8, "QUANTIZE_TIMEOUT", 0.01)
+        with pytest.raises(RuntimeError, match="took over 0.01 s"):
+            export(tiny_lvvit(), tmp_path / "out", precision="int8", engine="inference", calibration=calibration)
+        assert not (tmp_path / "out").exists()
 
 
 @needs_nncf
@@ -170,8 +217,8 @@ def test_cli_int8_export_eval_and_errors(tmp_path):
         (("--engine", "openvino", "--precision", "int8"), "--precision int8 needs --calibration DIR"),
         (("--engine", "openvino", "--calibration", str(data / "train")), "--calibration is for --precision int8"),
         (("--engine", "openvino", "--precision", "int8", "--calibration", "missing"), "no such folder"),
-        (("--engine", "inference", "--precision", "int8", "--calibration", str(data / "train")),
-         "inference runs fp32 and bf16 only"),
+        (("--engine", "onnxruntime", "--precision", "int8", "--calibration", str(data / "train")),
+         "onnxruntime runs fp32 only"),
     ]:
         proc = run("eval.py", str(data / "val"), *model, *args, "-j", "0", "--no-progress")
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-2000:])
