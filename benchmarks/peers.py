@@ -10,9 +10,9 @@ median over rounds of each round's median call. Engines: ppim eager, ppim Paddle
 export), the PyTorch reference model (benchmarks/torch_reference.py, eager and torch.compile with
 freezing), ONNX Runtime, ppim's OpenVINO engine ('openvino': its AUTO hint) and OpenVINO used as its
 documentation shows ('openvino-tput': the THROUGHPUT hint, the batch split over its requests), both
-over paddle2onnx's conversion of our export. int8: ppim's (ppim.deploy.engines.quantize_openvino)
-against OpenVINO's own (NNCF's quantize with its defaults), both calibrated on the sample photos
-shipped with ppim; int8 has no GEMM ceiling.
+over paddle2onnx's conversion of our export. int8: ppim's (ppim.deploy.engines.quantize_openvino;
+for ppim-inference ppim.deploy.paddle_int8) against OpenVINO's own (NNCF's quantize with its
+defaults), all calibrated on the sample photos shipped with ppim; int8 has no GEMM ceiling.
 The GEMM ceiling is the best rate any of these libraries reaches on the model's own dense shapes
 (ppim.deploy.DenseChain at batch x tokens rows), measured in the same rounds. Cold start: from
 building the runner (the export already cached, as a second run finds it) to the first batch-1
@@ -36,7 +36,7 @@ TAG = "@@peers "  # worker replies are lines with this prefix; libraries print w
 # (engine, precisions it runs, the library whose GEMM rate it measures for the ceiling)
 ENGINES = {
     "ppim-eager": ("fp32",),
-    "ppim-inference": ("fp32", "bf16"),
+    "ppim-inference": ("fp32", "bf16", "int8"),
     "torch-eager": ("fp32", "bf16"),
     "torch-compile": ("fp32", "bf16"),
     "onnxruntime": ("fp32",),
@@ -205,8 +205,9 @@ def worker(args) -> int:
             cached_export(model, precision=precision)
         if engine_available("onnxruntime") or engine_available("openvino"):
             onnx_file(cached_export(model, engine="openvino"))
-        if "int8" in args.precision.split(",") and unsupported("openvino", "int8") is None:
-            cached_export(model, precision="int8", engine="openvino", calibration=sample_calibration(model))
+        for name in ("openvino", "inference"):
+            if "int8" in args.precision.split(",") and unsupported(name, "int8") is None:
+                cached_export(model, precision="int8", engine=name, calibration=sample_calibration(model))
         _reply(ready=True)
         return 0
     model = _ppim_model(args.model, model_kwargs)
@@ -302,10 +303,10 @@ def _cpu_bf16():
     return runtime.has("cpu_bf16")
 
 
-def _int8_missing():
+def _int8_missing(engine: str):
     from ppim.deploy.registry import unsupported
 
-    return unsupported("openvino", "int8")
+    return unsupported("inference" if engine == "ppim-inference" else "openvino", "int8")
 
 
 def run(args) -> dict:
@@ -330,8 +331,8 @@ def run(args) -> dict:
                 if precision == "bf16" and not _cpu_bf16():
                     notes.append(f"{engine}/{precision}: skipped, this CPU has no bfloat16 instructions")
                     continue
-                if precision == "int8" and _int8_missing():
-                    notes.append(f"{engine}/{precision}: skipped, {_int8_missing()}")
+                if precision == "int8" and _int8_missing(engine):
+                    notes.append(f"{engine}/{precision}: skipped, {_int8_missing(engine)}")
                     continue
                 print(f"starting {engine}/{precision}", file=sys.stderr, flush=True)
                 worker_ = Worker(engine, precision, args, env)
