@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     parser.add_argument("--train-per-class", type=int, default=120)
     parser.add_argument("--val-per-class", type=int, default=60)
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--any-colour", action="store_true",
+                        help="shapes in random colours (the shape alone tells the class: a harder task)")
     parser.add_argument("--calibration-images", type=int, default=300)
     parser.add_argument("--output", required=True, help="folder for the data and the training run (kept)")
     parser.add_argument("--json", help="write the results here")
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
     out = Path(args.output)
     data = out / "data"
     if not (data / "val").is_dir():
-        write_dataset(data, args.train_per_class, args.val_per_class, args.classes, size=args.img_size)
+        write_dataset(data, args.train_per_class, args.val_per_class, args.classes, size=args.img_size,
+                      any_colour=args.any_colour)
     run = out / "run"
     checkpoint = run / "best.pdparams"
     if not checkpoint.is_file():

@@ -9,14 +9,16 @@ COLOURS = [(220, 40, 40), (40, 180, 60), (50, 80, 220), (230, 200, 30), (180, 60
 SHAPES = ["disc", "square", "triangle", "bar", "ring"]
 
 
-def draw(cls: int, rng: np.random.Generator, size: int = 48) -> Image.Image:
+def draw(cls: int, rng: np.random.Generator, size: int = 48, any_colour: bool = False) -> Image.Image:
+    """Class ``cls``'s shape in its colour, or (``any_colour``: a harder task, the shape alone tells
+    the class) in a random one."""
     background = rng.integers(90, 150, (size, size, 3), dtype=np.uint8)
     image = Image.fromarray(background, "RGB")
     pen = ImageDraw.Draw(image)
     extent = int(rng.integers(size // 3, size // 2 + 4))
     x0, y0 = (int(v) for v in rng.integers(0, size - extent, 2))
     box = [x0, y0, x0 + extent, y0 + extent]
-    colour = COLOURS[cls]
+    colour = tuple(int(v) for v in rng.integers(0, 256, 3)) if any_colour else COLOURS[cls]
     shape = SHAPES[cls]
     if shape == "disc":
         pen.ellipse(box, fill=colour)
@@ -31,7 +33,7 @@ def draw(cls: int, rng: np.random.Generator, size: int = 48) -> Image.Image:
     return image
 
 
-def write_split(root: Path, per_class: int, classes: int = 4, seed: int = 0, size: int = 48):
+def write_split(root: Path, per_class: int, classes: int = 4, seed: int = 0, size: int = 48, any_colour: bool = False):
     """root/<class>/<i>.png|jpg; returns [(path, label)] in sorted-folder label order."""
     rng = np.random.default_rng(seed)
     samples = []
@@ -40,14 +42,14 @@ def write_split(root: Path, per_class: int, classes: int = 4, seed: int = 0, siz
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             path = folder / (f"{i:03d}.png" if i % 2 else f"{i:03d}.jpg")
-            draw(cls, rng, size).save(path, **({"quality": 92} if path.suffix == ".jpg" else {}))
+            draw(cls, rng, size, any_colour).save(path, **({"quality": 92} if path.suffix == ".jpg" else {}))
             samples.append((path, cls))
     return samples
 
 
 def write_dataset(root: Path, train_per_class: int = 24, val_per_class: int = 8, classes: int = 4,
-                  size: int = 48) -> Path:
+                  size: int = 48, any_colour: bool = False) -> Path:
     """DATA/train and DATA/val with different images (different seeds)."""
-    write_split(Path(root) / "train", train_per_class, classes, seed=1, size=size)
-    write_split(Path(root) / "val", val_per_class, classes, seed=2, size=size)
+    write_split(Path(root) / "train", train_per_class, classes, seed=1, size=size, any_colour=any_colour)
+    write_split(Path(root) / "val", val_per_class, classes, seed=2, size=size, any_colour=any_colour)
     return Path(root)
