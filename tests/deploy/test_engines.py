@@ -9,6 +9,7 @@ import pytest
 import ppim
 from ppim import runtime
 from ppim.deploy import auto_order, create_runner, export, load_manifest, resolve_engine
+from ppim.deploy.registry import unsupported
 from ppim.deploy import engines as engines_module
 from ppim.errors import CapabilityError, MissingExtraError
 
@@ -103,6 +104,21 @@ def test_auto_picks_the_fastest_engine_that_runs_here(profile):
         else:
             with pytest.raises(CapabilityError, match="CPU-only build"):
                 resolve_engine("auto", "gpu", "fp32")
+    # int8: every profile has avx2; OpenVINO's needs nncf, Paddle Inference's Paddle 3.x
+    paddle3 = runtime.machine().paddle_version.startswith("3.")
+    with runtime.simulate(profile, extras=("openvino", "paddle2onnx", "nncf")):
+        assert auto_order("cpu", "int8") == ["openvino", "inference"]
+        assert resolve_engine("auto", "cpu", "int8") == "openvino"
+        assert unsupported("inference", "int8") == (None if paddle3 else
+                                                    f"int8 needs Paddle 3.x: Paddle {runtime.machine().paddle_version}: "
+                                                    "ppim's Paddle Inference int8 is tested on Paddle 3.x only "
+                                                    "(use engine openvino)")
+        assert unsupported("inference", "int8", "gpu") is not None
+    with runtime.simulate(profile, extras=("openvino", "paddle2onnx")):
+        assert unsupported("openvino", "int8") == "nncf not installed (pip install 'ppim[openvino]')"
+        assert unsupported("openvino", "fp32") is None
+        if paddle3:
+            assert resolve_engine("auto", "cpu", "int8") == "inference"
     with runtime.simulate(profile, extras=("openvino",)):  # without paddle2onnx: not usable
         assert resolve_engine("auto", "cpu", "fp32") == "inference"
         with pytest.raises(MissingExtraError, match=r"paddle2onnx not installed \(pip install 'ppim\[openvino\]'\)"):
