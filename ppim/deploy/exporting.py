@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -34,7 +33,8 @@ from ..registry import cfg_for_img_size, model_name
 from ..subnet import current_subnet
 from .common import INPUT_NAME, MANIFEST, PARAMS_FILE, PROGRAM_FILES, input_size
 from .quantize import Calibration, as_calibration
-from .registry import ENGINE_SPECS, engine_spec
+from .registry import engine_spec
+from .registry import quantizer as engine_quantizer
 
 __all__ = ["export", "load_manifest", "cached_export", "export_key", "cache_dir", "attention_layout",
            "fused_attention_available", "export_requirements", "check_requirements", "verify_export",
@@ -395,7 +395,7 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
     output_dir = check_output_dir(output_dir, sources)
     size = input_size(model, img_size)
     calibration = as_calibration(model, calibration, precision)
-    quantizer = _quantizer(engine, precision)
+    quantizer = engine_quantizer(engine) if precision == "int8" else None
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive int or None (any batch), got {batch_size!r}")
     was_training = model.training
@@ -453,19 +453,6 @@ def export(model: nn.Layer, output_dir: Union[str, os.PathLike], img_size: Optio
         if was_training:
             model.train()
     return output_dir
-
-
-def _quantizer(engine: str, precision: str) -> Optional[Any]:
-    """The function that adds ``engine``'s int8 form to an export (its registry ``quantizer``), for
-    precision int8; None for the other precisions."""
-    if precision != "int8":
-        return None
-    spec = engine_spec(engine)
-    if spec.quantizer is None:
-        raise CapabilityError(f"engine={engine!r} has no int8 form: int8 runs in "
-                              f"{', '.join(s.name for s in ENGINE_SPECS if s.quantizer) or 'no engine'}")
-    module, _, name = spec.quantizer.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def load_manifest(model_dir: Union[str, os.PathLike]) -> Dict[str, Any]:

@@ -17,7 +17,7 @@ from ..errors import CapabilityError, InputError, MissingExtraError
 
 __all__ = ["EngineSpec", "ENGINE_SPECS", "ENGINES", "ENGINE_CHOICES", "PRECISIONS", "DEVICES", "engine_spec",
            "engine_available", "unsupported", "check_supported", "runs_here", "resolve_engine", "auto_order",
-           "exported_engines", "create_predictor", "check_choice"]
+           "exported_engines", "create_predictor", "quantizer", "check_choice"]
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 DEVICES = ("cpu", "gpu")
@@ -191,5 +191,21 @@ def create_predictor(engine: str, model_dir: Any, **kwargs: Any) -> Any:
     spec = engine_spec(engine)
     if not spec.exported:
         raise InputError(f"engine={engine!r} runs the model itself, not an export")
-    module, _, name = spec.predictor.partition(":")
-    return getattr(importlib.import_module(module), name)(model_dir, **kwargs)
+    return _resolve(spec.predictor)(model_dir, **kwargs)
+
+
+def quantizer(engine: str) -> Any:
+    """``engine``'s quantizer function (see EngineSpec.quantizer); CapabilityError naming the engines
+    that have one when it has none."""
+    spec = engine_spec(engine)
+    if spec.quantizer is None:
+        raise CapabilityError(f"engine={engine!r} has no int8 form: int8 runs in "
+                              f"{', '.join(s.name for s in ENGINE_SPECS if s.quantizer)}")
+    return _resolve(spec.quantizer)
+
+
+def _resolve(reference: str) -> Any:
+    """The object a 'module:name' reference names (imported when first asked for: the engines'
+    modules import their extras)."""
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
