@@ -23,7 +23,8 @@ import os
 import platform
 import sys
 
-from .common import (BATCH, THREADS, ArgumentParser, add_model_arguments, add_subnets_argument, check_offers_subnets,
+from .common import (BATCH, THREADS, ArgumentParser, add_model_arguments, add_subnets_argument, check_calibration,
+                     check_offers_subnets,
                      command, create_model, integer, number, writable_file)
 
 
@@ -97,8 +98,7 @@ def main(argv=None) -> int:
     runnable = [(e, p) for e in args.engine for p in args.precision if unsupported(e, p, args.device) is None]
     if not runnable:  # nothing asked for runs here: say why (the first) and what does
         check_supported(args.engine[0], args.precision[0], args.device)
-    if args.calibration is not None and "int8" not in args.precision:
-        raise InputError("--calibration is for --precision int8; drop it or add int8 to --precision")
+    check_calibration(args, args.precision, required=False)  # int8 without it: the sample photos
     if args.json:
         writable_file(args.json, "--json")
     if args.latency_ms is not None and not args.picture:

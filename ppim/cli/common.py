@@ -366,11 +366,13 @@ def add_precision_arguments(parser: argparse.ArgumentParser, help: str) -> None:
                              "up to 300 are read, evenly spaced), for post-training quantization")
 
 
-def check_calibration(args: argparse.Namespace, precisions: Optional[Sequence[str]] = None) -> None:
+def check_calibration(args: argparse.Namespace, precisions: Optional[Sequence[str]] = None,
+                      required: bool = True) -> None:
     """InputError, before weights or data are touched, when int8 (in ``precisions``, default
-    ``args.precision``) has no --calibration folder, or --calibration is given without int8."""
+    ``args.precision``) has no --calibration folder (``required``; the benchmark has a default), or
+    --calibration is given without int8 or names no folder."""
     wanted = [args.precision] if precisions is None else list(precisions)
-    if "int8" in wanted and args.calibration is None:
+    if required and "int8" in wanted and args.calibration is None:
         raise InputError("--precision int8 needs --calibration DIR: a folder of images like the ones the model "
                          "will classify (post-training quantization measures its activations on them)")
     if args.calibration is not None:

@@ -46,7 +46,7 @@ def build_parser() -> ArgumentParser:
                         "exported model (the last two: optional extras); auto: the fastest that runs here "
                         "(python -m ppim env lists what runs here)")
     add_precision_arguments(parser, "fp32 (default); bf16 on CPUs with avx512_bf16/amx_bf16; fp16 on GPU; int8 "
-                                    "(openvino) with --calibration")
+                                    "with --calibration")
     parser.add_argument("--device", choices=DEVICES, default=None,
                         help="default: gpu when Paddle has CUDA and sees a GPU, else cpu")
     parser.add_argument("--threads", type=THREADS, default=None, help="CPU math threads (default: the engine's)")

@@ -4,11 +4,12 @@
     ppim-export --model super_lvvit_s --checkpoint super_lvvit_s.pth --output exported/s160 \\
         --img-size 160 --keep-ratio 0.7          # a SuperViT sub-network (input stays the 224 crop)
     ppim-export --model lvvit_s --img-size 288 --output exported/lvvit_s_288   # other size
-    ppim-export --model lvvit_s --checkpoint best.pdparams --output exported/int8 \
+    ppim-export --model lvvit_s --checkpoint best.pdparams --output exported/int8 \\
         --engine openvino --precision int8 --calibration photos/   # int8 (post-training quantization)
 
 (python tools/export.py takes the same arguments.) Then: ppim.deploy.Predictor(DIR)(batch) or
-ppim-predict --engine inference; an int8 export: ppim.deploy.OpenVINOPredictor(DIR, precision="int8").
+ppim-predict --engine inference; an int8 export: the engine's predictor with precision="int8"
+(ppim.deploy.OpenVINOPredictor or Predictor).
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
                         help="export the model's own graph (no fused-attention layout)")
     parser.add_argument("--engine", default="inference", choices=[spec.name for spec in ENGINE_SPECS if spec.exported],
                         help="the engine the export is laid out for (default inference: Paddle Inference)")
-    add_precision_arguments(parser, "fp32 (default), bf16, fp16, or int8 with --calibration (engine openvino)")
+    add_precision_arguments(parser, "fp32 (default), bf16, fp16, or int8 with --calibration")
     parser.add_argument("--verify", action="store_true",
                         help="run the export through its engine and compare with the eager model")
     args = parser.parse_args(argv)
@@ -91,8 +92,8 @@ def main(argv=None) -> int:
         error = float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
         print(f"  verify: {args.engine} {args.precision} vs eager fp32, max relative difference {error:.2e}")
         if args.precision == "int8":  # approximate by design: judge it on labelled images (ppim-eval)
-            print("  int8 is approximate: compare its top-1 with fp32's on your labelled images (ppim-eval "
-                  "--engine openvino --precision int8 --calibration DIR)")
+            print(f"  int8 is approximate: compare its top-1 with fp32's on your labelled images (ppim-eval "
+                  f"--engine {args.engine} --precision int8 --calibration DIR)")
         elif error > (1e-4 if args.precision == "fp32" else 5e-2):
             print("error: the export does not match the eager model (a bug: please report it)", file=sys.stderr)
             return 1

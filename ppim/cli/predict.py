@@ -29,8 +29,8 @@ def main(argv=None) -> int:
                         help="auto (default): the fastest installed engine on the cached export, eager if the "
                              "model cannot be exported; eager: the Paddle model; inference: Paddle Inference; "
                              "openvino, onnxruntime: the optional extras")
-    add_precision_arguments(parser, "bf16 on CPUs with avx512_bf16/amx_bf16, fp16 on GPU, int8 (openvino) with "
-                                    "--calibration (python -m ppim env lists what runs here)")
+    add_precision_arguments(parser, "bf16 on CPUs with avx512_bf16/amx_bf16, fp16 on GPU, int8 with --calibration "
+                                    "(python -m ppim env lists what runs here)")
     parser.add_argument("--device", default="cpu", choices=DEVICES)
     parser.add_argument("--skip-bad", action="store_true",
                         help="report unreadable images as skipped and exit 0 (default: report them as errors, "
@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     from ..builder import class_names_of
     from ..data import BadImageError, imagenet_class_names, load_image, sample_images
     from ..deploy import classify
+    from ..deploy.quantize import as_calibration
 
     if args.images:
         paths, labels = args.images, [None] * len(args.images)
@@ -62,13 +63,14 @@ def main(argv=None) -> int:
     if not readable:
         return 0 if args.skip_bad else 1
     model = create_model(args)
+    calibration = as_calibration(model, args.calibration, args.precision)  # read once: None unless int8
     if args.latency_ms is not None:
-        _pick_subnet(model, args)
+        _pick_subnet(model, args, calibration)
     names = class_names_of(model) or []
     truths = imagenet_class_names()
     top_k = classify(model, [image for _, _, image in readable], topk=min(args.topk, len(names) or args.topk),
                      engine=args.engine, precision=args.precision, device=args.device,
-                     calibration=_calibration(model, args))
+                     calibration=calibration)
     for (path, label, _), top in zip(readable, top_k):
         truth = f"  (true class: {label} {truths[label]})" if label is not None else ""
         print(f"{path}{truth}")
@@ -77,16 +79,7 @@ def main(argv=None) -> int:
     return 1 if failed and not args.skip_bad else 0
 
 
-def _calibration(model, args):
-    """--calibration read once for the model (None unless int8)."""
-    from ..deploy.quantize import as_calibration
-
-    if not hasattr(args, "_calibration"):
-        args._calibration = as_calibration(model, args.calibration, args.precision)
-    return args._calibration
-
-
-def _pick_subnet(model, args) -> None:
+def _pick_subnet(model, args, calibration) -> None:
     """Set the sub-network --latency-ms picks and say which, with its measured latency."""
     from ..deploy.registry import resolve_engine
     from ..deploy.subnet_choice import pick_subnet
@@ -99,7 +92,7 @@ def _pick_subnet(model, args) -> None:
                              " has none (use a super_* model)", latency_ms=args.latency_ms)
     engine = resolve_engine(args.engine, args.device, args.precision)
     choice = pick_subnet(model, args.latency_ms, batch=1, engine=engine, precision=args.precision,
-                         calibration=_calibration(model, args))
+                         calibration=calibration)
     print(f"sub-network {choice.describe(f'batch 1, {engine} {args.precision}')}", flush=True)
     model.set_subnet(*choice.subnet)
 

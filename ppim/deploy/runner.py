@@ -107,7 +107,8 @@ def create_runner(model: nn.Layer, engine: str = "eager", precision: str = "fp32
                       None if device == "gpu" else int(threads or cpu_count()))
     keep = None
     try:
-        target = {"precision": precision, "device": device, "engine": engine, "calibration": calibration}  # the export's layout is for them
+        # the export is laid out (and, for int8, quantized) for them
+        target = {"precision": precision, "device": device, "engine": engine, "calibration": calibration}
         if workdir is not None:
             model_dir = export(model, workdir, **target)
         elif cache:
